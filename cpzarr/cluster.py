@@ -1,0 +1,212 @@
+"""Dask clients for cpzarr: a local cluster sized to the machine, or an existing scheduler.
+
+Every stage submits its work in bounded batches (a plate or a few wells at a time) with task keys
+that read like the pipeline (``ingest-well-P1-A01``, ``features-efficientnet-lite0-…``), so a
+2-billion-cell screen never becomes one giant graph and the dashboard shows what is running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+logger = logging.getLogger("cpzarr")
+
+__all__ = ["get_client", "dashboard_link", "has_gpu_workers", "map_batches", "batched", "default_workers"]
+
+
+def default_workers(n_cores: int | None = None) -> tuple[int, int]:
+    """Return ``(n_workers, threads_per_worker)`` for a local cluster on this machine.
+
+    One process per core keeps the GIL out of the way of image decoding and Python-level loops; a
+    single core gets one worker with one thread.
+
+    Examples
+    --------
+    >>> default_workers(8)
+    (8, 1)
+    """
+    n = n_cores or os.cpu_count() or 1
+    return max(1, n), 1
+
+
+@contextlib.contextmanager
+def get_client(
+    scheduler: str | None = None,
+    *,
+    n_workers: int | None = None,
+    threads_per_worker: int | None = None,
+    memory_limit: str | int | None = "auto",
+    gpu: int | None = None,
+    processes: bool = True,
+    dashboard_address: str | None = ":0",
+) -> Iterator[Any]:
+    """Open a ``distributed.Client`` for one run and close what was opened on exit.
+
+    Parameters
+    ----------
+    scheduler : str, optional
+        Address of an existing scheduler (``tcp://host:8786``). When given, nothing is started
+        and the cluster is left running on exit.
+    n_workers, threads_per_worker : int, optional
+        Size of the local cluster; default one single-threaded worker process per core.
+    memory_limit : str or int, optional
+        Per-worker memory limit of the local cluster (``"4GiB"``, bytes, or ``"auto"``).
+    gpu : int, optional
+        Number of ``GPU`` resources each local worker advertises; inference and training tasks
+        ask for ``{"GPU": 1}`` when the cluster has them.
+    processes : bool
+        Use worker processes (default) or threads in this process (faster start, for tests).
+    dashboard_address : str, optional
+        Where the dashboard listens; ``":0"`` picks a free port, ``None`` disables it.
+
+    Returns
+    -------
+    client : distributed.Client
+        Yielded by the context manager.
+
+    Examples
+    --------
+    >>> with get_client(n_workers=1, processes=False) as client:  # doctest: +SKIP
+    ...     print(dashboard_link(client))
+    """
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        client = Client(scheduler)
+        logger.info("connected to %s; dashboard %s", scheduler, dashboard_link(client))
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+
+    workers, threads = default_workers()
+    kwargs: dict[str, Any] = dict(
+        n_workers=n_workers or workers,
+        threads_per_worker=threads_per_worker or threads,
+        processes=processes,
+        memory_limit=memory_limit,
+        dashboard_address=dashboard_address,
+    )
+    if gpu:
+        kwargs["resources"] = {"GPU": gpu}
+    cluster = LocalCluster(**kwargs)
+    client = Client(cluster)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
+def dashboard_link(client: Any) -> str | None:
+    """Return the dashboard URL of ``client``'s cluster, or None when it has none."""
+    try:
+        return client.dashboard_link
+    except Exception:  # a scheduler started without the dashboard has no link
+        return None
+
+
+def has_gpu_workers(client: Any) -> bool:
+    """True when at least one worker of ``client``'s cluster advertises a ``GPU`` resource."""
+    info = client.scheduler_info()
+    return any("GPU" in w.get("resources", {}) for w in info.get("workers", {}).values())
+
+
+def map_batches(
+    func: Callable[[Any], Any],
+    items: Sequence[Any],
+    *,
+    key_prefix: str,
+    names: Sequence[str] | None = None,
+    batch_size: int = 64,
+    client: Any = None,
+    resources: dict | None = None,
+    progress: bool = True,
+) -> list[Any]:
+    """Apply ``func`` to each item, submitting at most ``batch_size`` tasks at a time.
+
+    Parameters
+    ----------
+    func : callable
+        Called once per item.
+    items : sequence
+        The units of work (wells, plates, cell ranges).
+    key_prefix : str
+        Task name shown in the dashboard (``"ingest-well"``); each task's key is
+        ``f"{key_prefix}-{name}"``.
+    names : sequence of str, optional
+        One readable name per item (``"P1-A01"``); defaults to the item's position.
+    batch_size : int
+        Tasks in flight at once, so memory and graph size stay bounded.
+    client : distributed.Client, optional
+        Without one, items run in this process, in order.
+    resources : dict, optional
+        Worker resources each task needs (``{"GPU": 1}``).
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    list
+        ``func(item)`` for each item, in order.
+
+    Examples
+    --------
+    >>> map_batches(lambda x: x * 2, [1, 2, 3], key_prefix="double", progress=False)
+    [2, 4, 6]
+    """
+    from tqdm.auto import tqdm
+
+    names = list(names) if names is not None else [str(i) for i in range(len(items))]
+    results: list[Any] = [None] * len(items)
+    bar = tqdm(total=len(items), desc=key_prefix, disable=not progress, leave=False)
+    try:
+        if client is None:
+            for i, item in enumerate(items):
+                results[i] = func(item)
+                bar.update(1)
+            return results
+        from distributed import as_completed
+
+        pending = iter(range(len(items)))
+        index_of = {}
+        futures = as_completed()
+
+        def submit_next() -> bool:
+            i = next(pending, None)
+            if i is None:
+                return False
+            fut = client.submit(
+                func, items[i], key=f"{key_prefix}-{names[i]}", resources=resources, pure=False
+            )
+            index_of[fut.key] = i
+            futures.add(fut)
+            return True
+
+        for _ in range(batch_size):
+            if not submit_next():
+                break
+        for fut in futures:
+            results[index_of[fut.key]] = fut.result()
+            bar.update(1)
+            submit_next()
+        return results
+    finally:
+        bar.close()
+
+
+def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Yield consecutive lists of at most ``size`` items."""
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,426 @@
+"""Experiment configs: one YAML file describes a whole run, validated strictly before anything runs.
+
+Values come from the file, then environment variables, then command-line overrides (later wins):
+
+- ``CPZARR__FEATURES__BATCH_SIZE=32`` sets ``features.batch_size`` (sections and keys joined by
+  double underscores; the value is parsed as YAML);
+- ``--set features.batch_size=32`` on the command line does the same.
+
+Unknown keys are errors (with a suggestion), never silently ignored; every problem in a file is
+reported at once with its key path, the bad value and what is allowed. Relative paths are
+resolved against the config file's folder. Parameters that are passed on to a stage function
+(nuclei detection, pipeline steps) are checked against that function's signature.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import inspect
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cpzarr.errors import ConfigError
+
+__all__ = ["Config", "load_config", "validate_config", "STAGES", "SCHEMA"]
+
+#: The stages of a run, in order.
+STAGES = ("ingest", "locate", "train", "features", "profiles", "evaluate", "report")
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key: accepted types, default, allowed values and whether it is a path."""
+
+    types: tuple
+    default: Any = None
+    choices: tuple | None = None
+    path: bool = False
+    help: str = ""
+    minimum: float | None = None
+
+
+_num = (int, float)
+_opt_str = (str, type(None))
+
+#: The schema: section → key → Key. ``None`` marks a free mapping checked elsewhere.
+SCHEMA: dict[str, Any] = {
+    "name": Key((str,), "experiment", help="name of the experiment, used in the report"),
+    "input": {
+        "synthetic": Key((dict, type(None)), None, help="make_screen parameters for a synthetic screen"),
+        "images": Key(_opt_str, None, path=True, help="a CellProfiler load_data CSV or a DeepProfiler index.csv"),
+        "platemap": Key(_opt_str, None, path=True, help="platemap / well metadata table"),
+        "moa": Key(_opt_str, None, path=True, help="MOA table joined on the compound"),
+        "store": Key(_opt_str, None, path=True, help="an existing store (skips ingest when no images)"),
+    },
+    "locate": {
+        "method": Key((str,), "import", choices=("import", "detect"), help="import location files or detect nuclei"),
+        "path": Key(_opt_str, None, path=True, help="locations folder or CellProfiler tables (import)"),
+        "kind": Key((str,), "auto", choices=("auto", "deepprofiler", "cellprofiler")),
+        "detect": Key((dict,), {}, help="detect_nuclei parameters"),
+    },
+    "crops": {
+        "box": Key((int,), 128, minimum=8, help="crop box size in pixels"),
+        "edge": Key((str,), "skip", choices=("skip", "pad")),
+        "scale": Key(_opt_str, "minmax", choices=("minmax", None)),
+        "channels": Key((list, type(None)), None, help="channels to use (default: all)"),
+    },
+    "features": {
+        "model": Key(
+            (str,),
+            "efficientnet-lite0",
+            choices=("efficientnet-lite0", "efficientnet-b0", "resnet50", "classical", "deepprofiler",
+                     "cellprofiler", "trained"),
+        ),
+        "weights": Key(_opt_str, "imagenet", help="'imagenet', a weights file, or null for random (explicit)"),
+        "checkpoint": Key(_opt_str, None, path=True, help="trained checkpoint (model: trained)"),
+        "layer": Key(_opt_str, None, help="named layer to take features from (spatially averaged)"),
+        "path": Key(_opt_str, None, path=True, help="DeepProfiler / CellProfiler outputs to import"),
+        "name": Key(_opt_str, None, help="node name under /features (default: the model name)"),
+        "batch_size": Key((int,), 64, minimum=1),
+        "dtype": Key((str,), "float32", choices=("float32", "float16")),
+        "compare_imagenet": Key((bool,), False, help="also profile the same architecture with ImageNet weights"),
+    },
+    "train": Key((dict, type(None)), None, help="cpzarr.train parameters (validated by cpzarr.train)"),
+    "profiles": {
+        "aggregate": Key((str,), "mean", choices=("mean", "median")),
+        "pipelines": Key((dict, type(None)), None, help="named profile sets: name → list of steps"),
+        "consensus": Key((dict, type(None)), {"method": "median", "by": ["compound", "dose"]}),
+    },
+    "evaluate": {
+        "level": Key((str,), "consensus", choices=("well", "consensus")),
+        "groups": Key((str, list), "moa", help="coordinate(s) whose equal values make positives"),
+        "exclude": Key(_opt_str, "control == 'negcon'", help="query of samples left out of MOA metrics"),
+        "metrics": Key(
+            (list,),
+            ["mean_average_precision", "precision_recall", "enrichment", "hitk", "batch_enrichment"],
+        ),
+        "percentiles": Key((list,), [99.5, 99.0, 98.5, 98.0, 97.5, 97.0]),
+        "k": Key((list,), [1, 5, 10, 20, 50]),
+        "batch": Key((str,), "batch", help="coordinate holding the batch, for the batch enrichment score"),
+    },
+    "cluster": {
+        "scheduler": Key(_opt_str, None, help="address of an existing Dask scheduler"),
+        "n_workers": Key((int, type(None)), None, minimum=1),
+        "threads_per_worker": Key((int, type(None)), None, minimum=1),
+        "memory_limit": Key((str, int), "auto"),
+        "gpu": Key((int,), 0, minimum=0),
+        "processes": Key((bool,), True),
+    },
+    "output": {
+        "store": Key((str,), "screen.zarr", path=True, help="the Zarr store of the run"),
+        "report": Key((str,), "report", path=True, help="folder of the report"),
+    },
+}
+
+_METRICS = ("mean_average_precision", "precision_recall", "enrichment", "hitk", "batch_enrichment",
+            "replicate_reproducibility", "grit")
+_STEPS = ("normalize", "feature_select", "spherize", "consensus")
+
+
+@dataclass
+class Config:
+    """A validated experiment config.
+
+    Attributes
+    ----------
+    values : dict
+        The resolved config (defaults filled in, paths absolute).
+    source : Path or None
+        The file it came from.
+    """
+
+    values: dict
+    source: Path | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def get(self, dotted: str, default: Any = None) -> Any:
+        """Value at a dotted key path such as ``"features.model"``."""
+        node: Any = self.values
+        for part in dotted.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    def to_dict(self) -> dict:
+        """A deep copy of the resolved config, safe to store in attributes."""
+        return copy.deepcopy(self.values)
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML text."""
+        return yaml.safe_dump(self.values, sort_keys=False)
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stages this config runs, in order."""
+        out = []
+        for stage in STAGES:
+            if stage == "ingest" and not (self.get("input.images") or self.get("input.synthetic") is not None):
+                continue
+            if stage == "locate" and self.get("features.model") in ("deepprofiler", "cellprofiler"):
+                continue
+            if stage == "train" and not self.get("train"):
+                continue
+            out.append(stage)
+        return tuple(out)
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: Mapping[str, Any] | list[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    text: str | None = None,
+) -> Config:
+    """Read, merge and validate an experiment config.
+
+    Parameters
+    ----------
+    path : path, optional
+        The YAML file.
+    overrides : mapping or list of ``"key.path=value"``, optional
+        Command-line overrides; values in ``"k=v"`` strings are parsed as YAML.
+    environ : mapping, optional
+        Environment to read ``CPZARR__SECTION__KEY`` variables from (default ``os.environ``).
+    text : str, optional
+        YAML text instead of a file (relative paths then resolve against the current folder).
+
+    Returns
+    -------
+    Config
+
+    Raises
+    ------
+    ConfigError
+        Listing every problem with its key path.
+
+    Examples
+    --------
+    >>> cfg = load_config(text="features: {model: classical}")
+    >>> cfg.get("features.model"), cfg.get("crops.box")
+    ('classical', 128)
+    """
+    where = "<text>"
+    base = Path.cwd()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        text = p.read_text()
+        where = str(p)
+        base = p.resolve().parent
+    try:
+        raw = yaml.safe_load(text or "") or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping of sections, not {type(raw).__name__}")
+
+    env = os.environ if environ is None else environ
+    for name, value in env.items():
+        if name.startswith("CPZARR__"):
+            keys = [k.lower() for k in name[len("CPZARR__"):].split("__")]
+            _set(raw, keys, yaml.safe_load(value))
+    if overrides:
+        items = overrides.items() if isinstance(overrides, Mapping) else [_split(o) for o in overrides]
+        for key, value in items:
+            _set(raw, key.split("."), value)
+
+    values = validate_config(raw, base=base, where=where)
+    return Config(values=values, source=Path(path).resolve() if path is not None else None)
+
+
+def _split(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key.path=value")
+    key, value = item.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def _set(tree: dict, keys: list[str], value: Any) -> None:
+    node = tree
+    for k in keys[:-1]:
+        if not isinstance(node.get(k), dict):
+            node[k] = {}
+        node = node[k]
+    node[keys[-1]] = value
+
+
+def validate_config(raw: Mapping[str, Any], *, base: Path | None = None, where: str = "config") -> dict:
+    """Check ``raw`` against :data:`SCHEMA` and return it resolved (defaults, absolute paths).
+
+    Raises
+    ------
+    ConfigError
+        With one line per problem.
+    """
+    base = base or Path.cwd()
+    problems: list[str] = []
+    values = _check_mapping(raw, SCHEMA, "", base, problems)
+    _check_semantics(values, problems)
+    if problems:
+        raise ConfigError(f"{where}: {len(problems)} problem(s) in the config", problems)
+    return values
+
+
+def _check_mapping(raw: Any, schema: Mapping[str, Any], prefix: str, base: Path, problems: list[str]) -> dict:
+    out: dict = {}
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        problems.append(f"{prefix.rstrip('.') or '<top>'}: expected a mapping, got {raw!r}")
+        return out
+    for key in raw:
+        if key not in schema:
+            guess = difflib.get_close_matches(str(key), list(schema), n=1)
+            hint = f"; did you mean {guess[0]!r}?" if guess else ""
+            allowed = ", ".join(sorted(schema))
+            problems.append(f"{prefix}{key}: unknown key{hint} (allowed: {allowed})")
+    for key, spec in schema.items():
+        path = f"{prefix}{key}"
+        if isinstance(spec, dict):
+            out[key] = _check_mapping(raw.get(key), spec, path + ".", base, problems)
+            continue
+        value = raw.get(key, copy.deepcopy(spec.default))
+        out[key] = _check_value(value, spec, path, base, problems)
+    return out
+
+
+def _check_value(value: Any, spec: Key, path: str, base: Path, problems: list[str]) -> Any:
+    if isinstance(value, bool) and bool not in spec.types:
+        problems.append(f"{path}: {value!r} is a boolean; expected {_names(spec.types)}")
+        return value
+    if not isinstance(value, spec.types):
+        if float in spec.types and isinstance(value, int):
+            value = float(value)
+        else:
+            problems.append(f"{path}: {value!r} is a {type(value).__name__}; expected {_names(spec.types)}")
+            return value
+    if spec.choices is not None and value not in spec.choices:
+        allowed = ", ".join("null" if c is None else repr(c) for c in spec.choices)
+        guess = difflib.get_close_matches(str(value), [str(c) for c in spec.choices if c], n=1)
+        hint = f"; did you mean {guess[0]!r}?" if guess else ""
+        problems.append(f"{path}: {value!r} is not allowed{hint} (allowed: {allowed})")
+    if spec.minimum is not None and isinstance(value, _num) and value < spec.minimum:
+        problems.append(f"{path}: {value!r} is below the minimum {spec.minimum}")
+    if spec.path and isinstance(value, str):
+        value = str((base / os.path.expanduser(value)).resolve())
+    return value
+
+
+def _names(types: tuple) -> str:
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+def _check_semantics(values: dict, problems: list[str]) -> None:
+    inp = values["input"]
+    if inp.get("synthetic") is not None and inp.get("images"):
+        problems.append("input: give either synthetic or images, not both")
+    if not (inp.get("synthetic") is not None or inp.get("images") or inp.get("store")):
+        feats = values["features"]["model"]
+        if feats not in ("deepprofiler", "cellprofiler"):
+            problems.append("input: one of synthetic, images or store is required")
+    if inp.get("synthetic") is not None:
+        _check_kwargs("input.synthetic", inp["synthetic"], "cpzarr.synthetic", "make_screen", problems,
+                      skip=("path",))
+    loc = values["locate"]
+    if loc["method"] == "import" and not loc.get("path") and inp.get("synthetic") is None:
+        if values["features"]["model"] not in ("deepprofiler", "cellprofiler"):
+            problems.append("locate.path: required when locate.method is 'import' (or use method: detect)")
+    if loc["method"] == "detect" and loc.get("detect"):
+        _check_kwargs("locate.detect", loc["detect"], "cpzarr.cells", "detect_nuclei", problems, skip=("screen",))
+    feats = values["features"]
+    if feats["model"] == "trained" and not feats.get("checkpoint") and not values.get("train"):
+        problems.append("features.checkpoint: required for model 'trained' unless a train section is given")
+    if feats["model"] in ("deepprofiler", "cellprofiler") and not feats.get("path"):
+        problems.append(f"features.path: required to import {feats['model']} outputs")
+    pipelines = values["profiles"].get("pipelines")
+    if pipelines is None:
+        values["profiles"]["pipelines"] = pipelines = {
+            "spherized": [
+                {"normalize": {"method": "standardize", "samples": "control == 'negcon'"}},
+                {"spherize": {"method": "ZCA-cor", "samples": "control == 'negcon'"}},
+            ]
+        }
+    for name, steps in pipelines.items():
+        if steps is None:
+            values["profiles"]["pipelines"][name] = steps = []
+        if not isinstance(steps, list):
+            problems.append(f"profiles.pipelines.{name}: expected a list of steps, got {steps!r}")
+            continue
+        for i, step in enumerate(steps):
+            where = f"profiles.pipelines.{name}[{i}]"
+            if not (isinstance(step, Mapping) and len(step) == 1):
+                problems.append(f"{where}: a step is a one-key mapping such as {{spherize: {{method: ZCA}}}}")
+                continue
+            (op, params), = step.items()
+            if op not in _STEPS:
+                guess = difflib.get_close_matches(str(op), _STEPS, n=1)
+                hint = f"; did you mean {guess[0]!r}?" if guess else ""
+                problems.append(f"{where}: unknown step {op!r}{hint} (allowed: {', '.join(_STEPS)})")
+                continue
+            if params is not None and not isinstance(params, Mapping):
+                problems.append(f"{where}.{op}: parameters must be a mapping, got {params!r}")
+                continue
+            _check_kwargs(f"{where}.{op}", params or {}, "cpzarr.profiles", op, problems, skip=("profiles",))
+    cons = values["profiles"].get("consensus")
+    if cons:
+        _check_kwargs("profiles.consensus", cons, "cpzarr.profiles", "consensus", problems, skip=("profiles",))
+    ev = values["evaluate"]
+    for m in ev["metrics"]:
+        if m not in _METRICS:
+            guess = difflib.get_close_matches(str(m), _METRICS, n=1)
+            hint = f"; did you mean {guess[0]!r}?" if guess else ""
+            problems.append(f"evaluate.metrics: unknown metric {m!r}{hint} (allowed: {', '.join(_METRICS)})")
+    for p in ev["percentiles"]:
+        if not isinstance(p, _num) or isinstance(p, bool) or not 0 < p < 100:
+            problems.append(f"evaluate.percentiles: {p!r} is not a percentile in (0, 100)")
+    for k in ev["k"]:
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            problems.append(f"evaluate.k: {k!r} is not a positive integer")
+    if values.get("train") is not None:
+        validator = _lookup("cpzarr.train", "validate_train_config")
+        if validator is not None:
+            try:
+                validator(values["train"])
+            except ConfigError as err:
+                problems.extend(f"train.{p}" for p in (err.problems or [str(err)]))
+
+
+def _lookup(module: str, name: str) -> Callable | None:
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def _check_kwargs(where: str, params: Mapping[str, Any], module: str, name: str, problems: list[str],
+                  skip: tuple = ()) -> None:
+    """Check ``params`` against the keyword parameters of ``module.name`` when it can be imported."""
+    func = _lookup(module, name)
+    if func is None:
+        return
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    allowed = [n for n, p in sig.parameters.items()
+               if n not in skip and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    for key in params:
+        if key not in allowed:
+            guess = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"; did you mean {guess[0]!r}?" if guess else ""
+            problems.append(f"{where}.{key}: not a parameter of {module}.{name}{hint} "
+                            f"(allowed: {', '.join(allowed)})")

@@ -1,0 +1,26 @@
+from cpzarr.cluster import batched, get_client, map_batches
+
+
+def test_map_batches_in_process_keeps_order():
+    assert map_batches(lambda x: x * x, [3, 1, 2], key_prefix="sq", progress=False) == [9, 1, 4]
+
+
+def test_batched():
+    assert list(batched(range(5), 2)) == [[0, 1], [2, 3], [4]]
+
+
+def test_local_client_names_tasks_and_bounds_batches():
+    with get_client(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as client:
+        info = client.scheduler_info()
+        assert len(info["workers"]) == 1
+        assert next(iter(info["workers"].values()))["nthreads"] == 2
+
+        def work(item):
+            from distributed import get_worker
+
+            return item + 1, get_worker().get_current_task()
+
+        out = map_batches(work, [10, 20, 30], key_prefix="ingest-well", names=["P1-A01", "P1-A02", "P2-A01"],
+                          batch_size=2, client=client, progress=False)
+    assert [v for v, _ in out] == [11, 21, 31]
+    assert [k for _, k in out] == ["ingest-well-P1-A01", "ingest-well-P1-A02", "ingest-well-P2-A01"]
