@@ -167,7 +167,7 @@ class Config:
                 continue
             if stage == "locate" and self.get("features.model") in ("deepprofiler", "cellprofiler"):
                 continue
-            if stage == "train" and not self.get("train"):
+            if stage == "train" and self.get("train") is None:
                 continue
             out.append(stage)
         return tuple(out)
@@ -338,7 +338,7 @@ def _check_semantics(values: dict, problems: list[str]) -> None:
     if loc["method"] == "detect" and loc.get("detect"):
         _check_kwargs("locate.detect", loc["detect"], "cpzarr.cells", "detect_nuclei", problems, skip=("screen",))
     feats = values["features"]
-    if feats["model"] == "trained" and not feats.get("checkpoint") and not values.get("train"):
+    if feats["model"] == "trained" and not feats.get("checkpoint") and values.get("train") is None:
         problems.append("features.checkpoint: required for model 'trained' unless a train section is given")
     if feats["model"] in ("deepprofiler", "cellprofiler") and not feats.get("path"):
         problems.append(f"features.path: required to import {feats['model']} outputs")
