@@ -1,0 +1,219 @@
+"""Crops against plain numpy slices of the source images."""
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from cpzarr.cells import cells_from_table
+from cpzarr.crops import crops, sample
+from cpzarr.errors import InputError, StoreError
+
+PLATES, WELLS, SITES, CHANNELS, HEIGHT, WIDTH = ["P1", "P2"], ["A01", "A02", "B03"], [1, 2], ["DNA", "ER", "RNA"], 40, 52
+BOX = 10
+
+
+def _screen(dtype=np.uint16, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = (len(PLATES), len(WELLS), len(SITES), len(CHANNELS), HEIGHT, WIDTH)
+    pixels = rng.integers(1, 250, shape).astype(dtype)
+    images = da.from_array(pixels, chunks=(1, 1, 1, len(CHANNELS), HEIGHT, WIDTH))
+    compound = np.array([["DMSO", "drugA", "drugB"]] * len(PLATES), dtype=object)
+    screen = xr.Dataset(
+        {
+            "images": (("plate", "well", "site", "channel", "y", "x"), images),
+            "present": (("plate", "well", "site"), np.ones(shape[:3], bool)),
+            "compound": (("plate", "well"), compound),
+        },
+        coords={
+            "plate": np.array(PLATES, object), "well": np.array(WELLS, object), "site": SITES,
+            "channel": np.array(CHANNELS, object),
+        },
+    )
+    return screen, pixels
+
+
+# middle, edges (top, bottom, left, right), corners, and exactly-fitting boxes
+POINTS = [
+    (26.0, 20.0), (13.4, 17.6), (0.0, 20.0), (51.0, 20.0), (26.0, 0.0), (26.0, 39.0),
+    (0.0, 0.0), (51.0, 39.0), (0.0, 39.0), (51.0, 0.0), (5.0, 5.0), (46.49, 34.2), (4.5, 4.5),
+]
+
+
+def _cells(screen):
+    rows = []
+    for p in PLATES:
+        for w in WELLS:
+            for s in SITES:
+                for x, y in POINTS:
+                    rows.append((p, w, s, x, y))
+    table = pd.DataFrame(rows, columns=["plate", "well", "site", "x", "y"])
+    return cells_from_table(table, screen["images"])
+
+
+def _reference(pixels, plate, well, site, x, y, box, channels=slice(None)):
+    """Crop by zero-padding the whole image by the box and slicing: independent of the code."""
+    image = pixels[PLATES.index(plate), WELLS.index(well), SITES.index(site)][channels]
+    padded = np.pad(image, ((0, 0), (box, box), (box, box)))
+    cy, cx = int(np.floor(y + 0.5)), int(np.floor(x + 0.5))
+    r, c = cy - box // 2 + box, cx - box // 2 + box
+    return padded[:, r : r + box, c : c + box]
+
+
+def _fits(x, y, box):
+    cy, cx = int(np.floor(y + 0.5)), int(np.floor(x + 0.5))
+    r, c = cy - box // 2, cx - box // 2
+    return r >= 0 and c >= 0 and r + box <= HEIGHT and c + box <= WIDTH
+
+
+@pytest.mark.parametrize("edge", ["skip", "pad"])
+@pytest.mark.parametrize("box", [BOX, 9])
+def test_crops_equal_numpy_slices(edge, box):
+    screen, pixels = _screen()
+    cells = _cells(screen)
+    view = crops(screen, box=box, edge=edge, cells=cells)
+    values = view.values
+    expected_cells = [
+        i for i in range(cells.sizes["cell"])
+        if edge == "pad" or _fits(float(cells.x[i]), float(cells.y[i]), box)
+    ]
+    assert view.cell.values.tolist() == expected_cells
+    assert values.dtype == np.uint16 and values.shape == (len(expected_cells), 3, box, box)
+    for k, i in enumerate(expected_cells):
+        ref = _reference(pixels, str(cells.plate[i].values), str(cells.well[i].values),
+                         int(cells.site[i]), float(cells.x[i]), float(cells.y[i]), box)
+        np.testing.assert_array_equal(values[k], ref)
+    if edge == "skip":
+        # the middle points and the exactly fitting ones are kept, edge and corner points are not
+        kept_points = set(zip(view.x.values.tolist(), view.y.values.tolist()))
+        assert (26.0, 20.0) in kept_points and (0.0, 0.0) not in kept_points
+
+
+def test_box_convention_hand_worked():
+    screen, pixels = _screen()
+    table = pd.DataFrame({"plate": ["P1"], "well": ["A01"], "site": [1], "x": [10.5], "y": [7.49]})
+    view = crops(screen, box=4, cells=table)
+    # x 10.5 rounds up to column 10.5 + 0.5 -> 11, y 7.49 -> row 7; box rows 5..8, columns 9..12
+    np.testing.assert_array_equal(view.values[0], pixels[0, 0, 0, :, 5:9, 9:13])
+
+
+def test_coordinates_survive_round_trip():
+    screen, _ = _screen()
+    cells = _cells(screen)
+    view = crops(screen, box=BOX, edge="pad", cells=cells)
+    for name in ("plate", "well", "site", "x", "y"):
+        np.testing.assert_array_equal(view[name].values, cells[name].values)
+    assert view.channel.values.tolist() == CHANNELS
+
+
+@pytest.mark.parametrize("chunks", ["site", "well"])
+def test_chunkings_give_same_crops(chunks):
+    screen, _ = _screen()
+    cells = _cells(screen)
+    reference = crops(screen, box=BOX, edge="pad", cells=cells).values
+    view = crops(screen, box=BOX, edge="pad", cells=cells, chunks=chunks)
+    per = len(POINTS) * (len(SITES) if chunks == "well" else 1)
+    assert set(view.data.chunks[0]) == {per}
+    np.testing.assert_array_equal(view.values, reference)
+    # a store chunked differently (several sites per chunk) is read the same way
+    rechunked = screen.copy()
+    rechunked["images"] = screen["images"].chunk({"site": 2, "well": 3, "y": 20})
+    np.testing.assert_array_equal(
+        crops(rechunked, box=BOX, edge="pad", cells=cells, chunks=chunks).values, reference
+    )
+
+
+def test_subset_reads_only_its_sites():
+    screen, pixels = _screen()
+    cells = _cells(screen)
+    reads = []
+
+    def counted(block):
+        reads.append(1)
+        return block
+
+    counted_blocks = screen["images"].data.map_blocks(counted, meta=np.empty((0,) * 6, np.uint16))
+    screen["images"] = screen["images"].copy(data=counted_blocks)
+    view = crops(screen, box=BOX, cells=cells)
+    one_site = view.isel(cell=[0, 1, 2])
+    with dask.config.set(scheduler="sync"):
+        one_site.values
+    assert len(reads) == 1
+    reads.clear()
+    with dask.config.set(scheduler="sync"):
+        view.values
+    assert len(reads) == len(PLATES) * len(WELLS) * len(SITES)
+
+
+def test_channels_and_scaling():
+    screen, pixels = _screen()
+    cells = _cells(screen)
+    raw = crops(screen, box=BOX, channels=["RNA", "DNA"], cells=cells).values
+    full = crops(screen, box=BOX, cells=cells).values
+    np.testing.assert_array_equal(raw, full[:, [2, 0]])
+    scaled = crops(screen, box=BOX, channels=["RNA", "DNA"], scale="minmax", cells=cells).values
+    assert scaled.dtype == np.float32
+    lo = raw.min(axis=(2, 3), keepdims=True).astype(np.float64)
+    hi = raw.max(axis=(2, 3), keepdims=True).astype(np.float64)
+    np.testing.assert_allclose(scaled, (raw - lo) / (hi - lo), rtol=1e-6)
+    dp = crops(screen, box=BOX, scale="deepprofiler", cells=cells).values
+    np.testing.assert_allclose(dp, (full - full.min(axis=(2, 3), keepdims=True)) /
+                               full.max(axis=(2, 3), keepdims=True).astype(np.float64), rtol=1e-6)
+
+
+def test_constant_crop_scales_to_zeros():
+    screen, _ = _screen()
+    screen["images"] = xr.full_like(screen["images"], 7)
+    table = pd.DataFrame({"plate": ["P1"], "well": ["A01"], "site": [1], "x": [20.0], "y": [20.0]})
+    out = crops(screen, box=BOX, scale="minmax", cells=table).values
+    assert out.dtype == np.float32 and not out.any()
+
+
+def test_bad_options_are_reported_together():
+    screen, _ = _screen()
+    cells = _cells(screen)
+    with pytest.raises(InputError) as err:
+        crops(screen, box=0, edge="mirror", scale="zscore", cells=cells)
+    assert len(err.value.problems) == 3
+    with pytest.raises(InputError, match="unknown channels"):
+        crops(screen, channels=["DAPI"], cells=cells)
+    with pytest.raises(StoreError, match="no /cells"):
+        crops(screen)
+    table = pd.DataFrame({"plate": ["P9"], "well": ["A01"], "site": [1], "x": [5.0], "y": [5.0]})
+    with pytest.raises(InputError, match="plate P9, well A01, site 1"):
+        crops(screen, cells=table)
+
+
+def test_cells_in_absent_sites_raise():
+    screen, _ = _screen()
+    screen["present"][0, 0, 0] = False
+    with pytest.raises(StoreError, match="present is False"):
+        crops(screen, box=BOX, cells=_cells(screen))
+
+
+def test_sample_reads_each_site_once_and_matches_crops():
+    screen, pixels = _screen()
+    cells = _cells(screen)
+    full = crops(screen, box=BOX, edge="pad", cells=cells)
+    batch, labels = sample(screen, 40, box=BOX, seed=3, edge="pad", cells=cells)
+    assert batch.shape == (40, 3, BOX, BOX) and len(labels) == 40
+    np.testing.assert_array_equal(batch, full.values[labels["cell"].to_numpy()])
+    # labels are the cells' own coordinates and their well's metadata
+    np.testing.assert_array_equal(labels["x"], cells.x.values[labels["cell"]])
+    expected = {"A01": "DMSO", "A02": "drugA", "B03": "drugB"}
+    assert (labels["compound"] == labels["well"].map(expected)).all()
+    again, labels_again = sample(screen, 40, box=BOX, seed=3, edge="pad", cells=cells)
+    np.testing.assert_array_equal(batch, again)
+    assert labels.equals(labels_again)
+
+
+def test_sample_skip_never_draws_edge_cells_and_groups_sites():
+    screen, _ = _screen()
+    cells = _cells(screen)
+    _, labels = sample(screen, 200, box=BOX, seed=0, cells=cells)
+    assert all(_fits(x, y, BOX) for x, y in zip(labels["x"], labels["y"]))
+    _, grouped = sample(screen, 24, box=BOX, seed=0, cells=cells, cells_per_site=4)
+    assert len(grouped) == 24
+    assert grouped.groupby(["plate", "well", "site"]).size().min() >= 4
