@@ -1,0 +1,245 @@
+"""Profile tables as ``DataArray[sample, feature]`` and their Pycytominer-convention files.
+
+A Pycytominer table is a pandas frame whose metadata columns start with ``Metadata_``; every other
+numeric column is a feature. Conversion keeps what is needed to rebuild the frame exactly (column
+order, feature dtypes, index, unprefixed metadata columns) in the DataArray's attributes, so
+``to_pycytominer(from_pycytominer(df))`` equals ``df``.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from cpzarr.errors import InputError, StoreError
+
+PREFIX = "Metadata_"
+_RESERVED = ("sample", "feature")
+
+
+def from_pycytominer(df, features="infer"):
+    """Convert a Pycytominer-convention frame to a profile DataArray.
+
+    Parameters
+    ----------
+    df : pandas.DataFrame
+        One row per sample; ``Metadata_*`` columns are metadata, the other columns features.
+    features : list of str or "infer", default "infer"
+        Feature columns. ``"infer"`` takes every column that does not start with ``Metadata_``;
+        non-numeric columns among them are kept as metadata (without a prefix to strip).
+
+    Returns
+    -------
+    profiles : DataArray (sample, feature)
+        Named ``profiles``; metadata as coordinates along ``sample`` without the prefix.
+
+    Examples
+    --------
+    >>> df = pd.DataFrame({"Metadata_Plate": ["p", "p"], "Cells_x": [1.0, 2.0]})
+    >>> from_pycytominer(df).coords["Plate"].values.tolist()
+    ['p', 'p']
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise InputError(f"from_pycytominer expects a pandas DataFrame, got {type(df).__name__}")
+    columns = [str(c) for c in df.columns]
+    duplicated = sorted({c for c in columns if columns.count(c) > 1})
+    if duplicated:
+        raise InputError("profile table has duplicated columns", duplicated)
+    if features == "infer":
+        features = [
+            c for c in columns
+            if not c.startswith(PREFIX) and pd.api.types.is_numeric_dtype(df[c])
+            and not pd.api.types.is_bool_dtype(df[c])
+        ]
+    else:
+        features = [str(f) for f in features]
+        missing = [f for f in features if f not in columns]
+        if missing:
+            raise InputError("feature columns are not in the profile table", missing)
+        bad = [f for f in features if not pd.api.types.is_numeric_dtype(df[f])]
+        if bad:
+            raise InputError("feature columns must be numeric", bad)
+    feature_set = set(features)
+    metadata = [c for c in columns if c not in feature_set]
+
+    coords, unprefixed = {}, []
+    for column in metadata:
+        name = column[len(PREFIX):] if column.startswith(PREFIX) else column
+        if not column.startswith(PREFIX):
+            unprefixed.append(column)
+        if name in coords or name in _RESERVED:
+            raise InputError(
+                f"metadata column {column!r} maps to coordinate {name!r}, which is already taken; "
+                "rename the column"
+            )
+        coords[name] = ("sample", df[column].to_numpy())
+
+    dtypes = {f: str(df[f].dtype) for f in features}
+    common = np.result_type(*[df[f].dtype for f in features]) if features else np.float64
+    values = df[features].to_numpy(dtype=common) if features else np.empty((len(df), 0))
+    coords["feature"] = ("feature", np.asarray(features, dtype=object))
+    index = df.index
+    if not isinstance(index, pd.RangeIndex) or index.start != 0 or index.step != 1:
+        coords["sample"] = ("sample", index.to_numpy())
+    attrs = {
+        "pycytominer_columns": json.dumps(columns),
+        "pycytominer_unprefixed": json.dumps(unprefixed),
+    }
+    if len(set(dtypes.values())) > 1:
+        attrs["pycytominer_dtypes"] = json.dumps(dtypes)
+    return xr.DataArray(values, dims=("sample", "feature"), coords=coords, name="profiles", attrs=attrs)
+
+
+def to_pycytominer(profiles):
+    """Convert a profile DataArray to a Pycytominer-convention frame.
+
+    Parameters
+    ----------
+    profiles : DataArray (sample, feature)
+        Computed if dask-backed.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``Metadata_``-prefixed metadata columns, then features (or the column order recorded by
+        :func:`from_pycytominer` when the columns are still the same).
+
+    Examples
+    --------
+    >>> df = pd.DataFrame({"Metadata_Plate": ["p"], "Cells_x": [1.0]})
+    >>> to_pycytominer(from_pycytominer(df)).equals(df)
+    True
+    """
+    _check_profiles(profiles)
+    unprefixed = set(json.loads(profiles.attrs.get("pycytominer_unprefixed", "[]")))
+    data = {}
+    for name, coord in profiles.coords.items():
+        if name in _RESERVED or coord.dims != ("sample",):
+            continue
+        column = name if name in unprefixed else PREFIX + name
+        data[column] = coord.values
+    values = np.asarray(profiles.transpose("sample", "feature").values)
+    features = [str(f) for f in profiles["feature"].values]
+    dtypes = json.loads(profiles.attrs.get("pycytominer_dtypes", "{}"))
+    for j, feature in enumerate(features):
+        column = values[:, j]
+        if feature in dtypes:
+            column = column.astype(dtypes[feature])
+        data[feature] = column
+    index = None
+    if "sample" in profiles.coords:
+        index = pd.Index(profiles["sample"].values)
+    frame = pd.DataFrame(data, index=index)
+    recorded = json.loads(profiles.attrs.get("pycytominer_columns", "[]"))
+    if recorded and set(recorded) == set(frame.columns):
+        frame = frame[recorded]
+    return frame
+
+
+def read_profiles(path, node=None, features="infer"):
+    """Read a profile table from Parquet, CSV(.gz) or a Zarr store node.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``.parquet``, ``.csv`` or ``.csv.gz`` in the Pycytominer convention, or a Zarr store.
+    node : str, optional
+        For a Zarr store, the group holding ``profiles``, e.g. ``"profiles/efficientnet/well"``.
+    features : list of str or "infer"
+        Feature columns of a Parquet/CSV table (see :func:`from_pycytominer`).
+
+    Returns
+    -------
+    profiles : DataArray (sample, feature)
+        Dask-backed when read from Zarr.
+
+    Examples
+    --------
+    >>> profiles = read_profiles("SQ00015054_normalized_feature_select.csv.gz")  # doctest: +SKIP
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"profile file {path} does not exist")
+    kind = _kind(path)
+    if kind == "parquet":
+        frame = pd.read_parquet(path)
+        # Parquet gives None for missing strings where CSV and the written frame had NaN.
+        for column in frame.columns[frame.dtypes == object]:
+            frame[column] = frame[column].where(frame[column].notna(), np.nan)
+        return from_pycytominer(frame, features=features)
+    if kind == "csv":
+        return from_pycytominer(pd.read_csv(path), features=features)
+    try:
+        dataset = xr.open_zarr(path, group=node, zarr_format=3, consolidated=False)
+    except Exception as error:  # zarr raises several types for a missing group
+        raise StoreError(f"cannot open node {node!r} of store {path}: {error}") from error
+    if "profiles" not in dataset:
+        raise StoreError(f"node {node!r} of store {path} has no 'profiles' variable")
+    profiles = dataset["profiles"]
+    profiles.attrs.update(dataset.attrs)
+    return profiles
+
+
+def write_profiles(profiles, path, node=None, mode="w"):
+    """Write a profile table to Parquet, CSV(.gz) or a Zarr store node.
+
+    Parameters
+    ----------
+    profiles : DataArray (sample, feature)
+    path : str or Path
+        ``.parquet``, ``.csv`` or ``.csv.gz`` (Pycytominer convention), anything else is a Zarr store.
+    node : str, optional
+        Group inside the Zarr store, e.g. ``"profiles/efficientnet/well"``.
+    mode : {"w", "w-"}, default "w"
+        Zarr write mode: overwrite the node, or fail if it exists.
+
+    Returns
+    -------
+    Path
+        The path written.
+
+    Examples
+    --------
+    >>> write_profiles(profiles, "plate_normalized.parquet")  # doctest: +SKIP
+    """
+    _check_profiles(profiles)
+    path = Path(path)
+    kind = _kind(path)
+    if kind == "parquet":
+        to_pycytominer(profiles).to_parquet(path)
+    elif kind == "csv":
+        to_pycytominer(profiles).to_csv(path, index=False)
+    else:
+        profiles = profiles.rename("profiles")
+        for name, coord in profiles.coords.items():
+            if coord.dtype == object:
+                # Zarr v3 variable-length strings cannot hold NaN; missing metadata becomes "".
+                values = np.array(["" if _missing(v) else str(v) for v in coord.values], dtype=object)
+                profiles = profiles.assign_coords({name: (coord.dims, values)})
+        dataset = profiles.to_dataset()
+        dataset.attrs = dict(profiles.attrs)
+        dataset["profiles"].attrs = {}
+        dataset.to_zarr(path, group=node, mode=mode, zarr_format=3, consolidated=False)
+    return path
+
+
+def _missing(value):
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
+def _kind(path):
+    name = path.name.lower()
+    if name.endswith(".parquet") or name.endswith(".pq"):
+        return "parquet"
+    if name.endswith(".csv") or name.endswith(".csv.gz") or name.endswith(".tsv"):
+        return "csv"
+    return "zarr"
+
+
+def _check_profiles(profiles):
+    if not isinstance(profiles, xr.DataArray):
+        raise InputError(f"expected a profiles DataArray, got {type(profiles).__name__}")
+    if set(profiles.dims) != {"sample", "feature"} or profiles.ndim != 2:
+        raise InputError(f"profiles must have dims ('sample', 'feature'), got {profiles.dims}")
