@@ -1,0 +1,482 @@
+"""The training run: options, outputs in a folder, resume after a crash, GPU worker when there is one."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cpzarr.errors import ConfigError, InputError
+from cpzarr.train._data import SPLITS, cell_table, make_batches, split_cells
+from cpzarr.train._model import ARCHITECTURES, build_model
+from cpzarr.train._schedules import SCHEDULES, check_schedule
+
+logger = logging.getLogger("cpzarr")
+
+__all__ = ["TrainOptions", "TrainResult", "validate_train_config", "train"]
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """The knobs of a training run: the keys of the ``train:`` mapping of an experiment config.
+
+    Attributes
+    ----------
+    label : str
+        Well coordinate whose values are the classes (weak supervision: the treatment).
+    architecture : {"efficientnet-lite0", "efficientnet-b0", "resnet50", "tiny"}
+        Backbone (``tiny``: a three-convolution CNN for tests and demos).
+    weights : str
+        ``"imagenet"`` (first convolution adapted to the channels), ``"random"``, or a Lite0
+        ``.weights.h5`` file.
+    profile_layer : str
+        Name of the pooled layer the features stage reads.
+    split : {"replicate", "cells", "dose", "custom"}
+        See :func:`cpzarr.train.split_cells`; with ``val_fraction``, ``train_dose``, ``val_dose``,
+        ``split_coordinate``, ``split_query``, ``split_seed``.
+    epochs, batch_size : int
+        DeepProfiler's study: 10–30 epochs, batches of 32–256.
+    cells_per_epoch, val_cells : int or None
+        Cells drawn per epoch, class-balanced (default: the number of training cells), and cells
+        drawn once, class-balanced, for validation (default: the number of validation cells).
+    optimizer : {"sgd", "adam"}
+        SGD with ``momentum`` (DeepProfiler's) or Adam.
+    learning_rate, schedule, warmup_epochs, step_epochs, step_values
+        See :func:`cpzarr.train.learning_rate` (study's best: cosine, 0.02).
+    label_smoothing : float
+        ``l`` in ``y·(1 − l) + l/N`` (study: 0–0.2).
+    weight_decay : float
+        L2 penalty on kernels (1e-4).
+    augment : bool
+        DeepProfiler's augmentations on the fly (:func:`cpzarr.train.augment`).
+    mixed_precision : bool
+        float16 compute on a GPU; ignored on CPU.
+    deterministic : bool
+        Deterministic TensorFlow ops (reproducible, slower on GPU).
+    seed : int
+        Seeds initial weights, epoch sampling and augmentation.
+    workers : int
+        Threads that read and augment batches ahead of the model.
+    output : str or None
+        Output folder (the runner picks one when None).
+    """
+
+    label: str = "compound"
+    architecture: str = "efficientnet-lite0"
+    weights: str = "imagenet"
+    profile_layer: str = "profile"
+    split: str = "replicate"
+    val_fraction: float = 0.2
+    train_dose: float | None = None
+    val_dose: float | None = None
+    split_coordinate: str | None = None
+    split_query: str | None = None
+    split_seed: int = 0
+    epochs: int = 10
+    batch_size: int = 32
+    cells_per_epoch: int | None = None
+    val_cells: int | None = None
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    learning_rate: float = 0.02
+    schedule: str = "cosine"
+    warmup_epochs: float = 5
+    step_epochs: list = field(default_factory=list)
+    step_values: list = field(default_factory=list)
+    label_smoothing: float = 0.0
+    weight_decay: float = 1e-4
+    augment: bool = True
+    mixed_precision: bool = True
+    deterministic: bool = False
+    seed: int = 0
+    workers: int = 2
+    output: str | None = None
+
+
+_TYPES = {
+    "label": (str,), "architecture": (str,), "weights": (str,), "profile_layer": (str,),
+    "split": (str,), "val_fraction": (int, float), "train_dose": (int, float, type(None)),
+    "val_dose": (int, float, type(None)), "split_coordinate": (str, type(None)),
+    "split_query": (str, type(None)), "split_seed": (int,), "epochs": (int,),
+    "batch_size": (int,), "cells_per_epoch": (int, type(None)), "val_cells": (int, type(None)),
+    "optimizer": (str,), "momentum": (int, float), "learning_rate": (int, float),
+    "schedule": (str,), "warmup_epochs": (int, float), "step_epochs": (list,),
+    "step_values": (list,), "label_smoothing": (int, float), "weight_decay": (int, float),
+    "augment": (bool,), "mixed_precision": (bool,), "deterministic": (bool,), "seed": (int,),
+    "workers": (int,), "output": (str, type(None)),
+}
+_CHOICES = {
+    "architecture": ARCHITECTURES, "split": SPLITS, "optimizer": ("sgd", "adam"),
+    "schedule": SCHEDULES,
+}
+
+
+def validate_train_config(mapping: dict | None) -> TrainOptions:
+    """Check a ``train:`` mapping strictly and return it as :class:`TrainOptions`.
+
+    Unknown keys, wrong types and out-of-range values are all reported at once.
+
+    Parameters
+    ----------
+    mapping : dict or None
+        Keys of :class:`TrainOptions`; missing keys take their defaults.
+
+    Returns
+    -------
+    TrainOptions
+
+    Raises
+    ------
+    ConfigError
+        With one problem per bad key.
+
+    Examples
+    --------
+    >>> validate_train_config({"epochs": 3, "schedule": "step", "step_epochs": [2],
+    ...                        "step_values": [0.1, 0.01]}).epochs
+    3
+    """
+    mapping = dict(mapping or {})
+    names = [f.name for f in dataclasses.fields(TrainOptions)]
+    problems = []
+    for key in mapping:
+        if key not in names:
+            guess = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {guess[0]!r}?" if guess else ""
+            problems.append(f"{key}: unknown key{hint}")
+    for key, value in mapping.items():
+        types = _TYPES.get(key)
+        if types is None:
+            continue
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            problems.append(f"{key}: expected {' or '.join(t.__name__ for t in types)}, got {value!r}")
+        elif key in _CHOICES and value not in _CHOICES[key]:
+            problems.append(f"{key}: {value!r} is not one of {', '.join(_CHOICES[key])}")
+    if problems:
+        raise ConfigError("invalid train section", problems)
+    options = TrainOptions(**mapping)
+    checks = [
+        ("epochs", options.epochs >= 1, "must be ≥ 1"),
+        ("batch_size", options.batch_size >= 1, "must be ≥ 1"),
+        ("val_fraction", 0 < options.val_fraction < 1, "must be in (0, 1)"),
+        ("momentum", 0 <= options.momentum < 1, "must be in [0, 1)"),
+        ("label_smoothing", 0 <= options.label_smoothing < 1, "must be in [0, 1)"),
+        ("weight_decay", options.weight_decay >= 0, "must be ≥ 0"),
+        ("workers", options.workers >= 1, "must be ≥ 1"),
+        ("cells_per_epoch", options.cells_per_epoch is None
+         or options.cells_per_epoch >= options.batch_size, "must be ≥ batch_size"),
+        ("val_cells", options.val_cells is None or options.val_cells >= options.batch_size,
+         "must be ≥ batch_size"),
+        ("weights", options.weights in ("imagenet", "random") or Path(options.weights).suffix == ".h5",
+         "must be 'imagenet', 'random' or a .weights.h5 file"),
+    ]
+    problems = [f"{key}: {why}, got {getattr(options, key)!r}" for key, ok, why in checks if not ok]
+    problems += check_schedule(
+        options.schedule, base=options.learning_rate, epochs=options.epochs,
+        warmup_epochs=options.warmup_epochs, step_epochs=options.step_epochs,
+        step_values=options.step_values,
+    )
+    if options.split == "dose" and (options.train_dose is None or options.val_dose is None):
+        problems.append("train_dose, val_dose: both required by split 'dose'")
+    if options.split == "custom" and (options.split_coordinate is None) == (options.split_query is None):
+        problems.append("split_coordinate, split_query: split 'custom' needs exactly one")
+    if problems:
+        raise ConfigError("invalid train section", problems)
+    return options
+
+
+@dataclass
+class TrainResult:
+    """What a training run left in its output folder.
+
+    Attributes
+    ----------
+    output : Path
+        The folder.
+    best, last : Path
+        Best checkpoint (highest validation accuracy) and the last epoch's checkpoint.
+    history : DataFrame
+        One row per epoch: ``epoch``, ``loss``, ``accuracy``, ``val_loss``, ``val_accuracy``,
+        ``learning_rate``.
+    classes : list of str
+        Class names in the order of the model's outputs.
+    """
+
+    output: Path
+    best: Path
+    last: Path
+    history: pd.DataFrame
+    classes: list
+
+
+def _screen_crops(screen, box, channels, edge):
+    """The lazy crops of ``screen`` with its well metadata added as coordinates along ``cell``."""
+    import xarray as xr
+
+    from cpzarr.cells import screen_parts
+    from cpzarr.crops import crops
+
+    view = crops(screen, box=box, channels=channels, edge=edge, scale=None)
+    _, _, root = screen_parts(screen)
+    names = [n for n, v in root.data_vars.items() if set(v.dims) == {"plate", "well"}]
+    wells = root[names].sel(
+        plate=xr.DataArray(view["plate"].values, dims="cell"),
+        well=xr.DataArray(view["well"].values, dims="cell"),
+    )
+    return view.assign_coords({n: ("cell", wells[n].values) for n in names})
+
+
+def _atomic_save(model, path: Path):
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def _plot_history(history: pd.DataFrame, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        ax.plot(history["epoch"], history[metric], "o-", label="training")
+        if f"val_{metric}" in history:
+            ax.plot(history["epoch"], history[f"val_{metric}"], "o-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}")
+    fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _outputs_callback(folder: Path, history: list, best: float):
+    import keras
+
+    class Outputs(keras.callbacks.Callback):
+        """Per epoch: checkpoint, best checkpoint, history table and plot, then the state file."""
+
+        def __init__(self):
+            super().__init__()
+            self.best = best
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = dict(logs or {})
+            lr = self.model.optimizer.learning_rate
+            row = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()},
+                   "learning_rate": float(np.asarray(lr))}
+            history.append(row)
+            checkpoint = folder / "checkpoints" / f"epoch-{epoch + 1:03d}.keras"
+            _atomic_save(self.model, checkpoint)
+            score = row.get("val_accuracy", -row["loss"])
+            if score > self.best:
+                self.best = score
+                _atomic_save(self.model, folder / "best.keras")
+            table = pd.DataFrame(history)
+            table.to_csv(folder / ".history.csv", index=False)
+            os.replace(folder / ".history.csv", folder / "history.csv")
+            _plot_history(table, folder / "history.png")
+            # Written last: a crash before this line resumes from the previous epoch.
+            state = {"epoch": epoch + 1, "checkpoint": checkpoint.name, "best": self.best}
+            (folder / ".state.json").write_text(json.dumps(state))
+            os.replace(folder / ".state.json", folder / "state.json")
+
+    return Outputs()
+
+
+def train(
+    source,
+    output=None,
+    options: TrainOptions | dict | None = None,
+    *,
+    box: int = 128,
+    channels: list | None = None,
+    edge: str = "skip",
+    resume: bool = False,
+    client: Any = None,
+    callbacks: tuple = (),
+    progress: bool = True,
+) -> TrainResult:
+    """Train a cell encoder by classifying each cell's treatment, reading crops from the store.
+
+    Parameters
+    ----------
+    source : DataTree, Dataset or DataArray (cell, channel, y, x)
+        A screen store (``cpzarr.open_screen``), whose crops are cut lazily with ``box``,
+        ``channels`` and ``edge`` and labelled from the well metadata; or crops already made, with
+        the label (and ``plate``, ``well``, and ``dose`` for the dose split) as coordinates along
+        ``cell``. Intensities are min–max scaled per crop and channel here, as for profiling.
+    output : str or Path, optional
+        Output folder; defaults to ``options.output``. It receives ``checkpoints/epoch-NNN.keras``
+        (model and optimizer state), ``best.keras`` (best validation accuracy), ``history.csv``,
+        ``history.png``, ``train.json`` (options, classes, channels, box), ``split.csv`` (each
+        used cell's split) and ``state.json`` (the last finished epoch).
+    options : TrainOptions or dict, optional
+        The knobs (see :class:`TrainOptions`); a dict is validated by
+        :func:`validate_train_config`.
+    box, channels, edge
+        Crop settings (the ``crops:`` section of an experiment config) used with a screen.
+    resume : bool
+        Continue from the last finished epoch of ``output``: model, optimizer state and epoch are
+        restored, and batches depend only on ``(seed, epoch)``, so the run ends as an uninterrupted
+        run would. Without ``resume`` an output folder with a finished epoch is an error.
+    client : distributed.Client, optional
+        When its cluster has a ``GPU`` worker, the run is submitted there (``resources={"GPU":
+        1}``); otherwise it runs in this process.
+    callbacks : sequence of keras.callbacks.Callback
+        Extra callbacks, called after cpzarr's own (which save each epoch).
+    progress : bool
+        Keras' progress bar.
+
+    Returns
+    -------
+    TrainResult
+
+    Examples
+    --------
+    >>> screen = cpzarr.open_screen("screen.zarr")  # doctest: +SKIP
+    >>> result = train(screen, "runs/train", {"epochs": 20, "batch_size": 64})  # doctest: +SKIP
+    >>> result.history[["epoch", "val_accuracy"]].tail(1)  # doctest: +SKIP
+    """
+    if not isinstance(options, TrainOptions):
+        options = validate_train_config(options)
+    output = output if output is not None else options.output
+    if output is None:
+        raise ConfigError("train: no output folder given", ["output: required"])
+    kwargs = dict(output=output, options=options, box=box, channels=channels, edge=edge,
+                  resume=resume, callbacks=callbacks, progress=progress)
+    if client is not None:
+        from cpzarr.cluster import has_gpu_workers
+
+        if has_gpu_workers(client):
+            future = client.submit(_train_here, source, **kwargs, resources={"GPU": 1},
+                                   key=f"train-{options.architecture}-{Path(output).name}",
+                                   pure=False)
+            return future.result()
+    return _train_here(source, **kwargs)
+
+
+def _train_here(source, *, output, options, box, channels, edge, resume, callbacks, progress):
+    import keras
+    import tensorflow as tf
+    import xarray as xr
+
+    from cpzarr.train._schedules import EpochSchedule
+
+    folder = Path(output)
+    state_file = folder / "state.json"
+    if state_file.exists() and not resume:
+        raise InputError(
+            f"{folder} already holds a training run (state.json); pass resume=True (--resume) "
+            "to continue it, or choose another output folder"
+        )
+    crops = source if isinstance(source, xr.DataArray) else _screen_crops(source, box, channels, edge)
+    cells = cell_table(crops, options.label)
+    side = split_cells(
+        cells, options.split, label=options.label, val_fraction=options.val_fraction,
+        train_dose=options.train_dose, val_dose=options.val_dose,
+        split_coordinate=options.split_coordinate, split_query=options.split_query,
+        seed=options.split_seed,
+    )
+    labels = cells[options.label].astype(str).to_numpy()
+    classes = sorted(set(labels[side == "train"]))
+    unseen = sorted(set(labels[side == "val"]) - set(classes))
+    if unseen:
+        logger.warning("validation labels absent from training are left out: %s", ", ".join(unseen))
+        side[(side == "val") & np.isin(labels, unseen)] = ""
+    if len(classes) < 2:
+        raise InputError(f"training needs at least two classes of {options.label!r}, got {classes}")
+    code = {c: i for i, c in enumerate(classes)}
+    y = np.array([code.get(v, -1) for v in labels])
+    train_idx, val_idx = np.flatnonzero(side == "train"), np.flatnonzero(side == "val")
+    if not len(val_idx):
+        raise InputError("no validation cells left after removing labels unseen in training")
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "checkpoints").mkdir(exist_ok=True)
+    channel_names = [str(c) for c in crops["channel"].values] if "channel" in crops.coords else None
+    record = {"options": dataclasses.asdict(options), "classes": classes, "box": int(crops.shape[-1]),
+              "channels": channel_names, "edge": edge, "label": options.label}
+    (folder / "train.json").write_text(json.dumps(record, indent=2, default=str))
+    split_table = cells.loc[side != "", [c for c in ("plate", "well", "site", options.label)
+                                         if c in cells]].copy()
+    split_table.insert(0, "cell", crops["cell"].values[side != ""]
+                       if "cell" in crops.coords else np.flatnonzero(side != ""))
+    split_table["split"] = side[side != ""]
+    split_table.to_csv(folder / "split.csv", index=False)
+
+    keras.utils.set_random_seed(options.seed)
+    if options.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    on_gpu = bool(tf.config.list_physical_devices("GPU"))
+    policy = keras.config.dtype_policy()
+    if options.mixed_precision and on_gpu:
+        keras.config.set_dtype_policy("mixed_float16")
+    try:
+        batch_size = options.batch_size
+        per_epoch = options.cells_per_epoch or len(train_idx)
+        per_epoch = max(per_epoch, batch_size)
+        val_cells = max(options.val_cells or len(val_idx), batch_size)
+        initial_epoch, history, best = 0, [], -np.inf
+        if resume and state_file.exists():
+            state = json.loads(state_file.read_text())
+            initial_epoch, best = int(state["epoch"]), float(state["best"])
+            history = pd.read_csv(folder / "history.csv").to_dict("records")[:initial_epoch]
+            model = keras.models.load_model(folder / "checkpoints" / state["checkpoint"])
+            logger.info("resuming %s after epoch %d", folder, initial_epoch)
+        else:
+            model = build_model(
+                len(classes), architecture=options.architecture, box=int(crops.shape[-1]),
+                n_channels=int(crops.shape[1]),
+                weights=None if options.weights == "random" else options.weights,
+                profile_layer=options.profile_layer, weight_decay=options.weight_decay,
+            )
+            schedule = EpochSchedule(
+                per_epoch // batch_size, options.schedule, base=options.learning_rate,
+                epochs=options.epochs, warmup_epochs=options.warmup_epochs,
+                step_epochs=options.step_epochs, step_values=options.step_values,
+            )
+            if options.optimizer == "sgd":
+                optimizer = keras.optimizers.SGD(schedule, momentum=options.momentum)
+            else:
+                optimizer = keras.optimizers.Adam(schedule)
+            model.compile(
+                optimizer=optimizer,
+                loss=keras.losses.CategoricalCrossentropy(label_smoothing=options.label_smoothing),
+                metrics=["accuracy"],
+            )
+        training = make_batches(
+            crops, train_idx, y[train_idx], len(classes), batch_size=batch_size,
+            cells_per_epoch=per_epoch, augment_crops=options.augment, seed=options.seed,
+            epoch=initial_epoch, workers=options.workers,
+        )
+        validation = make_batches(
+            crops, val_idx, y[val_idx], len(classes), batch_size=batch_size,
+            cells_per_epoch=val_cells, seed=options.seed + 1, fixed=True,
+            workers=options.workers,
+        )
+        if initial_epoch < options.epochs:
+            model.fit(
+                training, validation_data=validation, epochs=options.epochs,
+                initial_epoch=initial_epoch, verbose=1 if progress else 0,
+                callbacks=[_outputs_callback(folder, history, best), *callbacks],
+            )
+    finally:
+        keras.config.set_dtype_policy(policy)
+    state = json.loads(state_file.read_text())
+    return TrainResult(
+        output=folder, best=folder / "best.keras",
+        last=folder / "checkpoints" / state["checkpoint"],
+        history=pd.read_csv(folder / "history.csv"), classes=classes,
+    )
