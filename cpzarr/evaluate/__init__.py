@@ -1,0 +1,32 @@
+"""Profile-quality metrics, exact and blocked so they scale past 100,000 profiles.
+
+Every function takes ``profiles``, a DataArray (sample, feature) with metadata coordinates along
+``sample``, and the name(s) of the grouping coordinate(s); results are tidy pandas DataFrames.
+Similarities are computed one block of queries at a time (``block_size``), never as an n × n
+matrix. Conventions follow Cytominer-eval (Precision/Recall@K, Enrichment, Hit@K, replicate
+reproducibility, grit) and copairs 0.5.5 (average precision, mAP, p-values); each function's
+docstring states them.
+"""
+
+from . import plots
+from ._enrichment import batch_enrichment, enrichment
+from ._hitk import hitk
+from ._map import average_precision, benjamini_hochberg, mean_average_precision
+from ._precision import precision_recall
+from ._replicates import grit, replicate_reproducibility
+from ._similarity import sample_table, similarity
+
+__all__ = [
+    "average_precision",
+    "batch_enrichment",
+    "benjamini_hochberg",
+    "enrichment",
+    "grit",
+    "hitk",
+    "mean_average_precision",
+    "plots",
+    "precision_recall",
+    "replicate_reproducibility",
+    "sample_table",
+    "similarity",
+]

@@ -1,0 +1,214 @@
+"""Similarity between profiles, computed one block of queries at a time.
+
+Every metric of :mod:`cpzarr.evaluate` needs, for each query profile, its similarity to all other
+profiles. Rows are standardized once (centred for Pearson, then scaled to unit norm), so one block
+of similarities is a plain matrix product ``Z[block] @ Z.T``; a block of ``block_size`` queries
+costs ``block_size * n`` numbers, never ``n * n``.
+"""
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from cpzarr.errors import InputError
+
+METHODS = ("pearson", "cosine")
+
+
+def _check_profiles(profiles):
+    """Raise InputError unless ``profiles`` is a finite DataArray (sample, feature)."""
+    if not isinstance(profiles, xr.DataArray):
+        raise InputError(
+            f"profiles must be an xarray.DataArray (sample, feature), got {type(profiles).__name__}; "
+            "convert a Pycytominer frame with cpzarr.profiles.from_pycytominer"
+        )
+    if set(profiles.dims) != {"sample", "feature"}:
+        raise InputError(f"profiles must have dims (sample, feature), got {profiles.dims}")
+    profiles = profiles.transpose("sample", "feature")
+    values = np.asarray(profiles.values, dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        rows, cols = np.nonzero(bad)
+        problems = [
+            f"sample {_sample_label(profiles, r)}, feature {profiles['feature'].values[c]!s}"
+            for r, c in zip(rows[:50], cols[:50])
+        ]
+        raise InputError(
+            f"profiles hold {bad.sum()} NaN/inf values; drop or impute them first "
+            "(cpzarr.profiles feature selection drops NaN columns)",
+            problems,
+        )
+    return profiles, values
+
+
+def _sample_label(profiles, row):
+    """A human-readable name for sample ``row``: its plate/well when known, else its index."""
+    parts = [
+        f"{name}={profiles[name].values[row]}"
+        for name in ("plate", "well")
+        if name in profiles.coords and profiles[name].dims == ("sample",)
+    ]
+    return f"{row} ({', '.join(parts)})" if parts else str(row)
+
+
+def _group_names(profiles, groups):
+    """Normalize ``groups`` to a list of sample-coordinate names, checking each exists."""
+    names = [groups] if isinstance(groups, str) else list(groups)
+    if not names:
+        raise InputError("groups must name at least one sample coordinate (e.g. 'moa')")
+    missing = [n for n in names if n not in profiles.coords or profiles[n].dims != ("sample",)]
+    if missing:
+        known = sorted(n for n, c in profiles.coords.items() if c.dims == ("sample",))
+        raise InputError(
+            f"groups name coordinates that profiles lack along 'sample'; known: {known}", missing
+        )
+    return names
+
+
+def _group_codes(profiles, names):
+    """Integer code per sample; equal codes = equal metadata compared as strings.
+
+    Strings, as Cytominer-eval compares metadata, so that missing values (NaN) match each other.
+    """
+    keys = pd.Series(
+        ["\x1f".join(t) for t in zip(*[profiles[n].values.astype(str) for n in names])]
+    )
+    codes, _ = pd.factorize(keys)
+    return codes.astype(np.int64)
+
+
+def _sample_mask(profiles, mask, what="mask"):
+    """Boolean numpy array over samples from None, a boolean array or a pandas query string."""
+    n = profiles.sizes["sample"]
+    if mask is None:
+        return np.ones(n, dtype=bool)
+    if isinstance(mask, str):
+        frame = sample_table(profiles)
+        try:
+            keep = frame.eval(mask)
+        except Exception as error:
+            raise InputError(
+                f"{what} {mask!r} is not a valid query on the sample coordinates "
+                f"{list(frame.columns)}: {error}"
+            ) from None
+        return np.asarray(keep, dtype=bool)
+    keep = np.asarray(mask.values if isinstance(mask, xr.DataArray) else mask)
+    if keep.dtype != bool or keep.shape != (n,):
+        raise InputError(f"{what} must be a boolean array of length {n} (one per sample)")
+    return keep
+
+
+def sample_table(profiles):
+    """The sample coordinates of ``profiles`` as a pandas DataFrame, one row per sample.
+
+    Parameters
+    ----------
+    profiles : DataArray (sample, feature)
+
+    Returns
+    -------
+    pandas.DataFrame
+        One column per coordinate along ``sample``, in sample order, with a fresh RangeIndex.
+
+    Examples
+    --------
+    >>> sample_table(profiles).head()  # doctest: +SKIP
+    """
+    columns = {
+        name: coord.values for name, coord in profiles.coords.items() if coord.dims == ("sample",)
+    }
+    return pd.DataFrame(columns, index=pd.RangeIndex(profiles.sizes["sample"]))
+
+
+def _standardize(values, method, dtype):
+    """Rows scaled so that a dot product is the similarity (Pearson: centred first)."""
+    if method not in METHODS:
+        raise InputError(f"method must be one of {METHODS}, got {method!r}")
+    z = values - values.mean(axis=1, keepdims=True) if method == "pearson" else values.copy()
+    norms = np.linalg.norm(z, axis=1)
+    flat = np.flatnonzero(norms == 0)
+    if flat.size:
+        raise InputError(
+            f"{flat.size} profiles are constant (zero {'variance' if method == 'pearson' else 'norm'}), "
+            "so their similarity is undefined; drop them",
+            [f"sample {i}" for i in flat],
+        )
+    z /= norms[:, None]
+    return z.astype(dtype, copy=False)
+
+
+# Default block: about this many similarities at once (128 MiB in float64), whatever n is.
+_BLOCK_CELLS = 2**24
+
+
+def _block_rows(block_size, n):
+    """Queries per block: ``block_size``, or as many as fit _BLOCK_CELLS similarities."""
+    if block_size is None:
+        return max(1, _BLOCK_CELLS // max(n, 1))
+    if int(block_size) != block_size or block_size < 1:
+        raise InputError(f"block_size must be a positive integer or None, got {block_size!r}")
+    return int(block_size)
+
+
+def _iter_blocks(n_queries, block_size, progress, desc):
+    """Yield (start, stop) of query blocks, with a tqdm bar when ``progress``."""
+    if block_size < 1:
+        raise InputError(f"block_size must be a positive integer, got {block_size}")
+    starts = range(0, n_queries, block_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc=desc, unit="block")
+    for start in starts:
+        yield start, min(start + block_size, n_queries)
+
+
+def similarity(profiles, query=None, method="pearson", dtype="float64"):
+    """Similarity of query profiles to every profile.
+
+    This materialises a (query, sample) matrix: use it for a few hundred queries, or to look at a
+    neighbourhood. The metrics of :mod:`cpzarr.evaluate` compute the same numbers block by block.
+
+    Parameters
+    ----------
+    profiles : DataArray (sample, feature)
+        Profiles, metadata as coordinates along ``sample``.
+    query : None, boolean array (sample,) or str, optional
+        Which samples are queries: all (default), a boolean mask, or a pandas query on the sample
+        coordinates such as ``"control != 'negcon'"``.
+    method : {"pearson", "cosine"}
+        Pearson correlation between profiles (default) or cosine similarity.
+    dtype : {"float64", "float32"}
+        Precision of the matrix product.
+
+    Returns
+    -------
+    DataArray (query, sample)
+        Similarities; the queries' sample coordinates are repeated along ``query`` with a
+        ``query_`` prefix, and ``query_index`` is their position along ``sample``.
+
+    Examples
+    --------
+    >>> s = similarity(profiles, query="moa == 'tubulin inhibitor'")  # doctest: +SKIP
+    """
+    profiles, values = _check_profiles(profiles)
+    z = _standardize(values, method, np.dtype(dtype))
+    rows = np.flatnonzero(_sample_mask(profiles, query, "query"))
+    sims = z[rows] @ z.T
+    out = xr.DataArray(sims, dims=("query", "sample"), name="similarity")
+    out = out.assign_coords(
+        {
+            name: ("sample", coord.values)
+            for name, coord in profiles.coords.items()
+            if coord.dims == ("sample",)
+        }
+    )
+    out = out.assign_coords(
+        {
+            f"query_{name}": ("query", coord.values[rows])
+            for name, coord in profiles.coords.items()
+            if coord.dims == ("sample",)
+        }
+        | {"query_index": ("query", rows)}
+    )
+    return out
