@@ -322,8 +322,9 @@ def _measure(crop, mask, scales, angles, levels):
     form_factor = 4 * np.pi * props["area"] / perimeter**2 if perimeter > 0 else np.nan
     values[:n_shape] = shape + [form_factor]
     centroid = np.asarray(props["centroid"])
-    weighted = np.atleast_2d(np.asarray(props["centroid_weighted"]))
-    pixels = crop[:, mask]
+    with np.errstate(invalid="ignore", divide="ignore"):  # a channel dark over the whole object
+        weighted = np.atleast_2d(np.asarray(props["centroid_weighted"]))
+    pixels = crop[:, mask].astype(np.float64)
     quartiles = np.quantile(pixels, [0.25, 0.5, 0.75], axis=1)
     integrated = pixels.sum(axis=1)
     # regionprops' weighted centroid divides by the channel's integrated intensity.
