@@ -1,0 +1,150 @@
+"""consensus: replicate profiles → one profile per treatment, by median or MODZ."""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy.stats import rankdata
+
+from cpzarr.errors import InputError
+from cpzarr.profiles._samples import (
+    as_dask, check_profiles, group_codes, like_input, metadata_frame, record_step,
+)
+from cpzarr.profiles._segments import segment_reduce, segments_of
+
+OPERATIONS = ("median", "mean", "modz")
+
+
+def consensus(
+    profiles,
+    replicate_columns=("compound", "dose"),
+    operation="median",
+    method="spearman",
+    min_weight=0.01,
+    precision=4,
+):
+    """Collapse replicate profiles into one consensus profile per treatment.
+
+    Parameters
+    ----------
+    profiles : DataArray (sample, feature)
+    replicate_columns : str or sequence of str, default ("compound", "dose")
+        Coordinates that identify a treatment; missing values form their own group.
+    operation : {"median", "mean", "modz"}, default "median"
+        ``modz`` weights each replicate by its mean correlation with the others (negative
+        correlations count as 0, weights clipped below at ``min_weight``, normalized to sum 1 and
+        rounded to ``precision`` decimals), as Pycytominer; a single replicate is returned as is.
+    method : {"spearman", "pearson"}, default "spearman"
+        Correlation between replicates for ``modz``.
+    min_weight : float, default 0.01
+    precision : int, default 4
+
+    Returns
+    -------
+    profiles : DataArray (sample, feature)
+        float64, one sample per treatment, sorted by the replicate columns; coordinates are the
+        replicate columns plus every coordinate constant within each treatment (e.g. ``moa``) and
+        ``replicate_count``.
+
+    Examples
+    --------
+    >>> from cpzarr.synthetic import make_profiles
+    >>> p = make_profiles(n_plates=4, n_batches=2, n_negcon=4, n_compounds=8, n_replicates=3,
+    ...                   n_moas=4, n_features=16, n_samples=None)
+    >>> consensus(p, operation="modz").sizes["sample"]  # 8 compounds + DMSO
+    9
+    """
+    if operation not in OPERATIONS:
+        raise InputError(f"consensus operation {operation!r} is not one of {OPERATIONS}")
+    if method not in ("spearman", "pearson"):
+        raise InputError(f"consensus method {method!r} is not 'spearman' or 'pearson'")
+    p = check_profiles(profiles)
+    columns = [replicate_columns] if isinstance(replicate_columns, str) else list(replicate_columns)
+    codes, keys = group_codes(p, columns)
+    order, lengths = segments_of(codes)
+    x = as_dask(p)
+    d = x.shape[1]
+
+    def reduce(block, lens):
+        return _reduce(block, lens, operation, method, min_weight, precision)
+
+    data = segment_reduce(x, lengths, reduce, d, order=order)
+
+    meta = metadata_frame(p).drop(columns=columns)
+    coords = {c: ("sample", keys[c].to_numpy()) for c in columns}
+    if len(meta.columns):
+        as_text = meta.astype(str)
+        constant = as_text.groupby(codes).nunique(dropna=False).eq(1).all()
+        first = meta.iloc[order[np.concatenate([[0], np.cumsum(lengths)[:-1]])]]
+        for name in constant.index[constant.to_numpy()]:
+            coords[name] = ("sample", first[name].to_numpy())
+    coords["replicate_count"] = ("sample", lengths.astype(np.int64))
+    coords["feature"] = p["feature"]
+    out = xr.DataArray(data, dims=("sample", "feature"), coords=coords, name="profiles", attrs=dict(p.attrs))
+    record_step(out, "consensus", {
+        "replicate_columns": columns, "operation": operation, "method": method,
+        "min_weight": min_weight, "precision": precision,
+    })
+    return like_input(profiles, out)
+
+
+def _reduce(block, lengths, operation, method, min_weight, precision):
+    block = np.asarray(block, dtype=np.float64)
+    out = np.empty((len(lengths), block.shape[1]))
+    start = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN features give NaN, as pandas
+        for i, n in enumerate(lengths):
+            rows = block[start:start + n]
+            start += n
+            if operation == "median":
+                out[i] = np.nanmedian(rows, axis=0)
+            elif operation == "mean":
+                out[i] = np.nanmean(rows, axis=0)
+            else:
+                out[i] = _modz(rows, method, min_weight, precision)
+    return out
+
+
+def _modz(rows, method, min_weight, precision):
+    if len(rows) == 1:
+        return np.nan_to_num(rows[0], nan=0.0)
+    weights = modz_weights(rows, method, min_weight, precision)
+    return np.nansum(rows * weights[:, None], axis=0)
+
+
+def modz_weights(rows, method="spearman", min_weight=0.01, precision=4):
+    """MODZ weights of replicate profiles (rows), as Pycytominer computes them.
+
+    Parameters
+    ----------
+    rows : ndarray (replicate, feature)
+    method : {"spearman", "pearson"}
+    min_weight : float
+    precision : int
+
+    Returns
+    -------
+    ndarray (replicate,)
+
+    Examples
+    --------
+    >>> modz_weights(np.array([[1.0, 2, 3], [1, 2, 4], [3, 2, 1]])).tolist()
+    [0.495, 0.495, 0.0099]
+    """
+    if np.isnan(rows).any():
+        # Pairwise-complete correlations, as pandas computes them, only where NaN occurs.
+        corr = pd.DataFrame(rows.T).corr(method=method).to_numpy()
+    else:
+        values = rankdata(rows, axis=1) if method == "spearman" else rows
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr = np.corrcoef(values)
+    corr = np.array(corr, dtype=np.float64)
+    np.fill_diagonal(corr, np.nan)
+    corr = np.where(np.isnan(corr), np.nan, np.maximum(corr, 0.0))
+    raw = np.nanmean(corr, axis=1)
+    raw = np.where(np.isnan(raw), np.nan, np.maximum(raw, min_weight))
+    total = np.nansum(raw)
+    weights = np.full(len(raw), 1.0 / len(raw)) if total == 0 else raw / total
+    return np.round(weights, precision)

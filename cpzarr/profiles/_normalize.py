@@ -1,0 +1,170 @@
+"""normalize: standardize, robustize and mad_robustize fitted per group on all or some samples."""
+
+import json
+import warnings
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from cpzarr.errors import InputError
+from cpzarr.profiles._samples import (
+    as_dask, check_profiles, group_codes, like_input, record_step, sample_mask,
+)
+from cpzarr.profiles._segments import segment_reduce, segments_of
+
+METHODS = ("standardize", "robustize", "mad_robustize")
+MAD_SCALE = 1.4826
+_EPS = np.finfo(np.float64).eps
+
+
+class ZeroScaleWarning(UserWarning):
+    """Features whose scale is zero in the fitting samples of a group."""
+
+
+def normalize(
+    profiles,
+    method="standardize",
+    by="plate",
+    samples="all",
+    epsilon=1e-18,
+    match_pycytominer=False,
+):
+    """Normalize features per group with statistics fitted on all or a subset of samples.
+
+    Parameters
+    ----------
+    profiles : DataArray (sample, feature)
+    method : {"standardize", "robustize", "mad_robustize"}
+        ``(x - mean) / std`` (population std, ddof 0); ``(x - median) / IQR`` (25th to 75th
+        linear-interpolated percentile, not rescaled); ``(x - median) / (1.4826 · MAD)``.
+        NaN is ignored when fitting.
+    by : str, list of str or None, default "plate"
+        Coordinates whose combinations form the groups fitted separately (None: one group,
+        as one Pycytominer ``normalize`` call).
+    samples : "all", boolean mask over sample, or str
+        Samples the statistics are fitted on, e.g. ``'control == "negcon"'``
+        (Pycytominer's ``samples``); the transform applies to every sample of the group.
+    epsilon : float, default 1e-18
+        Added to the MAD when ``match_pycytominer`` is True (Pycytominer's ``mad_robustize_epsilon``).
+    match_pycytominer : bool, default False
+        Reproduce Pycytominer's numbers also for zero-scale features: a zero MAD then gives
+        ``(x - median) / epsilon`` (values near 1e18).
+
+    Returns
+    -------
+    profiles : DataArray (sample, feature)
+        Same dtype (statistics in float64), dask-backed when the input is. ``attrs`` record the step
+        and ``zero_scale_features`` (JSON: group → feature names).
+
+    Notes
+    -----
+    Zero-scale rule: a feature whose scale in a group's fitting samples is zero (std: constant
+    within rounding, as scikit-learn decides; IQR or MAD below 10 machine epsilons) is centred
+    and divided by 1, and reported in a ``ZeroScaleWarning`` and in ``attrs``. Pycytominer does
+    the same for standardize and robustize; for mad_robustize it divides by epsilon, which only
+    ``match_pycytominer=True`` reproduces.
+
+    Examples
+    --------
+    >>> from cpzarr.synthetic import make_profiles
+    >>> p = make_profiles(n_plates=4, n_batches=2, n_negcon=4, n_compounds=8, n_replicates=3,
+    ...                   n_moas=4, n_features=16, n_samples=None)
+    >>> z = normalize(p, method="mad_robustize", samples='control == "negcon"')
+    >>> z.sizes == p.sizes
+    True
+    """
+    if method not in METHODS:
+        raise InputError(f"normalize method {method!r} is not one of {METHODS}")
+    p = check_profiles(profiles)
+    mask = sample_mask(p, samples)
+    codes, keys = group_codes(p, by)
+    fit_counts = np.bincount(codes[mask], minlength=len(keys))
+    if (fit_counts == 0).any():
+        empty = [", ".join(f"{k}={v}" for k, v in row.items()) for row in keys[fit_counts == 0].to_dict("records")]
+        raise InputError(f"no fitting samples ({samples!r}) in these groups; choose other samples or groups", empty)
+
+    x = as_dask(p)
+    d = x.shape[1]
+    fit_rows = np.flatnonzero(mask)
+    order, lengths = segments_of(codes[fit_rows])
+    stats = segment_reduce(
+        x, lengths, lambda block, lens: _fit(block, lens, method), 2 * d, order=fit_rows[order]
+    ).compute()
+    center, scale = stats[:, :d], stats[:, d:]
+
+    zero = _zero_scale(method, center, scale, fit_counts)
+    report = {}
+    for g in np.flatnonzero(zero.any(axis=1)):
+        label = "/".join(str(v) for v in keys.iloc[g].values) if by is not None else "all"
+        report[label] = [str(f) for f in p["feature"].values[zero[g]]]
+    if report:
+        n_features = int(zero.any(axis=0).sum())
+        rule = f"divided by epsilon={epsilon}" if (match_pycytominer and method == "mad_robustize") else "centred, not scaled"
+        warnings.warn(
+            f"{n_features} features have zero {method} scale in the fitting samples of "
+            f"{len(report)} group(s) ({rule}): {_preview(report)}",
+            ZeroScaleWarning,
+            stacklevel=2,
+        )
+    if method == "mad_robustize" and match_pycytominer:
+        scale = scale + epsilon
+    else:
+        scale = np.where(zero, 1.0, scale)
+
+    out_dtype = p.dtype if np.issubdtype(p.dtype, np.floating) else np.float64
+    code_chunks = da.from_array(codes, chunks=(x.chunks[0],))
+    result = da.map_blocks(
+        _apply, x, code_chunks[:, None], center, scale, out_dtype, dtype=out_dtype
+    )
+    out = xr.DataArray(result, dims=p.dims, coords=p.coords, name="profiles", attrs=dict(p.attrs))
+    out.attrs["zero_scale_features"] = json.dumps(report)
+    record_step(out, "normalize", {
+        "method": method, "by": by, "samples": samples, "epsilon": epsilon,
+        "match_pycytominer": match_pycytominer,
+    })
+    return like_input(profiles, out)
+
+
+def _fit(block, lengths, method):
+    block = np.asarray(block, dtype=np.float64)
+    d = block.shape[1]
+    out = np.full((len(lengths), 2 * d), np.nan)
+    start = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN features give NaN statistics
+        for i, n in enumerate(lengths):
+            rows = block[start:start + n]
+            start += n
+            if method == "standardize":
+                center = np.nanmean(rows, axis=0)
+                scale = np.sqrt(np.nanvar(rows, axis=0))
+            elif method == "robustize":
+                center = np.nanmedian(rows, axis=0)
+                q25, q75 = np.nanpercentile(rows, [25, 75], axis=0)
+                scale = q75 - q25
+            else:
+                center = np.nanmedian(rows, axis=0)
+                scale = MAD_SCALE * np.nanmedian(np.abs(rows - center), axis=0)
+            out[i, :d], out[i, d:] = center, scale
+    return out
+
+
+def _zero_scale(method, center, scale, counts):
+    if method == "standardize":
+        # scikit-learn's rule for a constant feature: variance within rounding of its mean.
+        n = counts[:, None].astype(np.float64)
+        variance = scale**2
+        bound = n * _EPS * variance + (n * center * _EPS) ** 2
+        return variance <= bound
+    return scale < 10 * _EPS
+
+
+def _apply(block, codes, center, scale, dtype):
+    codes = codes[:, 0]
+    return ((block - center[codes]) / scale[codes]).astype(dtype, copy=False)
+
+
+def _preview(report):
+    items = [f"{group}: {', '.join(features[:5])}{' ...' if len(features) > 5 else ''}" for group, features in report.items()]
+    return "; ".join(items[:5]) + (" ..." if len(items) > 5 else "")

@@ -1,0 +1,79 @@
+"""Reductions over contiguous runs of samples (a group's replicates, a well's cells) on dask.
+
+Rows are brought together by group (a gather when they are scattered), then the sample axis is
+re-chunked at segment boundaries so that every chunk holds whole segments; each chunk is reduced
+on its own. Memory is bounded by one chunk: ``max(block_bytes, the largest segment)``.
+"""
+
+import numpy as np
+
+BLOCK_BYTES = 128 * 2**20
+
+
+def segments_of(codes):
+    """Order that sorts samples by group code (stable) and the length of each group."""
+    order = np.argsort(codes, kind="stable")
+    lengths = np.bincount(codes, minlength=int(codes.max()) + 1 if len(codes) else 0)
+    return order, lengths
+
+
+def pack(lengths, row_bytes, block_bytes=BLOCK_BYTES):
+    """Split consecutive segments into blocks of about ``block_bytes``; returns segments per block."""
+    target = max(1, int(block_bytes // max(row_bytes, 1)))
+    per_block, rows, count = [], 0, 0
+    for length in lengths:
+        if count and rows + length > target:
+            per_block.append(count)
+            rows, count = 0, 0
+        rows += int(length)
+        count += 1
+    if count:
+        per_block.append(count)
+    return per_block
+
+
+def segment_reduce(x, lengths, func, width, order=None, dtype=np.float64, block_bytes=BLOCK_BYTES):
+    """Apply ``func(block, block_lengths) -> (n_segments_in_block, width)`` to whole segments.
+
+    Parameters
+    ----------
+    x : dask.array.Array (sample, feature)
+        One chunk along ``feature``.
+    lengths : ndarray of int
+        Length of each segment, in the row order after ``order`` (segments of length 0 are kept
+        and get a row from ``func``).
+    func : callable
+        Reduces a block holding whole segments.
+    width : int
+        Columns of the output.
+    order : ndarray of int, optional
+        Row order that makes the segments contiguous.
+
+    Returns
+    -------
+    dask.array.Array (segment, width)
+    """
+    if order is not None and not np.array_equal(order, np.arange(len(order))):
+        x = x[order]
+    lengths = np.asarray(lengths, dtype=np.int64)
+    per_block = pack(lengths, x.shape[1] * x.dtype.itemsize, block_bytes)
+    bounds = np.concatenate([[0], np.cumsum(per_block)])
+    block_lengths = [lengths[bounds[i]:bounds[i + 1]] for i in range(len(per_block))]
+    rows = tuple(int(b.sum()) for b in block_lengths)
+    # Segments of length 0 make blocks with no rows, which dask keeps as empty chunks.
+    x = x.rechunk({0: rows, 1: -1})
+
+    def reduce_block(block, block_info=None):
+        index = block_info[0]["chunk-location"][0]
+        return func(block, block_lengths[index])
+
+    return x.map_blocks(
+        reduce_block, chunks=(tuple(per_block), (width,)), dtype=dtype, meta=np.empty((0, 0), dtype)
+    )
+
+
+def split_rows(block, lengths):
+    """Views of a block's segments."""
+    ends = np.cumsum(lengths)
+    return [block[e - n:e] for n, e in zip(lengths, ends)]
+

@@ -1,0 +1,281 @@
+"""feature_select: Pycytominer's feature selection operations as passes over chunks."""
+
+import importlib.util
+import itertools
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+from scipy.stats import rankdata
+
+from cpzarr.errors import InputError
+from cpzarr.profiles._samples import (
+    as_dask, check_profiles, group_codes, like_input, record_step, sample_mask,
+)
+from cpzarr.profiles._segments import BLOCK_BYTES, segment_reduce, segments_of
+
+OPERATIONS = (
+    "variance_threshold", "frequency_threshold", "correlation_threshold", "drop_na_columns",
+    "blocklist", "drop_outliers", "noise_removal",
+)
+_CHANNELS = ("AGP", "DNA", "ER", "Mito", "RNA")
+
+
+def default_blocklist():
+    """Pycytominer's default CellProfiler blocklist.
+
+    Read from Pycytominer's installed data file when Pycytominer is installed; otherwise the same
+    rule, written from CellProfiler's feature names: nuclear Manders and RWC colocalization between
+    every ordered pair of the five Cell Painting channels, and nuclear granularity at scales 14-16.
+
+    Returns
+    -------
+    list of str
+
+    Examples
+    --------
+    >>> len(default_blocklist())
+    55
+    """
+    spec = importlib.util.find_spec("pycytominer")
+    if spec is not None and spec.origin is not None:
+        path = Path(spec.origin).parent / "data" / "blocklist_features.txt"
+        if path.is_file():
+            lines = [line.strip() for line in path.read_text().splitlines()]
+            return [line for line in lines[1:] if line]
+    names = [
+        f"Nuclei_Correlation_{kind}_{a}_{b}"
+        for kind in ("Manders", "RWC") for a, b in itertools.permutations(_CHANNELS, 2)
+    ]
+    names += [f"Nuclei_Granularity_{scale}_{c}" for scale in (14, 15, 16) for c in _CHANNELS]
+    return names
+
+
+def feature_select(
+    profiles,
+    operation=("variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist"),
+    samples="all",
+    na_cutoff=0.05,
+    corr_threshold=0.9,
+    corr_method="pearson",
+    freq_cut=0.05,
+    unique_cut=0.01,
+    min_variance=1e-6,
+    outlier_cutoff=500,
+    blocklist=None,
+    noise_removal_perturb_groups=None,
+    noise_removal_stdev_cutoff=None,
+):
+    """Drop features by Pycytominer's rules, each operation on the survivors of the previous ones.
+
+    Parameters
+    ----------
+    profiles : DataArray (sample, feature)
+    operation : str or sequence of str
+        Any of ``variance_threshold`` (keep population variance > ``min_variance``),
+        ``frequency_threshold`` (drop when 2nd/1st most common value count < ``freq_cut`` or
+        distinct values / samples < ``unique_cut``), ``correlation_threshold`` (for every pair with
+        correlation > ``corr_threshold`` drop the member whose summed absolute correlation with
+        all features is larger), ``drop_na_columns`` (NaN fraction > ``na_cutoff``),
+        ``blocklist``, ``drop_outliers`` (max |value| > ``outlier_cutoff``), ``noise_removal``
+        (mean within-group population std > ``noise_removal_stdev_cutoff``).
+    samples : "all", boolean mask over sample, or str
+        Samples the statistics are computed on.
+    blocklist : list of str, optional
+        Features to drop by ``blocklist``; default :func:`default_blocklist`.
+    noise_removal_perturb_groups : str, optional
+        Coordinate naming the groups of ``noise_removal``.
+    na_cutoff, corr_threshold, corr_method, freq_cut, unique_cut, min_variance, outlier_cutoff,
+    noise_removal_stdev_cutoff
+        As in Pycytominer; ``corr_method`` is ``"pearson"`` or ``"spearman"``.
+
+    Returns
+    -------
+    profiles : DataArray (sample, feature)
+        The kept features; ``attrs["cpzarr_steps"]`` lists each operation's dropped features.
+
+    Notes
+    -----
+    The correlation matrix comes from cross-products accumulated over sample chunks (centred on
+    the feature means computed in a first pass; with NaN, from pairwise-complete sums), never
+    from a pandas frame. ``frequency_threshold`` needs exact value counts, so it reads whole
+    feature columns, a block of features at a time.
+
+    Examples
+    --------
+    >>> from cpzarr.synthetic import make_profiles
+    >>> p = make_profiles(n_plates=4, n_batches=2, n_negcon=4, n_compounds=8, n_replicates=3,
+    ...                   n_moas=4, n_features=16, n_samples=None)
+    >>> feature_select(p, operation="drop_outliers", outlier_cutoff=1e9).sizes["feature"]
+    16
+    """
+    operations = [operation] if isinstance(operation, str) else list(operation)
+    unknown = [op for op in operations if op not in OPERATIONS]
+    if unknown:
+        raise InputError(f"feature_select operations must be among {OPERATIONS}", unknown)
+    if "noise_removal" in operations and (
+        noise_removal_perturb_groups is None or noise_removal_stdev_cutoff is None
+    ):
+        raise InputError("noise_removal needs noise_removal_perturb_groups and noise_removal_stdev_cutoff")
+    if corr_method not in ("pearson", "spearman"):
+        raise InputError(f"corr_method {corr_method!r} is not 'pearson' or 'spearman'")
+    p = check_profiles(profiles)
+    mask = sample_mask(p, samples)
+    x = as_dask(p)[np.flatnonzero(mask)]
+    names = np.asarray([str(f) for f in p["feature"].values], dtype=object)
+    keep = np.ones(len(names), dtype=bool)
+    dropped = {}
+    for op in operations:
+        cols = np.flatnonzero(keep)
+        sub = x[:, cols]
+        if op == "variance_threshold":
+            variance = da.nanvar(sub.astype(np.float64), axis=0).compute()
+            drop = ~(variance > min_variance)
+        elif op == "frequency_threshold":
+            drop = _frequency(sub, freq_cut, unique_cut)
+        elif op == "correlation_threshold":
+            drop = _correlated(sub, corr_threshold, corr_method)
+        elif op == "drop_na_columns":
+            drop = (da.isnan(sub).sum(axis=0).compute() / sub.shape[0]) > na_cutoff
+        elif op == "blocklist":
+            listed = set(default_blocklist() if blocklist is None else blocklist)
+            drop = np.array([name in listed for name in names[cols]], dtype=bool)
+        elif op == "drop_outliers":
+            high = da.nanmax(sub, axis=0)
+            low = da.nanmin(sub, axis=0)
+            high, low = da.compute(high, low)
+            drop = (np.abs(high) > outlier_cutoff) | (np.abs(low) > outlier_cutoff)
+        else:
+            drop = _noisy(p.isel(sample=np.flatnonzero(mask)), sub, noise_removal_perturb_groups,
+                          noise_removal_stdev_cutoff)
+        dropped[op] = names[cols[drop]].tolist()
+        keep[cols[drop]] = False
+    out = p.isel(feature=np.flatnonzero(keep))
+    out.attrs = dict(p.attrs)
+    record_step(out, "feature_select", {
+        "operation": operations, "samples": samples, "na_cutoff": na_cutoff,
+        "corr_threshold": corr_threshold, "corr_method": corr_method, "freq_cut": freq_cut,
+        "unique_cut": unique_cut, "min_variance": min_variance, "outlier_cutoff": outlier_cutoff,
+        "noise_removal_perturb_groups": noise_removal_perturb_groups,
+        "noise_removal_stdev_cutoff": noise_removal_stdev_cutoff, "dropped": dropped,
+    })
+    return like_input(profiles, out)
+
+
+def _column_blocks(sub):
+    """Whole columns, as many features per block as fit in the block budget."""
+    width = max(1, int(BLOCK_BYTES // max(sub.shape[0] * 8, 1)))
+    return sub.rechunk({0: -1, 1: width})
+
+
+def _frequency(sub, freq_cut, unique_cut):
+    n = sub.shape[0]
+
+    def ratios(block):
+        out = np.empty((2, block.shape[1]))
+        for j in range(block.shape[1]):
+            column = block[:, j]
+            _, counts = np.unique(column[~np.isnan(column)], return_counts=True)
+            top = np.sort(counts)[::-1]
+            out[0, j] = top[1] / top[0] if len(top) >= 2 else 0.0
+            out[1, j] = len(counts) / n
+        return out
+
+    blocks = _column_blocks(sub)
+    result = blocks.map_blocks(ratios, chunks=((2,), blocks.chunks[1]), dtype=np.float64).compute()
+    return (result[0] < freq_cut) | (result[1] < unique_cut)
+
+
+def correlation_matrix(sub, method="pearson"):
+    """Feature × feature correlation of a dask array (sample, feature), accumulated over chunks.
+
+    Parameters
+    ----------
+    sub : dask.array.Array (sample, feature)
+    method : {"pearson", "spearman"}
+
+    Returns
+    -------
+    ndarray (feature, feature)
+        Pairwise-complete when NaN is present; NaN where a feature is constant.
+
+    Examples
+    --------
+    >>> x = da.from_array(np.array([[1.0, 2.0], [2.0, 4.1], [3.0, 5.9]]), chunks=2)
+    >>> bool(correlation_matrix(x)[0, 1] > 0.99)
+    True
+    """
+    if method == "spearman":
+        blocks = _column_blocks(sub)
+        sub = blocks.map_blocks(
+            lambda b: rankdata(b, axis=0, nan_policy="omit").astype(np.float64), dtype=np.float64
+        )
+    sub = sub.astype(np.float64)
+    has_nan = bool(da.isnan(sub).any().compute())
+    mean = da.nanmean(sub, axis=0).compute()
+    centred = sub - mean
+    if not has_nan:
+        scatter = _cross(centred, centred)
+        sd = np.sqrt(np.diag(scatter))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return scatter / np.outer(sd, sd)
+    # Pairwise-complete sums: every statistic of a pair only over rows where both are present.
+    present = (~da.isnan(centred)).astype(np.float64)
+    zeroed = da.nan_to_num(centred)
+    count, sum_xy, sum_x, sum_xx = da.compute(
+        _cross_lazy(present, present), _cross_lazy(zeroed, zeroed),
+        _cross_lazy(zeroed, present), _cross_lazy(zeroed**2, present),
+    )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cov = count * sum_xy - sum_x * sum_x.T
+        var_a = count * sum_xx - sum_x**2
+        corr = cov / np.sqrt(var_a * var_a.T)
+    corr[count < 2] = np.nan
+    return corr
+
+
+def _cross_lazy(a, b):
+    d_a, d_b = a.shape[1], b.shape[1]
+    a = a.rechunk({1: -1})
+    b = b.rechunk({0: a.chunks[0], 1: -1})
+    parts = da.map_blocks(
+        lambda u, v: (u.T @ v)[None], a, b, chunks=((1,) * a.numblocks[0], (d_a,), (d_b,)),
+        new_axis=2, dtype=np.float64,
+    )
+    return parts.sum(axis=0)
+
+
+def _cross(a, b):
+    return _cross_lazy(a, b).compute()
+
+
+def _correlated(sub, threshold, method):
+    corr = correlation_matrix(sub, method)
+    if corr.shape[0] < 2:
+        return np.zeros(corr.shape[0], dtype=bool)
+    # Pycytominer ranks features by summed |correlation| (NaN skipped) and, for each pair above
+    # the threshold, drops the member ranked later.
+    sums = np.nansum(np.abs(corr), axis=0)
+    position = np.empty(len(sums), dtype=np.int64)
+    position[np.argsort(sums, kind="quicksort")] = np.arange(len(sums))
+    lower = np.tril(corr > threshold, k=-1)
+    rows, cols = np.nonzero(lower)
+    drop = np.zeros(len(sums), dtype=bool)
+    drop[np.where(position[rows] > position[cols], rows, cols)] = True
+    return drop
+
+
+def _noisy(fit_profiles, sub, groups, cutoff):
+    codes, _ = group_codes(fit_profiles, groups)
+    order, lengths = segments_of(codes)
+
+    def stds(block, lens):
+        out = np.empty((len(lens), block.shape[1]))
+        start = 0
+        for i, n in enumerate(lens):
+            out[i] = np.nanstd(np.asarray(block[start:start + n], dtype=np.float64), axis=0)
+            start += n
+        return out
+
+    per_group = segment_reduce(sub.rechunk({1: -1}), lengths, stds, sub.shape[1], order=order).compute()
+    return np.nanmean(per_group, axis=0) > cutoff
