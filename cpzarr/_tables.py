@@ -1,0 +1,356 @@
+"""Readers for the tables that describe a screen: image tables and platemaps.
+
+Two image-table formats are recognised from their columns:
+
+* a CellProfiler ``load_data`` CSV: ``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site`` and a
+  ``FileName_Orig<Channel>`` / ``PathName_Orig<Channel>`` pair per channel (a relative
+  ``PathName`` is taken relative to the CSV's folder);
+* a DeepProfiler ``index.csv``: the same three metadata columns and one column per channel, named
+  by the channel, holding each image's path relative to the index file's folder.
+
+Both become one frame with a row per site (``plate``, ``well``, ``site``, ``line`` — the line of the
+source file, for error messages — and one absolute path column per channel) plus the well
+metadata found in the table's other ``Metadata_*`` columns.
+
+Metadata column names are normalised to the store's names: ``Metadata_`` is dropped, names are
+lower-cased, ``well_position`` becomes ``well``, ``control_type`` becomes ``control``,
+``pert_iname`` (filled from ``broad_sample`` where empty) becomes ``compound`` and
+``mmoles_per_liter`` (or ``concentration``) becomes ``dose`` when the table has no column of that
+name, and ``batch_number`` (or ``batch_id``) becomes ``batch``.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cpzarr.errors import InputError
+
+#: Channel order of the store when the table has the five Cell Painting channels.
+CELL_PAINTING_CHANNELS = ("DNA", "ER", "RNA", "AGP", "Mito")
+
+#: Well metadata every store has, filled with "" / NaN when the sources lack them.
+REQUIRED_METADATA = ("compound", "dose", "moa", "control")
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+
+_KEY_COLUMNS = {"metadata_plate": "plate", "metadata_well": "well", "metadata_site": "site"}
+_RENAMES = {"well_position": "well", "control_type": "control"}
+_BATCH_ALIASES = ("batch", "batch_number", "batch_id")
+_WELL_RE = re.compile(r"^([A-Za-z]+)0*(\d+)$")
+
+
+def normalize_well(name) -> str:
+    """Return a well name in the store's form: row letters upper-case, column zero-padded.
+
+    Parameters
+    ----------
+    name : str
+        A well name as written by an acquisition system (``a1``, ``A01``, ``AF048``).
+
+    Returns
+    -------
+    str
+        ``A01``-style name; unchanged when it does not look like a well name.
+
+    Examples
+    --------
+    >>> normalize_well("b3")
+    'B03'
+    """
+    text = str(name).strip()
+    match = _WELL_RE.match(text)
+    if not match:
+        return text
+    return f"{match.group(1).upper()}{int(match.group(2)):02d}"
+
+
+def well_sort_key(name: str) -> tuple:
+    """Sort key that orders wells row by row (``B02`` before ``AA01``, ``A02`` before ``A10``)."""
+    match = _WELL_RE.match(name)
+    if not match:
+        return (1, name, 0)
+    row = match.group(1)
+    return (0, len(row), row, int(match.group(2)))
+
+
+def read_table(table, *, what: str = "table") -> tuple[pd.DataFrame, str]:
+    """Read a CSV/TSV path or accept a DataFrame; return ``(frame, name for messages)``."""
+    if isinstance(table, pd.DataFrame):
+        return table.reset_index(drop=True).copy(), f"the {what} DataFrame"
+    path = Path(table)
+    if not path.is_file():
+        raise InputError(f"The {what} {path} does not exist or is not a file.")
+    sep = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
+    try:
+        frame = pd.read_csv(path, sep=sep, low_memory=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"The {what} {path} cannot be read as a {sep!r}-separated table: {exc}") from exc
+    return frame, str(path)
+
+
+def read_image_table(table, channels=None) -> tuple[pd.DataFrame, pd.DataFrame, list[str], dict]:
+    """Read a load_data CSV or a DeepProfiler index.csv into a per-site frame.
+
+    Parameters
+    ----------
+    table : str, Path or DataFrame
+        The image table. A DataFrame's relative paths are taken relative to the working directory.
+    channels : sequence of str, optional
+        Channels to keep, in this order. Default: every channel of the table, Cell Painting
+        channels first in the order DNA, ER, RNA, AGP, Mito.
+
+    Returns
+    -------
+    sites : DataFrame
+        One row per site: ``plate``, ``well``, ``site``, ``line`` and one absolute path column per
+        channel.
+    well_metadata : DataFrame
+        ``Metadata_*`` columns constant within each (plate, well), normalised names, keyed by
+        ``plate`` and ``well``.
+    channels : list of str
+        The channels, in store order.
+    info : dict
+        ``format`` (``"load_data"`` or ``"index"``) and ``source`` (path or description).
+
+    Examples
+    --------
+    >>> sites, meta, channels, info = read_image_table("index.csv")  # doctest: +SKIP
+    """
+    frame, source = read_table(table, what="image table")
+    base = Path(table).resolve().parent if not isinstance(table, pd.DataFrame) else Path.cwd()
+    lower = {c.lower(): c for c in frame.columns}
+    missing = [c for c in ("Metadata_Plate", "Metadata_Well", "Metadata_Site") if c.lower() not in lower]
+    if missing:
+        raise InputError(
+            f"The image table {source} lacks the column(s) {', '.join(missing)}; a load_data CSV or "
+            "DeepProfiler index.csv names each site by Metadata_Plate, Metadata_Well and Metadata_Site."
+        )
+    filename_cols = {c[len("FileName_Orig"):]: c for c in frame.columns if c.startswith("FileName_Orig")}
+    if filename_cols:
+        fmt = "load_data"
+        paths, found = _load_data_paths(frame, filename_cols, base, source)
+    else:
+        fmt = "index"
+        found = [c for c in frame.columns if not c.lower().startswith("metadata_") and _looks_like_images(frame[c])]
+        if not found:
+            raise InputError(
+                f"The image table {source} has neither FileName_Orig<Channel> columns (load_data CSV) "
+                f"nor columns of image paths ending in {', '.join(IMAGE_SUFFIXES)} (DeepProfiler index.csv)."
+            )
+        paths = {}
+        for ch in found:
+            col = frame[ch]
+            paths[ch] = [None if _blank(v) else str(_absolute(base, str(v))) for v in col]
+    if channels is None:
+        order = [c for c in CELL_PAINTING_CHANNELS if c in found] + [c for c in found if c not in CELL_PAINTING_CHANNELS]
+    else:
+        order = list(channels)
+        unknown = [c for c in order if c not in found]
+        if unknown:
+            raise InputError(
+                f"Unknown channel(s) for the image table {source}; it has {', '.join(found)}.",
+                [f"channel {c!r} is not in the table" for c in unknown],
+            )
+        if len(set(order)) != len(order):
+            raise InputError(f"channels lists a channel twice: {order}")
+
+    keys = {name: frame[lower[col]] for col, name in _KEY_COLUMNS.items()}
+    sites = pd.DataFrame(
+        {
+            "plate": keys["plate"].map(lambda v: "" if _blank(v) else str(v).strip()),
+            "well": keys["well"].map(lambda v: "" if _blank(v) else normalize_well(v)),
+            "site": pd.to_numeric(keys["site"], errors="coerce"),
+            "line": np.arange(len(frame)) + 2,
+        }
+    )
+    for ch in order:
+        sites[ch] = paths[ch]
+
+    meta_cols = [
+        c for c in frame.columns
+        if c.lower().startswith("metadata_") and c.lower() not in _KEY_COLUMNS
+    ]
+    raw = frame[meta_cols].copy()
+    raw.columns = [c[len("Metadata_"):] for c in meta_cols]
+    raw["plate"] = sites["plate"].values
+    raw["well"] = sites["well"].values
+    well_metadata = _constant_within_wells(raw)
+    return sites, well_metadata, order, {"format": fmt, "source": source}
+
+
+def read_platemap(platemap) -> tuple[pd.DataFrame, str]:
+    """Read a platemap (CSV/TSV path or DataFrame) and normalise its column names.
+
+    Parameters
+    ----------
+    platemap : str, Path or DataFrame
+        Keyed by (plate, well), or by well only when one layout serves every plate
+        (``well_position`` is accepted for ``well``, ``Metadata_`` prefixes are dropped).
+
+    Returns
+    -------
+    frame : DataFrame
+        Normalised columns; ``plate`` only when the platemap has one.
+    source : str
+        The path or a description, for messages.
+
+    Examples
+    --------
+    >>> frame, source = read_platemap("platemap.csv")  # doctest: +SKIP
+    """
+    frame, source = read_table(platemap, what="platemap")
+    frame = normalize_columns(frame)
+    if "well" not in frame.columns:
+        raise InputError(f"The platemap {source} has no well column (well, well_position or Metadata_Well).")
+    frame["well"] = frame["well"].map(normalize_well)
+    if "plate" in frame.columns:
+        frame["plate"] = frame["plate"].map(lambda v: "" if _blank(v) else str(v).strip())
+    keys = ["plate", "well"] if "plate" in frame.columns else ["well"]
+    dup = frame[frame.duplicated(keys, keep=False)]
+    if len(dup):
+        rows = sorted({tuple(r) for r in dup[keys].itertuples(index=False)})
+        raise InputError(
+            f"The platemap {source} lists some wells more than once.",
+            [f"{'/'.join(r)} appears {int((frame[keys].apply(tuple, axis=1) == r).sum())} times" for r in rows],
+        )
+    return frame, source
+
+
+def normalize_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Drop ``Metadata_`` prefixes, lower-case names and apply the field's renames.
+
+    Returns a new frame; when two source columns map to one name, the first wins.
+
+    Examples
+    --------
+    >>> normalize_columns(pd.DataFrame({"Metadata_Plate": ["P1"], "well_position": ["A01"]})).columns.tolist()
+    ['plate', 'well']
+    """
+    names = []
+    for col in frame.columns:
+        name = str(col)
+        if name.lower().startswith("metadata_"):
+            name = name[len("metadata_"):]
+        name = name.lower()
+        names.append(_RENAMES.get(name, name))
+    out = frame.copy()
+    out.columns = names
+    return out.loc[:, ~out.columns.duplicated()]
+
+
+def derive_store_metadata(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Fill ``compound``, ``dose``, ``moa``, ``control`` and ``batch`` from the field's synonyms.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        Well metadata with normalised column names.
+
+    Returns
+    -------
+    frame : DataFrame
+        With the required columns present.
+    notes : list of str
+        What was derived or filled, for a warning.
+    """
+    out = frame.copy()
+    notes = []
+    if "compound" not in out.columns:
+        if "pert_iname" in out.columns:
+            compound = out["pert_iname"].astype(object)
+            if "broad_sample" in out.columns:
+                empty = compound.map(_blank)
+                compound = compound.where(~empty, out["broad_sample"])
+                notes.append("compound taken from pert_iname, or broad_sample where pert_iname is empty")
+            else:
+                notes.append("compound taken from pert_iname")
+            out["compound"] = compound
+        elif "broad_sample" in out.columns:
+            out["compound"] = out["broad_sample"]
+            notes.append("compound taken from broad_sample")
+    if "dose" not in out.columns:
+        for alias in ("mmoles_per_liter", "concentration"):
+            if alias in out.columns:
+                out["dose"] = pd.to_numeric(out[alias], errors="coerce")
+                notes.append(f"dose taken from {alias}")
+                break
+    if "control" not in out.columns and "compound" in out.columns:
+        is_dmso = out["compound"].map(lambda v: not _blank(v) and str(v).strip().upper() == "DMSO")
+        out["control"] = np.where(is_dmso, "negcon", "trt").astype(object)
+        notes.append("control inferred: negcon where compound is DMSO, trt elsewhere")
+    if "batch" not in out.columns:
+        for alias in _BATCH_ALIASES[1:]:
+            if alias in out.columns:
+                out["batch"] = out[alias]
+                notes.append(f"batch taken from {alias}")
+                break
+    for col in REQUIRED_METADATA:
+        if col not in out.columns:
+            out[col] = np.nan if col == "dose" else ""
+            notes.append(f"no {col} column in the image table or platemap: filled with {'NaN' if col == 'dose' else 'empty strings'}")
+    return out, notes
+
+
+def as_store_column(values: pd.Series) -> np.ndarray:
+    """Return a column as float64 (numeric columns) or object strings ("" for missing)."""
+    if pd.api.types.is_bool_dtype(values):
+        return values.map(lambda v: "" if _blank(v) else str(v)).to_numpy(dtype=object)
+    if pd.api.types.is_numeric_dtype(values):
+        return values.to_numpy(dtype=np.float64)
+    return values.map(lambda v: "" if _blank(v) else _as_text(v)).to_numpy(dtype=object)
+
+
+def _as_text(value) -> str:
+    # CSV readers turn integer columns with gaps into floats; "1" reads better than "1.0" as a label.
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _load_data_paths(frame, filename_cols, base, source):
+    paths, found, problems = {}, [], []
+    for ch, fcol in filename_cols.items():
+        pcol = f"PathName_Orig{ch}"
+        if pcol not in frame.columns:
+            problems.append(f"{fcol} has no matching {pcol} column")
+            continue
+        found.append(ch)
+        paths[ch] = [
+            None if _blank(f) or _blank(p) else str(_absolute(base, str(p)) / str(f))
+            for f, p in zip(frame[fcol], frame[pcol])
+        ]
+    if problems:
+        raise InputError(f"The load_data CSV {source} is incomplete.", problems)
+    return paths, found
+
+
+def _constant_within_wells(raw: pd.DataFrame) -> pd.DataFrame:
+    """Keep the columns that have one value per (plate, well); one row per well."""
+    raw = normalize_columns(raw)
+    cols = [c for c in raw.columns if c not in ("plate", "well")]
+    grouped = raw.groupby(["plate", "well"], sort=False, dropna=False)
+    keep = [c for c in cols if (grouped[c].nunique(dropna=False) <= 1).all()]
+    return grouped[keep].first().reset_index() if keep else grouped.size().reset_index()[["plate", "well"]]
+
+
+def _looks_like_images(column: pd.Series) -> bool:
+    values = [str(v) for v in column if not _blank(v)]
+    return bool(values) and all(v.lower().endswith(IMAGE_SUFFIXES) for v in values)
+
+
+def _absolute(base: Path, path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _blank(value) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and np.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()

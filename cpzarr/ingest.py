@@ -1,0 +1,633 @@
+"""Ingest site images into a screen store, one Dask task per well, resumably.
+
+``ingest`` reads an image table (CellProfiler load_data CSV or DeepProfiler index.csv, see
+:mod:`cpzarr._tables`) and an optional platemap, checks everything before writing anything, then
+writes the store described in ``docs/architecture.md``:
+
+1. validation: every file exists and decodes as a 2-D image of one shape and dtype, every
+   (plate, well, site) appears once, the channels asked for exist, every imaged well is in the
+   platemap — all offenders reported in one :class:`~cpzarr.errors.InputError`;
+2. the store's skeleton (coordinates, well metadata, ``batch``, empty ``images`` and ``present``
+   arrays, root attribute ``complete: false``) is written beside the target and renamed into place;
+3. one task per well (named ``ingest-well-<plate>-<well>``) reads the well's files and writes its
+   shard of ``images``, then its chunk of ``present``, the well's completion marker;
+4. when every well's marker is in place, the root attribute ``complete`` becomes true.
+
+Re-running the same ingest skips the wells whose ``present`` chunk is already written and
+correct, so killing an ingest and running it again gives the same store as one uninterrupted run.
+Source images are only ever opened for reading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+import warnings
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cpzarr import _tables
+from cpzarr.errors import InputError, StoreError
+
+logger = logging.getLogger("cpzarr")
+
+__all__ = ["ingest", "read_image", "image_header"]
+
+_LOCAL_SCHEDULERS = ("threads", "threading", "processes", "multiprocessing", "sync", "synchronous", "single-threaded")
+_PIL_DTYPES = {"L": "uint8", "I;16": "uint16", "I;16L": "uint16", "I;16B": "uint16", "I": "int32", "F": "float32"}
+
+
+def ingest(
+    table,
+    store,
+    *,
+    platemap=None,
+    channels=None,
+    scheduler=None,
+    n_workers=None,
+    batch_size=256,
+    compression_level=3,
+    progress=True,
+    overwrite=False,
+):
+    """Ingest the site images listed in an image table into a screen store.
+
+    Parameters
+    ----------
+    table : str, Path or DataFrame
+        A CellProfiler load_data CSV (``FileName_Orig<Ch>``, ``PathName_Orig<Ch>``) or a
+        DeepProfiler index.csv (one column of paths per channel, relative to the CSV's folder);
+        the format is recognised from the columns. Its other ``Metadata_*`` columns that are
+        constant within a well become well metadata.
+    store : str or Path
+        The store directory to create (or resume).
+    platemap : str, Path or DataFrame, optional
+        Well metadata keyed by (plate, well), or by well only when one layout serves every plate
+        (``well_position`` is accepted). Its columns win over the image table's. Field names are
+        normalised (``control_type`` → ``control``, ``pert_iname``/``broad_sample`` →
+        ``compound``, ``mmoles_per_liter`` → ``dose``, ``Batch_Number`` → ``batch``). Every imaged
+        well must be in it.
+    channels : sequence of str, optional
+        Channels to ingest, in store order; default every channel of the table (DNA, ER, RNA, AGP,
+        Mito first).
+    scheduler : str or distributed.Client, optional
+        ``None`` or a local Dask scheduler name (``"threads"``, ``"processes"``, ``"sync"``); a
+        ``distributed.Client``; or a scheduler address (``"tcp://host:8786"``). The store must be
+        on a file system the workers share.
+    n_workers : int, optional
+        Workers of the local scheduler; default one per core.
+    batch_size : int
+        Wells submitted at once, so the task graph stays bounded on huge screens.
+    compression_level : int
+        zstd level of the images.
+    progress : bool
+        Show a progress bar over wells.
+    overwrite : bool
+        Replace an existing store made from other inputs. Without it, an existing store made by the
+        same ingest is resumed and any other existing store raises StoreError.
+
+    Returns
+    -------
+    xarray.DataTree
+        The store, opened by :func:`cpzarr.open_screen`.
+
+    Raises
+    ------
+    InputError
+        The inputs are inconsistent; ``problems`` lists every offender. Nothing was written.
+    StoreError
+        ``store`` exists and holds something else.
+
+    Examples
+    --------
+    >>> from cpzarr.synthetic import make_screen
+    >>> info = make_screen("demo_screen", plates=2, sites=2)  # doctest: +SKIP
+    >>> screen = ingest(info.load_data, "demo.zarr", platemap=info.platemap)  # doctest: +SKIP
+    >>> screen["images"].sel(plate=info.plates[0], well="A01", site=1, channel="DNA")  # doctest: +SKIP
+    """
+    from cpzarr import __version__
+    from cpzarr.store import open_screen
+
+    plan = plan_ingest(table, platemap=platemap, channels=channels)
+    store = Path(store)
+    params = {
+        "stage": "ingest",
+        "table": plan.source,
+        "format": plan.format,
+        "platemap": plan.platemap_source,
+        "channels": plan.channels,
+        "compression": {"codec": "zstd", "level": int(compression_level)},
+        "cpzarr_version": __version__,
+    }
+    _prepare_store(store, plan, params, overwrite=overwrite, compression_level=compression_level)
+
+    todo = _wells_to_write(store, plan)
+    logger.info("ingest %s: %d of %d wells to write", store, len(todo), len(plan.wells_with_sites))
+    _run_wells(store, plan, todo, scheduler=scheduler, n_workers=n_workers, batch_size=batch_size, progress=progress)
+
+    unfinished = _wells_to_write(store, plan)
+    if unfinished:
+        names = [f"{plan.plates[p]}/{plan.wells[w]}" for p, w in unfinished]
+        raise StoreError(f"The ingest of {store} left {len(unfinished)} well(s) unwritten: {', '.join(names[:10])}; re-run it.")
+    _finish(store, params)
+    return open_screen(store)
+
+
+@dataclass
+class IngestPlan:
+    """Everything ingest knows after validation, before it writes anything."""
+
+    source: str
+    format: str
+    platemap_source: str | None
+    channels: list
+    plates: list
+    wells: list
+    sites: np.ndarray
+    shape: tuple
+    dtype: str
+    files: dict = field(repr=False)  # (plate index, well index) -> [(site index, [path per channel])]
+    metadata: object = field(repr=False)  # xarray.Dataset of well metadata and batch
+    fingerprint: str = ""
+
+    @property
+    def wells_with_sites(self):
+        return sorted(self.files)
+
+    def expected_present(self, p, w) -> np.ndarray:
+        mask = np.zeros(len(self.sites), dtype=bool)
+        for s, _ in self.files[(p, w)]:
+            mask[s] = True
+        return mask
+
+
+def plan_ingest(table, *, platemap=None, channels=None) -> IngestPlan:
+    """Read and validate the image table and platemap; nothing is written.
+
+    Parameters
+    ----------
+    table, platemap, channels
+        As for :func:`ingest`.
+
+    Returns
+    -------
+    IngestPlan
+        Plates, wells, sites, image shape and dtype, the files of each well and the well metadata.
+
+    Raises
+    ------
+    InputError
+        With every problem found: missing or unreadable files, images of another shape or dtype,
+        duplicate (plate, well, site), unknown channels, wells missing from the platemap.
+
+    Examples
+    --------
+    >>> plan = plan_ingest("index.csv")  # doctest: +SKIP
+    >>> plan.shape, plan.dtype  # doctest: +SKIP
+    ((1080, 1080), 'uint8')
+    """
+    sites, table_meta, channels, info = _tables.read_image_table(table, channels)
+    source = info["source"]
+    problems: list[str] = []
+
+    bad_key = sites["plate"].eq("") | sites["well"].eq("") | sites["site"].isna()
+    for row in sites[bad_key].itertuples():
+        problems.append(f"line {row.line}: plate, well or site is empty")
+    non_int = ~bad_key & (sites["site"] % 1 != 0)
+    for row in sites[non_int].itertuples():
+        problems.append(f"line {row.line}: site {row.site} is not a whole number")
+    good = sites[~bad_key & ~non_int].copy()
+    good["site"] = good["site"].astype(np.int64)
+    dups = good[good.duplicated(["plate", "well", "site"], keep=False)]
+    for (plate, well, site), rows in dups.groupby(["plate", "well", "site"]):
+        problems.append(f"{plate}/{well} site {site} appears on several lines: {', '.join(map(str, rows['line']))}")
+    for ch in channels:
+        for row in good[good[ch].isna()].itertuples():
+            problems.append(f"line {row.line}: no file for channel {ch}")
+
+    metadata_frame, platemap_source, notes = _join_metadata(table_meta, good, platemap, problems)
+
+    headers = _read_headers(good, channels)
+    shape, dtype = _common_format(headers)
+    for (line, ch, path), header in headers.items():
+        if isinstance(header, str):
+            problems.append(f"line {line}, channel {ch}: {path} {header}")
+        elif header != (shape, dtype):
+            problems.append(
+                f"line {line}, channel {ch}: {path} is {_fmt(header)}, the other images are {_fmt((shape, dtype))}"
+            )
+    if problems:
+        raise InputError(f"Cannot ingest {source}: fix these problems (nothing was written).", problems)
+    if good.empty:
+        raise InputError(f"The image table {source} lists no sites.")
+    for note in notes:
+        warnings.warn(f"ingest {source}: {note}", stacklevel=3)
+
+    plates = sorted(good["plate"].unique())
+    wells = sorted(good["well"].unique(), key=_tables.well_sort_key)
+    smin, smax = int(good["site"].min()), int(good["site"].max())
+    site_numbers = np.arange(min(1, smin), smax + 1, dtype=np.int64)
+    p_index = {p: i for i, p in enumerate(plates)}
+    w_index = {w: i for i, w in enumerate(wells)}
+    files: dict = {}
+    for row in good.sort_values(["plate", "well", "site"]).itertuples(index=False):
+        key = (p_index[row.plate], w_index[row.well])
+        files.setdefault(key, []).append((int(row.site - site_numbers[0]), [getattr(row, ch) for ch in channels]))
+    metadata = _metadata_dataset(metadata_frame, plates, wells, site_numbers, channels)
+    plan = IngestPlan(
+        source=source,
+        format=info["format"],
+        platemap_source=platemap_source,
+        channels=list(channels),
+        plates=plates,
+        wells=wells,
+        sites=site_numbers,
+        shape=shape,
+        dtype=dtype,
+        files=files,
+        metadata=metadata,
+    )
+    plan.fingerprint = _fingerprint(plan, headers)
+    return plan
+
+
+def read_image(path, shape=None, dtype=None) -> np.ndarray:
+    """Decode one single-channel image (TIFF with tifffile, PNG with Pillow), read-only.
+
+    Parameters
+    ----------
+    path : str or Path
+        The image file.
+    shape, dtype : optional
+        When given, the decoded image must have them (the files may have changed since
+        validation).
+
+    Returns
+    -------
+    ndarray (y, x)
+
+    Examples
+    --------
+    >>> read_image("r01c01f01p01-ch1sk1fk1fl1.png").shape  # doctest: +SKIP
+    (1080, 1080)
+    """
+    path = str(path)
+    if path.lower().endswith((".tif", ".tiff")):
+        import tifffile
+
+        image = tifffile.imread(path)
+    else:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            image = np.asarray(im)
+    image = np.squeeze(image)
+    if shape is not None and (tuple(image.shape) != tuple(shape) or str(image.dtype) != str(dtype)):
+        raise InputError(
+            f"{path} decodes to {_fmt((image.shape, str(image.dtype)))}, not {_fmt((tuple(shape), str(dtype)))}; "
+            "did it change since the ingest started?"
+        )
+    return image
+
+
+def image_header(path) -> tuple[tuple, str]:
+    """Return ``(shape, dtype)`` of a single-channel image without decoding its pixels.
+
+    Raises OSError (or a decoder error) when the file is missing or unreadable.
+
+    Examples
+    --------
+    >>> image_header("site.tif")  # doctest: +SKIP
+    ((256, 256), 'uint16')
+    """
+    path = str(path)
+    if path.lower().endswith((".tif", ".tiff")):
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape, dtype = tuple(s for s in series.shape if s != 1), str(series.dtype)
+    else:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            if im.mode not in _PIL_DTYPES:
+                return (im.size[1], im.size[0], len(im.getbands())), f"PIL mode {im.mode}"
+            shape, dtype = (im.size[1], im.size[0]), _PIL_DTYPES[im.mode]
+    return shape, dtype
+
+
+# --- validation helpers ----------------------------------------------------------------------
+
+
+def _join_metadata(table_meta, sites, platemap, problems):
+    """Well metadata frame keyed by (plate, well): image-table metadata under the platemap's."""
+    imaged = sites[["plate", "well"]].drop_duplicates()
+    frame = imaged.merge(table_meta, on=["plate", "well"], how="left")
+    platemap_source = None
+    if platemap is not None:
+        pm, platemap_source = _tables.read_platemap(platemap)
+        keys = ["plate", "well"] if "plate" in pm.columns else ["well"]
+        joined = imaged.merge(pm, on=keys, how="left", indicator=True)
+        missing = joined[joined["_merge"] == "left_only"]
+        for row in missing.itertuples():
+            problems.append(f"{row.plate}/{row.well} is imaged but not in the platemap {platemap_source}")
+        joined = joined.drop(columns="_merge")
+        pm_cols = [c for c in joined.columns if c not in ("plate", "well")]
+        frame = frame.drop(columns=[c for c in pm_cols if c in frame.columns]).merge(
+            joined, on=["plate", "well"], how="left"
+        )
+    frame, notes = _tables.derive_store_metadata(frame)
+    if "batch" in frame.columns:
+        per_plate = frame.groupby("plate")["batch"].nunique(dropna=False)
+        for plate in per_plate[per_plate > 1].index:
+            values = sorted(map(str, frame.loc[frame["plate"] == plate, "batch"].unique()))
+            problems.append(f"plate {plate} has several batches: {', '.join(values)}")
+    else:
+        notes.append("no batch column (batch, Batch_Number): batch filled with empty strings")
+    return frame, platemap_source, notes
+
+
+def _read_headers(sites, channels) -> dict:
+    """(line, channel, path) -> (shape, dtype), or a string saying what is wrong with the file."""
+    jobs = [(row.line, ch, getattr(row, ch)) for row in sites.itertuples(index=False) for ch in channels]
+    jobs = [j for j in jobs if j[2] is not None]
+
+    def check(job):
+        path = job[2]
+        if not os.path.isfile(path):
+            return "does not exist"
+        try:
+            return image_header(path)
+        except Exception as exc:  # any decoder failure means the same thing to the user
+            return f"cannot be read as an image ({type(exc).__name__}: {exc})"
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return dict(zip(jobs, pool.map(check, jobs)))
+
+
+def _common_format(headers):
+    counts = Counter(h for h in headers.values() if not isinstance(h, str))
+    if not counts:
+        return None, None
+    (shape, dtype), _ = counts.most_common(1)[0]
+    return shape, dtype
+
+
+def _fmt(header) -> str:
+    shape, dtype = header
+    return f"{' x '.join(map(str, shape))} {dtype}"
+
+
+def _metadata_dataset(frame, plates, wells, sites, channels):
+    import xarray as xr
+
+    frame = frame.set_index(["plate", "well"])
+    grid = pd.MultiIndex.from_product([plates, wells], names=["plate", "well"])
+    full = frame.reindex(grid)
+    ds = xr.Dataset(
+        coords={
+            "plate": np.array(plates, dtype=object),
+            "well": np.array(wells, dtype=object),
+            "site": sites,
+            "channel": np.array(channels, dtype=object),
+        }
+    )
+    batch = frame["batch"].groupby(level="plate").first().reindex(plates) if "batch" in frame.columns else None
+    for col in full.columns:
+        if col == "batch":
+            continue
+        values = _tables.as_store_column(full[col]).reshape(len(plates), len(wells))
+        ds[col] = (("plate", "well"), values)
+    # batch is a label even when the source numbers it (LINCS Batch_Number 1, 3)
+    batch_values = (
+        batch.map(lambda v: "" if _tables._blank(v) else _tables._as_text(v)).to_numpy(dtype=object)
+        if batch is not None
+        else np.array([""] * len(plates), dtype=object)
+    )
+    ds["batch"] = (("plate",), batch_values)
+    return ds
+
+
+def _fingerprint(plan, headers) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps([plan.channels, plan.plates, plan.wells, plan.sites.tolist(), list(plan.shape), plan.dtype]).encode())
+    for key in sorted(plan.files):
+        digest.update(json.dumps([key, plan.files[key]]).encode())
+    sizes = sorted((path, os.path.getsize(path)) for (_, _, path) in headers)
+    digest.update(json.dumps(sizes).encode())
+    wells = plan.metadata.drop_dims(["site", "channel"])
+    digest.update(wells.to_dataframe().to_csv().encode())
+    return digest.hexdigest()
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+def _prepare_store(store: Path, plan: IngestPlan, params: dict, *, overwrite: bool, compression_level: int):
+    from cpzarr.store import _root_attrs, is_store
+
+    if store.exists():
+        attrs = _root_attrs(store)
+        if is_store(store) and attrs.get("ingest_fingerprint") == plan.fingerprint and not overwrite:
+            return
+        if not overwrite:
+            what = "a store made from other inputs" if is_store(store) else "something that is not a cpzarr store"
+            raise StoreError(
+                f"{store} already exists and holds {what}; pass overwrite=True (--overwrite) to replace it "
+                "or choose another path."
+            )
+        if attrs is None and not (store.is_dir() and not any(store.iterdir())):
+            raise StoreError(f"{store} is neither a Zarr store nor empty; refusing to delete it. Choose another path.")
+    tmp_root = store.parent / f".{store.name}.cpzarr-tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_root / uuid.uuid4().hex
+    try:
+        _write_skeleton(tmp, plan, params, compression_level)
+        if store.exists():
+            old = tmp_root / f"old-{uuid.uuid4().hex}"
+            os.replace(store, old)
+            shutil.rmtree(old)
+        os.replace(tmp, store)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            tmp_root.rmdir()
+        except OSError:
+            pass
+
+
+def _write_skeleton(path: Path, plan: IngestPlan, params: dict, compression_level: int):
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    from cpzarr import __version__
+    from cpzarr.store import now_iso
+
+    ds = plan.metadata.copy()
+    ds.attrs = {
+        "cpzarr_version": __version__,
+        "created": now_iso(),
+        "source": plan.source,
+        "complete": False,
+        "ingest_fingerprint": plan.fingerprint,
+        "provenance": "{}",
+    }
+    ds.to_zarr(path, mode="w", zarr_format=3, consolidated=False)
+    group = zarr.open_group(path, mode="r+", zarr_format=3)
+    n_p, n_w, n_s, n_c = len(plan.plates), len(plan.wells), len(plan.sites), len(plan.channels)
+    ny, nx = plan.shape
+    images = group.create_array(
+        "images",
+        shape=(n_p, n_w, n_s, n_c, ny, nx),
+        chunks=(1, 1, 1, n_c, ny, nx),
+        shards=(1, 1, n_s, n_c, ny, nx),
+        dtype=plan.dtype,
+        compressors=ZstdCodec(level=compression_level),
+        fill_value=0,
+        dimension_names=["plate", "well", "site", "channel", "y", "x"],
+    )
+    images.attrs["description"] = "site images as acquired; one chunk per site, one shard per well"
+    present = group.create_array(
+        "present",
+        shape=(n_p, n_w, n_s),
+        chunks=(1, 1, n_s),
+        dtype="bool",
+        compressors=ZstdCodec(level=compression_level),
+        fill_value=False,
+        dimension_names=["plate", "well", "site"],
+    )
+    present.attrs["description"] = "site acquired; each well's chunk is written after its images"
+
+
+def _wells_to_write(store: Path, plan: IngestPlan) -> list:
+    """Wells whose ``present`` chunk is missing, unreadable or not what the plan expects."""
+    import zarr
+
+    present = zarr.open_array(store / "present", mode="r", zarr_format=3)
+    todo = []
+    for p, w in plan.wells_with_sites:
+        try:
+            stored = np.asarray(present[p, w])
+        except Exception:  # a damaged marker means the well must be written again
+            todo.append((p, w))
+            continue
+        if not np.array_equal(stored, plan.expected_present(p, w)):
+            todo.append((p, w))
+    return todo
+
+
+def write_well(store, p, w, n_sites, site_files, shape, dtype) -> int:
+    """Read one well's files and write its shard of ``images``, then its ``present`` chunk.
+
+    This is the body of each ``ingest-well-<plate>-<well>`` task; it is a module-level function so
+    that distributed workers can unpickle it.
+
+    Parameters
+    ----------
+    store : str
+        The store directory.
+    p, w : int
+        Plate and well index.
+    n_sites : int
+        Sites per well in the store.
+    site_files : list of (int, list of str)
+        Site index and the path of each channel's image.
+    shape, dtype
+        Expected image shape and dtype.
+
+    Returns
+    -------
+    int
+        Sites written.
+    """
+    import zarr
+
+    n_channels = len(site_files[0][1])
+    block = np.zeros((n_sites, n_channels) + tuple(shape), dtype=dtype)
+    mask = np.zeros(n_sites, dtype=bool)
+    for s, paths in site_files:
+        for c, path in enumerate(paths):
+            block[s, c] = read_image(path, shape, dtype)
+        mask[s] = True
+    images = zarr.open_array(Path(store) / "images", mode="r+", zarr_format=3)
+    images[p, w] = block
+    present = zarr.open_array(Path(store) / "present", mode="r+", zarr_format=3)
+    present[p, w] = mask
+    return len(site_files)
+
+
+def _run_wells(store, plan, todo, *, scheduler, n_workers, batch_size, progress):
+    if not todo:
+        return
+    items = [(str(store), p, w, len(plan.sites), plan.files[(p, w)], plan.shape, plan.dtype) for p, w in todo]
+    names = [f"{plan.plates[p]}-{plan.wells[w]}" for p, w in todo]
+    client = scheduler if _is_client(scheduler) else None
+    if client is None and isinstance(scheduler, str) and scheduler not in _LOCAL_SCHEDULERS:
+        from cpzarr.cluster import get_client
+
+        with get_client(scheduler) as remote:
+            _run_distributed(remote, items, names, batch_size, progress)
+        return
+    if client is not None:
+        _run_distributed(client, items, names, batch_size, progress)
+        return
+    _run_local(items, names, scheduler or "threads", n_workers, batch_size, progress)
+
+
+def _run_distributed(client, items, names, batch_size, progress):
+    from cpzarr.cluster import map_batches
+
+    map_batches(_write_well_item, items, key_prefix="ingest-well", names=names, batch_size=batch_size,
+                client=client, progress=progress)
+
+
+def _write_well_item(item):
+    return write_well(*item)
+
+
+def _run_local(items, names, scheduler, n_workers, batch_size, progress):
+    import dask
+    from dask.callbacks import Callback
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(items), desc="ingest", unit="well", disable=not progress)
+
+    class _WellProgress(Callback):
+        def _posttask(self, key, result, dsk, state, worker_id):
+            bar.update(1)
+
+    try:
+        for start in range(0, len(items), batch_size):
+            chunk = range(start, min(start + batch_size, len(items)))
+            tasks = [
+                dask.delayed(write_well, pure=False)(*items[i], dask_key_name=f"ingest-well-{names[i]}")
+                for i in chunk
+            ]
+            with _WellProgress():
+                dask.compute(*tasks, scheduler=scheduler, num_workers=n_workers)
+    finally:
+        bar.close()
+
+
+def _is_client(obj) -> bool:
+    return type(obj).__name__ == "Client" and hasattr(obj, "submit")
+
+
+def _finish(store: Path, params: dict):
+    from cpzarr.store import _root_attrs, _update_root_attrs, now_iso, read_provenance
+
+    if _root_attrs(store).get("complete"):
+        return
+    records = read_provenance(store)
+    records["/"] = dict(params, time=now_iso())
+    _update_root_attrs(store, {"complete": True, "provenance": json.dumps(records, sort_keys=True, default=str)})
