@@ -295,3 +295,57 @@ def test_refuses_to_write_into_a_non_empty_folder(tmp_path):
     with pytest.raises(InputError, match="not empty"):
         make_screen(tmp_path / "s", **SMALL)
     assert (tmp_path / "s" / "keep.txt").read_text() == "mine"
+
+
+def test_higher_dose_moves_further_from_dmso(tmp_path):
+    info = make_screen(
+        tmp_path / "s",
+        plates=3,
+        batches=1,
+        sites=2,
+        image_size=128,
+        cells_per_site=25,
+        moas=2,
+        compounds_per_moa=2,
+        doses=(0.03, 1.0, 30.0),
+        dmso_wells=4,
+        seed=2,
+    )
+    features, names = well_features(info)
+    treated = features[features["control"] == "trt"]
+    distance = np.sqrt((treated[names].to_numpy() ** 2).sum(1))
+    by_dose = pd.Series(distance, index=treated["dose"].to_numpy()).groupby(level=0).mean()
+    assert list(by_dose.index) == [0.03, 1.0, 30.0]
+    assert by_dose.is_monotonic_increasing
+    assert by_dose[30.0] > 2 * by_dose[0.03]
+
+
+def test_illumination_vignetting_visible_in_dmso_background(tmp_path):
+    info = make_screen(
+        tmp_path / "s",
+        plates=2,
+        batches=2,
+        sites=2,
+        image_size=192,
+        cells_per_site=4,
+        moas=0,
+        dmso_wells=2,
+        seed=4,
+    )
+    load = read_csv(info.load_data)
+    batch = info.annotation.drop_duplicates("plate").set_index("plate")["batch"]
+    h, w = info.image_shape
+    yy, xx = np.mgrid[-1 : 1 : h * 1j, -1 : 1 : w * 1j]
+    radius = np.hypot(xx, yy)
+    for name, sites in load.groupby(load["Metadata_Plate"].map(batch)):
+        centre, rim = np.zeros(len(info.channels)), np.zeros(len(info.channels))
+        for _, row in sites.iterrows():
+            label = tifffile.imread(
+                info.labels / row["Metadata_Plate"] / f"{row['Metadata_Well']}-{row['Metadata_Site']}.tif"
+            )
+            # Background: far from every nucleus, hence outside every cell body.
+            empty = ndi.distance_transform_edt(label == 0) > 35
+            stack = site_images(info, row).astype(float) - CAMERA_OFFSET
+            centre += stack[:, empty & (radius < 0.5)].mean(1)
+            rim += stack[:, empty & (radius > 1.0)].mean(1)
+        assert np.all(rim < 0.95 * centre), name

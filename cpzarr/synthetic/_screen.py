@@ -593,8 +593,13 @@ def _draw_cells(rng, effect, cells_per_site, nucleus_radius, shape):
     radius = np.maximum(size * 2.3 * np.exp(e["cell_size"] + spread(0.12)), a * 1.6)
     keep = _place(rng, a, radius, shape)
 
+    theta = rng.uniform(0.0, np.pi, n)
+    # Cell bodies stretch along their nucleus's long axis, more so for elongated nuclei.
     harmonics = rng.uniform(0.0, 0.18, (n, 2))
+    harmonics[:, 0] = np.minimum(harmonics[:, 0] + 0.5 * np.log(aspect), 0.35)
     phases = rng.uniform(0.0, 2 * np.pi, (n, 2))
+    aligned = rng.random(n) < 0.7
+    phases[aligned, 0] = theta[aligned] + rng.normal(0.0, 0.3, aligned.sum())
     outline = np.column_stack(
         [
             harmonics[:, 0] * np.cos(2 * phases[:, 0]),
@@ -604,7 +609,6 @@ def _draw_cells(rng, effect, cells_per_site, nucleus_radius, shape):
         ]
     )
     intensity = {c: _BASE_INTENSITY[c] * np.exp(e[c] + spread(0.15)) for c in CHANNELS}
-    theta = rng.uniform(0.0, np.pi, n)
     cells = _Cells(
         x=keep[0],
         y=keep[1],
@@ -853,12 +857,10 @@ def _camera(rng, signal, channels, scale, illumination, dtype):
     top = np.iinfo(dtype).max
     for channel_signal, channel in zip(signal, channels):
         photons = channel_signal * np.float32(scale[channel]) * illumination
-        noisy = (
-            photons
-            + np.sqrt(photons) * rng.standard_normal(photons.shape, dtype=np.float32)
-            + _CAMERA_OFFSET
-            + _READ_NOISE * rng.standard_normal(photons.shape, dtype=np.float32)
-        )
+        # Shot noise (variance = signal) and read noise, drawn together as one Gaussian.
+        sd = np.sqrt(photons + np.float32(_READ_NOISE**2))
+        noisy = photons + sd * rng.standard_normal(photons.shape, dtype=np.float32)
+        noisy += np.float32(_CAMERA_OFFSET)
         if str(dtype) == "uint8":
             noisy *= np.float32(_UINT8_FACTOR)
         out.append(np.clip(np.rint(noisy), 0, top).astype(dtype))
