@@ -115,7 +115,9 @@ def read_image_table(table, channels=None) -> tuple[pd.DataFrame, pd.DataFrame, 
     channels : list of str
         The channels, in store order.
     info : dict
-        ``format`` (``"load_data"`` or ``"index"``) and ``source`` (path or description).
+        ``format`` (``"load_data"`` or ``"index"``), ``source`` (path or description),
+        ``found_channels`` (every channel of the table) and ``unknown_channels`` (channels asked
+        for that the table lacks; they are left out of ``channels``).
 
     Examples
     --------
@@ -149,15 +151,9 @@ def read_image_table(table, channels=None) -> tuple[pd.DataFrame, pd.DataFrame, 
     if channels is None:
         order = [c for c in CELL_PAINTING_CHANNELS if c in found] + [c for c in found if c not in CELL_PAINTING_CHANNELS]
     else:
-        order = list(channels)
-        unknown = [c for c in order if c not in found]
-        if unknown:
-            raise InputError(
-                f"Unknown channel(s) for the image table {source}; it has {', '.join(found)}.",
-                [f"channel {c!r} is not in the table" for c in unknown],
-            )
-        if len(set(order)) != len(order):
-            raise InputError(f"channels lists a channel twice: {order}")
+        if len(set(channels)) != len(list(channels)):
+            raise InputError(f"channels lists a channel twice: {list(channels)}")
+        order = [c for c in channels if c in found]
 
     keys = {name: frame[lower[col]] for col, name in _KEY_COLUMNS.items()}
     sites = pd.DataFrame(
@@ -180,7 +176,8 @@ def read_image_table(table, channels=None) -> tuple[pd.DataFrame, pd.DataFrame, 
     raw["plate"] = sites["plate"].values
     raw["well"] = sites["well"].values
     well_metadata = _constant_within_wells(raw)
-    return sites, well_metadata, order, {"format": fmt, "source": source}
+    unknown = [c for c in (channels or ()) if c not in found]
+    return sites, well_metadata, order, {"format": fmt, "source": source, "unknown_channels": unknown, "found_channels": found}
 
 
 def read_platemap(platemap) -> tuple[pd.DataFrame, str]:

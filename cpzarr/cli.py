@@ -13,6 +13,47 @@ def main():
 
 # --- ingest / info ---
 
+
+@main.command("ingest")
+@click.argument("table", type=click.Path(exists=True, dir_okay=False))
+@click.argument("store", type=click.Path(file_okay=False))
+@click.option("--platemap", type=click.Path(exists=True, dir_okay=False),
+              help="Well metadata CSV/TSV keyed by (plate, well) or by well.")
+@click.option("--channels", help="Comma-separated channels to ingest, in store order (default: all).")
+@click.option("--scheduler", help="Dask scheduler address (tcp://host:8786) or threads / processes / sync.")
+@click.option("--workers", type=int, help="Workers of the local scheduler (default: one per core).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store made from other inputs.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar over wells.")
+def ingest_command(table, store, platemap, channels, scheduler, workers, overwrite, progress):
+    """Ingest the site images of TABLE (load_data CSV or DeepProfiler index.csv) into STORE.
+
+    Re-running the same command resumes an interrupted ingest.
+    """
+    from cpzarr.errors import CpzarrError
+    from cpzarr.ingest import ingest
+    from cpzarr.store import format_info, screen_info
+
+    try:
+        ingest(table, store, platemap=platemap, scheduler=scheduler, n_workers=workers, progress=progress,
+               channels=[c.strip() for c in channels.split(",")] if channels else None, overwrite=overwrite)
+    except CpzarrError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(format_info(screen_info(store)))
+
+
+@main.command("info")
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+def info_command(store):
+    """Summarise STORE: plates, wells, sites, channels, sizes and the nodes it holds."""
+    from cpzarr.errors import CpzarrError
+    from cpzarr.store import format_info, screen_info
+
+    try:
+        click.echo(format_info(screen_info(store)))
+    except CpzarrError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 # --- locate ---
 
 # --- profile (features) ---

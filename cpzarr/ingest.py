@@ -197,7 +197,10 @@ def plan_ingest(table, *, platemap=None, channels=None) -> IngestPlan:
     """
     sites, table_meta, channels, info = _tables.read_image_table(table, channels)
     source = info["source"]
-    problems: list[str] = []
+    problems: list[str] = [
+        f"channel {c!r} is not in the table, which has {', '.join(info['found_channels'])}"
+        for c in info["unknown_channels"]
+    ]
 
     bad_key = sites["plate"].eq("") | sites["well"].eq("") | sites["site"].isna()
     for row in sites[bad_key].itertuples():
