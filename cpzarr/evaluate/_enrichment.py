@@ -9,6 +9,8 @@ The percentile is exact without materialising the n(n − 1) pairs: a first pass
 upper-triangle similarities (each unordered pair stands for two ordered pairs) by group equality
 on a fine grid; a second pass collects only the values in the bins that hold the needed order
 statistics. Both passes compute the same blocks in the same way, so the values agree bit for bit.
+float64 similarities are rounded to multiples of 2**-40 (~1e-12) first, as for ranking, so that
+equal similarities compare equal.
 """
 
 import numpy as np
@@ -23,6 +25,7 @@ from ._similarity import (
     _group_codes,
     _group_names,
     _iter_blocks,
+    _on_grid,
     _sample_mask,
     _standardize,
 )
@@ -40,7 +43,7 @@ def _upper_blocks(z, block_size, progress, desc):
     """Yield (values, same-group) of the upper-triangle pairs, one block of rows at a time."""
     n = z.shape[0]
     for start, stop in _iter_blocks(n - 1, block_size, progress, desc):
-        sims = z[start:stop] @ z[start:].T
+        sims = _on_grid(z[start:stop] @ z[start:].T)
         rows, cols = np.triu_indices(stop - start, k=1, m=n - start)
         yield sims[rows, cols], (start + rows, start + cols)
 

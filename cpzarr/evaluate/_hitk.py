@@ -45,7 +45,7 @@ def hitk(
     -------
     hits : numpy.ndarray of int
         Rank (0 = most similar neighbour) of every positive neighbour of every query, queries in
-        sample order; ``numpy.bincount(hits // k)`` is the Hit@K histogram in bins of k ranks.
+        sample order, ranks ascending within a query; ``numpy.bincount(hits // k)`` is the Hit@K histogram in bins of k ranks.
     scores : pandas.DataFrame
         One row per percent: ``percent``, ``rank_limit`` (p·G/100), ``hits`` (hits within it),
         ``expected`` (floor(p·H/100)), ``score`` (hits − expected) and ``normalized_score``
@@ -59,7 +59,8 @@ def hitk(
     percents = np.atleast_1d(np.asarray(percent_list, dtype=np.float64))
     profiles, names, z, codes, idx, queries = _prepare(profiles, groups, mask, query, method, dtype)
     ranks = _positive_ranks(z, codes, queries, block_size, progress, "hitk")
-    hits = ranks.rank
+    owner = np.repeat(np.arange(ranks.n_pos.size), ranks.n_pos)
+    hits = ranks.rank[np.lexsort((ranks.rank, owner))]
     n_queries, n_hits = ranks.n_pos.size, hits.size
     limits = percents * n_queries / 100.0
     sorted_hits = np.sort(hits)

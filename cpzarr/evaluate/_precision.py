@@ -7,7 +7,10 @@ from those ranks, so none of them needs a sorted n × n table.
 Tie rules (documented, deterministic):
 
 - **stable rank** (Precision@K, Recall@K, Precision@R, Hit@K): neighbours ordered by similarity,
-  descending, then by sample position ascending; rank 0 is the most similar neighbour.
+  descending, then by sample position ascending; rank 0 is the most similar neighbour. float64
+  similarities are first rounded to multiples of 2**-40 (~1e-12), so that mathematically equal
+  similarities (duplicate profiles) tie whatever the block shape; float32 ones are ranked as
+  computed, so their exact ties may break either way.
 - **copairs rank** (average precision): similarities rounded to float32 and ranked on
   ``float32(1 - s)`` as copairs 0.5.5 does; neighbours tied on that key rank positives first.
 """
@@ -25,6 +28,7 @@ from ._similarity import (
     _group_codes,
     _group_names,
     _iter_blocks,
+    _on_grid,
     _sample_mask,
     _standardize,
     sample_table,
@@ -82,7 +86,7 @@ def _positive_ranks(z, codes, queries, block_size, progress, desc="ranks"):
             for q in rows:
                 ranks[q] = negs[q] = np.empty(0, dtype=np.int64)
             continue
-        sims = z[rows] @ z.T
+        sims = _on_grid(z[rows] @ z.T)
         sims[np.arange(b), rows] = -np.inf
         pos_col = np.zeros((b, width), dtype=np.int64)
         valid = np.zeros((b, width), dtype=bool)
