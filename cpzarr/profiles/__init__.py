@@ -4,15 +4,19 @@ Metadata are coordinates along ``sample`` (without the ``Metadata_`` prefix); st
 computed in passes over dask chunks, so tables larger than memory work the same as small ones.
 """
 
+from cpzarr.profiles._aggregate import aggregate
+from cpzarr.profiles._annotate import annotate
 from cpzarr.profiles._consensus import consensus, modz_weights
 from cpzarr.profiles._io import from_pycytominer, read_profiles, to_pycytominer, write_profiles
 from cpzarr.profiles._normalize import ZeroScaleWarning, normalize
+from cpzarr.profiles._pipeline import RECIPES, pipeline
 from cpzarr.profiles._select import correlation_matrix, default_blocklist, feature_select
 from cpzarr.profiles._spherize import SpherizeWarning, spherize
 
 __all__ = [
     "from_pycytominer", "to_pycytominer", "read_profiles", "write_profiles",
-    "normalize", "feature_select", "spherize", "consensus",
+    "aggregate", "annotate", "normalize", "feature_select", "spherize", "consensus", "pipeline",
+    "RECIPES",
     "correlation_matrix", "default_blocklist", "modz_weights",
     "ZeroScaleWarning", "SpherizeWarning",
 ]

@@ -9,7 +9,7 @@ from scipy.stats import rankdata
 
 from cpzarr.errors import InputError
 from cpzarr.profiles._samples import (
-    as_dask, check_profiles, group_codes, like_input, metadata_frame, record_step,
+    as_dask, check_profiles, constant_coords, group_codes, like_input, record_step,
 )
 from cpzarr.profiles._segments import segment_reduce, segments_of
 
@@ -71,14 +71,8 @@ def consensus(
 
     data = segment_reduce(x, lengths, reduce, d, order=order)
 
-    meta = metadata_frame(p).drop(columns=columns)
     coords = {c: ("sample", keys[c].to_numpy()) for c in columns}
-    if len(meta.columns):
-        as_text = meta.astype(str)
-        constant = as_text.groupby(codes).nunique(dropna=False).eq(1).all()
-        first = meta.iloc[order[np.concatenate([[0], np.cumsum(lengths)[:-1]])]]
-        for name in constant.index[constant.to_numpy()]:
-            coords[name] = ("sample", first[name].to_numpy())
+    coords.update(constant_coords(p, codes, order, lengths, exclude=columns))
     coords["replicate_count"] = ("sample", lengths.astype(np.int64))
     coords["feature"] = p["feature"]
     out = xr.DataArray(data, dims=("sample", "feature"), coords=coords, name="profiles", attrs=dict(p.attrs))

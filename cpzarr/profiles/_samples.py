@@ -78,6 +78,16 @@ def group_codes(profiles, by):
     return codes.astype(np.int64), keys
 
 
+def constant_coords(profiles, codes, order, lengths, exclude=()):
+    """Coordinates along ``sample`` that are constant within every group, one value per group."""
+    meta = metadata_frame(profiles).drop(columns=list(exclude))
+    if not len(meta.columns) or not len(lengths):
+        return {}
+    constant = meta.astype(str).groupby(codes).nunique(dropna=False).eq(1).all()
+    first = meta.iloc[order[np.concatenate([[0], np.cumsum(lengths)[:-1]])]]
+    return {name: ("sample", first[name].to_numpy()) for name in constant.index[constant.to_numpy()]}
+
+
 def as_dask(profiles, chunks="auto"):
     """The data as a dask array chunked whole along ``feature``."""
     data = profiles.data
