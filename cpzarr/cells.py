@@ -23,10 +23,9 @@ Three ways to get the node:
 - :func:`write_cells` writes either into the store.
 """
 
+import contextlib
 import json
 import re
-import shutil
-import uuid
 import warnings
 from pathlib import Path
 
@@ -87,12 +86,37 @@ def screen_parts(screen, cells=None, *, need_cells=True):
     images = images.transpose(*_SITE_DIMS, "channel", "y", "x")
     if isinstance(cells, pd.DataFrame):
         cells = cells_from_table(cells, images)
+    elif cells is not None:
+        cells = _with_site_labels(cells, images)
     if cells is None and need_cells:
         raise StoreError(
             "the screen has no /cells node: run cpzarr.cells.import_locations or "
             "cpzarr.cells.detect_nuclei and write_cells first, or pass cells="
         )
     return images, cells, root
+
+
+def _with_site_labels(cells, images):
+    """Give each cell its plate, well and site labels again when the node lost them.
+
+    Opening a store as a chunked DataTree lets the root's ``plate``/``well``/``site`` index
+    coordinates shadow the node's coordinates of the same names along ``cell``; the offsets
+    determine them, since cells are sorted by site.
+    """
+    if all(name in cells.variables and cells[name].dims == ("cell",) for name in _SITE_DIMS):
+        return cells
+    if "cell_count" not in cells:
+        raise StoreError("the /cells node has neither plate/well/site along cell nor cell_count offsets")
+    count = np.asarray(cells["cell_count"].transpose(*_SITE_DIMS).values).ravel()
+    if int(count.sum()) != cells.sizes["cell"]:
+        raise StoreError(f"the /cells node's cell_count adds up to {int(count.sum())}, not its {cells.sizes['cell']} cells")
+    grid = np.meshgrid(*(np.asarray(images[d].values) for d in _SITE_DIMS), indexing="ij")
+    labels = {
+        "plate": ("cell", np.repeat(grid[0].ravel(), count).astype(str).astype(object)),
+        "well": ("cell", np.repeat(grid[1].ravel(), count).astype(str).astype(object)),
+        "site": ("cell", np.repeat(grid[2].ravel(), count).astype(np.int64)),
+    }
+    return cells.drop_vars([d for d in _SITE_DIMS if d in cells.variables]).assign_coords(labels)
 
 
 def cells_table(cells):
@@ -218,3 +242,425 @@ def cells_from_table(table, images, *, attrs=None):
     }
     node_attrs.update(attrs or {})
     return xr.Dataset(data, coords=coords, attrs=node_attrs)
+
+
+# --------------------------------------------------------------------------------------------
+# Import of location files
+# --------------------------------------------------------------------------------------------
+
+_DP_NAME = re.compile(r"^(?P<well>[A-Za-z]+\d+)-(?P<site>\d+)-Nuclei\.csv(\.gz)?$")
+_X_COLUMNS = ("Nuclei_Location_Center_X", "Location_Center_X")
+_Y_COLUMNS = ("Nuclei_Location_Center_Y", "Location_Center_Y")
+_EXAMPLES = 5
+
+
+def normalize_well(well):
+    """Zero-pad a well name to the store's form (``A1`` → ``A01``; ``a01`` → ``A01``).
+
+    Examples
+    --------
+    >>> normalize_well("b3")
+    'B03'
+    """
+    match = re.fullmatch(r"\s*([A-Za-z]+)0*(\d+)\s*", str(well))
+    if not match:
+        return str(well)
+    return f"{match.group(1).upper()}{int(match.group(2)):02d}"
+
+
+def _find(folder, stem):
+    for name in (f"{stem}.csv", f"{stem}.csv.gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _detect_kind(source):
+    if source.is_file():
+        return "cellprofiler"
+    if _find(source, "Nuclei") or any(_find(d, "Nuclei") for d in source.iterdir() if d.is_dir()):
+        return "cellprofiler"
+    return "deepprofiler"
+
+
+def _pick_column(frame, names, path):
+    for name in names:
+        if name in frame:
+            return frame[name]
+    raise InputError(f"{path}: no column {' or '.join(names)}; columns are {list(frame.columns)[:12]}")
+
+
+def _read_deepprofiler(source):
+    """Rows (plate, well, site, x, y, file) from ``<plate>/<well>-<site>-Nuclei.csv`` files."""
+    folder = source / "locations" if (source / "locations").is_dir() else source
+    frames, problems = [], []
+    for path in sorted(folder.glob("*/*-Nuclei.csv*")):
+        match = _DP_NAME.match(path.name)
+        if not match:
+            problems.append(f"{path}: name is not <well>-<site>-Nuclei.csv")
+            continue
+        frame = pd.read_csv(path)
+        try:
+            x, y = _pick_column(frame, _X_COLUMNS, path), _pick_column(frame, _Y_COLUMNS, path)
+        except InputError as err:
+            problems.append(str(err))
+            continue
+        frames.append(pd.DataFrame({
+            "plate": path.parent.name, "well": normalize_well(match["well"]),
+            "site": int(match["site"]), "x": x.to_numpy(np.float64), "y": y.to_numpy(np.float64),
+            "file": str(path), "row": np.arange(len(frame)) + 2,
+        }))
+    if problems:
+        raise InputError(f"unreadable location files under {folder}", problems)
+    if not frames:
+        raise InputError(
+            f"no location files <plate>/<well>-<site>-Nuclei.csv under {folder}; "
+            "pass the DeepProfiler locations folder (or its parent)"
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def _metadata_column(frame, name, path):
+    for candidate in (f"Metadata_{name}", f"Image_Metadata_{name}"):
+        if candidate in frame:
+            return frame[candidate]
+    raise InputError(f"{path}: no column Metadata_{name} (needed to map ImageNumber to the {name.lower()})")
+
+
+def _read_cellprofiler_folder(nuclei_path, image_path):
+    nuclei = pd.read_csv(nuclei_path)
+    image = pd.read_csv(image_path)
+    for frame, path, needed in ((nuclei, nuclei_path, ("ImageNumber", "ObjectNumber")), (image, image_path, ("ImageNumber",))):
+        missing = [c for c in needed if c not in frame]
+        if missing:
+            raise InputError(f"{path}: no column {missing[0]}")
+    sites = pd.DataFrame({
+        "ImageNumber": image["ImageNumber"],
+        "plate": _metadata_column(image, "Plate", image_path).astype(str),
+        "well": _metadata_column(image, "Well", image_path).map(normalize_well),
+        "site": _metadata_column(image, "Site", image_path).astype(np.int64),
+    })
+    table = pd.DataFrame({
+        "ImageNumber": nuclei["ImageNumber"],
+        "object_id": nuclei["ObjectNumber"].astype(np.int64),
+        "x": _pick_column(nuclei, _X_COLUMNS, nuclei_path).to_numpy(np.float64),
+        "y": _pick_column(nuclei, _Y_COLUMNS, nuclei_path).to_numpy(np.float64),
+        "file": str(nuclei_path), "row": np.arange(len(nuclei)) + 2,
+    })
+    table = table.merge(sites, on="ImageNumber", how="left")
+    orphans = table[table["plate"].isna()]
+    if len(orphans):
+        raise InputError(
+            f"{nuclei_path}: {len(orphans)} objects have an ImageNumber missing from {image_path}",
+            [f"row {r}: ImageNumber {n}" for r, n in zip(orphans["row"], orphans["ImageNumber"])],
+        )
+    return table.drop(columns="ImageNumber")
+
+
+def _read_cellprofiler(source):
+    """Rows from a CellProfiler Nuclei table and its Image table (or one folder of them per site)."""
+    if source.is_file():
+        folders = [(source, _find(source.parent, "Image"))]
+    elif _find(source, "Nuclei"):
+        folders = [(_find(source, "Nuclei"), _find(source, "Image"))]
+    else:
+        folders = [(_find(d, "Nuclei"), _find(d, "Image")) for d in sorted(source.iterdir()) if d.is_dir()]
+        folders = [f for f in folders if f[0] is not None]
+    lacking = [str(n) for n, i in folders if i is None]
+    if lacking:
+        raise InputError("Image.csv must sit beside each Nuclei.csv (it maps ImageNumber to plate, well, site)", lacking)
+    return pd.concat([_read_cellprofiler_folder(n, i) for n, i in folders], ignore_index=True)
+
+
+def _validate(table, images, root):
+    """Split the rows into valid ones and problems grouped by kind."""
+    height, width = images.sizes["y"], images.sizes["x"]
+    problems = {}
+    nan = table["x"].isna() | table["y"].isna()
+    outside = ~nan & ((table["x"] < 0) | (table["y"] < 0) | (table["x"] > width - 1) | (table["y"] > height - 1))
+    labels = {d: pd.Index(np.asarray(images[d].values).astype(str if d != "site" else np.int64)) for d in _SITE_DIMS}
+    pos = np.stack([labels[d].get_indexer(table[d].astype(str if d != "site" else np.int64)) for d in _SITE_DIMS], 1)
+    unknown = (pos < 0).any(axis=1)
+    if "present" in root and (~unknown).any():
+        present = np.asarray(root["present"].transpose(*_SITE_DIMS).values)
+        known = np.flatnonzero(~unknown)
+        unknown[known[~present[tuple(pos[known].T)]]] = True
+
+    def examples(mask, describe):
+        rows = table[mask]
+        return {"count": int(mask.sum()), "examples": [describe(r) for r in rows.head(_EXAMPLES).itertuples()]}
+
+    if nan.any():
+        problems["NaN coordinates"] = examples(nan, lambda r: f"{r.file} row {r.row}")
+    if outside.any():
+        problems[f"outside the {width}x{height} image"] = examples(
+            outside, lambda r: f"{r.file} row {r.row}: x={r.x:.1f}, y={r.y:.1f}")
+    if unknown.any():
+        bad_sites = table[unknown].drop_duplicates(["plate", "well", "site"])
+        problems["in sites the store does not have"] = {
+            "count": int(unknown.sum()),
+            "examples": [f"{r.file}: plate {r.plate}, well {r.well}, site {r.site}" for r in bad_sites.head(_EXAMPLES).itertuples()],
+            "sites": int(len(bad_sites)),
+        }
+    return ~(nan | outside | unknown), problems
+
+
+def import_locations(screen, source, *, kind="auto", on_invalid="raise"):
+    """Read nucleus locations into a ``/cells`` node.
+
+    Parameters
+    ----------
+    screen : DataTree or Dataset
+        The store (``open_screen``) or a Dataset with ``images``; gives the sites and image size.
+    source : str or Path
+        ``kind="deepprofiler"``: the ``locations`` folder (or its parent) holding
+        ``<plate>/<well>-<site>-Nuclei.csv`` with ``Nuclei_Location_Center_X/Y``.
+        ``kind="cellprofiler"``: a ``Nuclei.csv`` (``ImageNumber``, ``ObjectNumber``,
+        ``Location_Center_X/Y`` or ``Nuclei_Location_Center_X/Y``) with an ``Image.csv``
+        (``ImageNumber``, ``Metadata_Plate/Well/Site``) beside it, a folder holding both, or a
+        folder of such folders (one per site, as CellProfiler's per-site output). ``.csv.gz`` too.
+    kind : {"auto", "deepprofiler", "cellprofiler"}
+        ``auto`` picks CellProfiler when a ``Nuclei.csv`` is found.
+    on_invalid : {"raise", "drop"}
+        What to do with locations that have NaN coordinates, lie outside the image, or belong to
+        sites the store does not have (or whose images are absent): raise an
+        :class:`~cpzarr.errors.InputError` listing every kind with its count and examples, or
+        drop them with a warning saying the same. The report is kept in ``attrs["dropped"]``.
+
+    Returns
+    -------
+    cells : Dataset (cell)
+        The ``/cells`` node: plate, well, site, x, y (and object_id for CellProfiler tables),
+        sorted by plate, well, site, y, x, with ``cell_start``/``cell_count``.
+
+    Examples
+    --------
+    >>> cells = import_locations(screen, "lincs/locations")  # doctest: +SKIP
+    >>> write_cells("screen.zarr", cells)  # doctest: +SKIP
+    """
+    if on_invalid not in ("raise", "drop"):
+        raise InputError(f"on_invalid must be 'raise' or 'drop', not {on_invalid!r}")
+    if kind not in ("auto", "deepprofiler", "cellprofiler"):
+        raise InputError(f"kind must be 'auto', 'deepprofiler' or 'cellprofiler', not {kind!r}")
+    images, _, root = screen_parts(screen, need_cells=False)
+    source = Path(source)
+    if not source.exists():
+        raise InputError(f"location source {source} does not exist")
+    if kind == "auto":
+        kind = _detect_kind(source)
+    table = _read_deepprofiler(source) if kind == "deepprofiler" else _read_cellprofiler(source)
+    valid, problems = _validate(table, images, root)
+    if problems:
+        lines = [f"{what}: {p['count']} locations, e.g. " + "; ".join(p["examples"]) for what, p in problems.items()]
+        if on_invalid == "raise":
+            raise InputError(
+                f"{int((~valid).sum())} of {len(table)} locations from {source} are invalid "
+                "(pass on_invalid='drop' to leave them out)", lines,
+            )
+        warnings.warn(
+            f"dropped {int((~valid).sum())} of {len(table)} locations from {source}:\n  " + "\n  ".join(lines),
+            stacklevel=2,
+        )
+    if kind == "deepprofiler" and "present" in root:
+        _warn_sites_without_files(table, images, root, source)
+    attrs = {
+        "source": str(source), "kind": kind, "dropped": json.dumps(problems),
+        "provenance": json.dumps({"function": "cpzarr.cells.import_locations", "source": str(source), "kind": kind, "on_invalid": on_invalid}),
+    }
+    return cells_from_table(table[valid].drop(columns=["file", "row"]), images, attrs=attrs)
+
+
+def _warn_sites_without_files(table, images, root, source):
+    present = root["present"].transpose(*_SITE_DIMS).to_series()
+    present = present[present]
+    have = set(zip(table["plate"].astype(str), table["well"].astype(str), table["site"].astype(int)))
+    missing = [(str(p), str(w), int(s)) for p, w, s in present.index if (str(p), str(w), int(s)) not in have]
+    if missing:
+        shown = ", ".join(f"{p}/{w}-{s}" for p, w, s in missing[:_EXAMPLES])
+        warnings.warn(
+            f"{len(missing)} sites of the store have no location file in {source} and get no cells, e.g. {shown}",
+            stacklevel=3,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Writing the node
+# --------------------------------------------------------------------------------------------
+
+
+def write_cells(store, cells):
+    """Write a ``/cells`` node into a store, replacing the old one atomically.
+
+    The node goes through :func:`cpzarr.store.write_node`: written beside the store, then moved
+    in with one rename, so a reader never sees a half-written ``/cells``. The node's provenance
+    attribute is recorded in the root's provenance under ``cells``.
+
+    Parameters
+    ----------
+    store : str or Path
+        A store made by :func:`cpzarr.ingest`.
+    cells : Dataset (cell)
+        From :func:`import_locations` or :func:`detect_nuclei`.
+
+    Returns
+    -------
+    Path
+        The node's directory.
+
+    Examples
+    --------
+    >>> write_cells("screen.zarr", cells)  # doctest: +SKIP
+    """
+    from cpzarr.store import write_node
+
+    missing = [n for n in ("plate", "well", "site", "x", "y", "cell_start", "cell_count") if n not in cells.variables]
+    if missing:
+        raise InputError(f"the cells to write lack {missing}; build them with import_locations or detect_nuclei")
+    provenance = json.loads(cells.attrs.get("provenance", "{}")) or {"function": "cpzarr.cells.write_cells"}
+    provenance["stage"] = "locate"
+    provenance["cells"] = int(cells.sizes["cell"])
+    return write_node(store, "cells", cells, provenance=provenance, overwrite=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Nuclei detection
+# --------------------------------------------------------------------------------------------
+
+
+def segment_nuclei(image, *, sigma=2.0, threshold="li", threshold_scale=1.0, min_distance=7,
+                   min_area=60, max_area=5000, exclude_border=True):
+    """Label the nuclei of one DNA image.
+
+    Gaussian smoothing, an automatic global threshold, then a watershed on the distance
+    transform (seeded by its local maxima at least ``min_distance`` apart) splits touching
+    nuclei; objects outside ``[min_area, max_area]`` pixels, and (optionally) objects touching the
+    image border, are removed, as CellProfiler's IdentifyPrimaryObjects does by default.
+
+    Parameters
+    ----------
+    image : ndarray (y, x)
+        One DNA image, any integer or float dtype.
+    sigma : float
+        Gaussian smoothing in pixels before thresholding.
+    threshold : {"otsu", "li", "triangle"} or float
+        Automatic method (scikit-image) or a fixed threshold in image units.
+    threshold_scale : float
+        Factor applied to the automatic threshold (below 1 keeps dimmer nuclei).
+    min_distance : int
+        Smallest distance in pixels between two seeds of the watershed.
+    min_area, max_area : int
+        Size limits in pixels.
+    exclude_border : bool
+        Drop nuclei that touch the image border.
+
+    Returns
+    -------
+    labels : ndarray (y, x) of int32
+        0 for background, 1..n for the nuclei kept (relabelled consecutively).
+    """
+    from scipy import ndimage as ndi
+    from skimage import feature, filters, measure, segmentation
+
+    smoothed = filters.gaussian(np.asarray(image, dtype=np.float32), sigma=sigma, preserve_range=True)
+    if isinstance(threshold, str):
+        methods = {"otsu": filters.threshold_otsu, "li": filters.threshold_li, "triangle": filters.threshold_triangle}
+        if threshold not in methods:
+            raise InputError(f"threshold must be one of {sorted(methods)} or a number, not {threshold!r}")
+        level = methods[threshold](smoothed) * threshold_scale
+    else:
+        level = float(threshold)
+    mask = ndi.binary_fill_holes(smoothed > level)
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32)
+    distance = ndi.distance_transform_edt(mask)
+    components = measure.label(mask)
+    peaks = feature.peak_local_max(distance, min_distance=min_distance, labels=components, exclude_border=False)
+    markers = np.zeros(mask.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    labels = segmentation.watershed(-distance, markers, mask=mask)
+    if exclude_border:
+        labels = segmentation.clear_border(labels)
+    areas = np.bincount(labels.ravel())
+    bad = (areas < min_area) | (areas > max_area)
+    bad[0] = True
+    labels[bad[labels]] = 0
+    return segmentation.relabel_sequential(labels)[0].astype(np.int32)
+
+
+def _nuclei_table(image, plate, well, site, options):
+    """Detected nuclei of one site block (1, 1, 1, 1, y, x) as a table (one dask task)."""
+    from skimage import measure
+
+    labels = segment_nuclei(image[0, 0, 0, 0], **options)
+    props = measure.regionprops_table(labels, properties=("label", "centroid", "area"))
+    return pd.DataFrame({
+        "plate": plate, "well": well, "site": site,
+        "x": props["centroid-1"].astype(np.float64), "y": props["centroid-0"].astype(np.float64),
+        "area": props["area"].astype(np.float64), "object_id": props["label"].astype(np.int64),
+    })
+
+
+def detect_nuclei(screen, *, channel="DNA", sigma=2.0, threshold="li", threshold_scale=1.0,
+                  min_distance=7, min_area=60, max_area=5000, exclude_border=True,
+                  scheduler=None, progress=False):
+    """Find nuclei on the DNA channel of every present site, one dask task per site.
+
+    The defaults were tuned on the real LINCS A549 sites in the shared data (8-bit, 1080×1080,
+    20× objective): against CellProfiler's nucleus centres (one-to-one within 6 px) they give
+    precision 0.93 / recall 0.91 (SQ00015198) and 0.93 / 0.94 (SQ00015230). Scale ``sigma``,
+    ``min_distance`` and the areas with the nucleus size of other data.
+
+    Parameters
+    ----------
+    screen : DataTree or Dataset
+        The store (``open_screen``) or a Dataset with ``images``.
+    channel : str
+        The nuclear stain's channel.
+    sigma, threshold, threshold_scale, min_distance, min_area, max_area, exclude_border
+        Segmentation parameters, see :func:`segment_nuclei`.
+    scheduler : str or distributed.Client, optional
+        Dask scheduler for the per-site tasks (default: dask's current one).
+    progress : bool
+        Show a progress bar (local schedulers).
+
+    Returns
+    -------
+    cells : Dataset (cell)
+        The ``/cells`` node with ``area`` (pixels) and ``object_id`` (the nucleus' label in its
+        site), centres as the labels' centroids (CellProfiler's ``Location_Center``).
+
+    Examples
+    --------
+    >>> cells = detect_nuclei(screen, channel="DNA")  # doctest: +SKIP
+    >>> write_cells("screen.zarr", cells)  # doctest: +SKIP
+    """
+    import dask
+    import dask.array as da
+    from dask.diagnostics import ProgressBar
+
+    images, _, root = screen_parts(screen, need_cells=False)
+    names = [str(c) for c in images["channel"].values]
+    if channel not in names:
+        raise InputError(f"channel {channel!r} is not in the store; it has {names}")
+    options = dict(sigma=sigma, threshold=threshold, threshold_scale=threshold_scale, min_distance=min_distance,
+                   min_area=min_area, max_area=max_area, exclude_border=exclude_border)
+    data = images.data if isinstance(images.data, da.Array) else da.asarray(images.data)
+    k = names.index(channel)
+    dna = data[:, :, :, k : k + 1]
+    dna = dna.rechunk(tuple((1,) * n for n in dna.shape[:4]) + tuple((n,) for n in dna.shape[4:]))
+    blocks = dna.to_delayed()
+    present = (np.asarray(root["present"].transpose(*_SITE_DIMS).values) if "present" in root
+               else np.ones(dna.shape[:3], bool))
+    tasks = []
+    for p, w, s in zip(*np.nonzero(present)):
+        plate, well, site = str(images.plate.values[p]), str(images.well.values[w]), int(images.site.values[s])
+        tasks.append(dask.delayed(_nuclei_table)(
+            blocks[p, w, s, 0, 0, 0], plate, well, site, options,
+            dask_key_name=f"detect-nuclei-{plate}-{well}-{site}",
+        ))
+    with (ProgressBar() if progress else contextlib.nullcontext()):
+        tables = dask.compute(*tasks, scheduler=scheduler)
+    columns = ["plate", "well", "site", "x", "y", "area", "object_id"]
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)
+    provenance = {"function": "cpzarr.cells.detect_nuclei", "channel": channel, **options}
+    return cells_from_table(table, images, attrs={"source": "detect_nuclei", "provenance": json.dumps(provenance)})
