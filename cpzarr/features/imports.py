@@ -14,8 +14,6 @@ import io
 import json
 import pickle
 import re
-import shutil
-import uuid
 import warnings
 import zipfile
 from pathlib import Path
@@ -531,18 +529,19 @@ def _dataset(table, values, names, attrs):
 
 
 def write_imported(store, features, name, *, chunk=1024):
-    """Write imported features as ``/features/<name>`` (and ``/cells`` when missing).
+    """Write imported features as ``/features/<name>`` (and ``/cells`` when the store has none).
 
-    When the store's root holds ``images``, the cells are put in store order (plate, well and
-    site as the root lists them, then y, x) and every cell must lie in a site the store has. When
-    the store has no ``/cells`` yet, one is built from the features' coordinates; when it has one,
-    it must list the same cells (plate, well, site per cell). The node is written to a temporary
-    group and renamed into place, so readers never see half of it.
+    The cells are put in store order (plate, well and site as the root lists them, then y, x);
+    every cell must lie in a site the store has. Without a ``/cells`` node one is built from the
+    features' coordinates (with ``object_id`` when imported from CellProfiler); with one, it must
+    list the same cells (plate, well, site per cell), so rows of ``/features/<name>`` and ``/cells``
+    stay aligned. Nodes are written atomically by :func:`cpzarr.store.write_node` (overwriting an
+    older ``/features/<name>``).
 
     Parameters
     ----------
     store : str or Path
-        A Zarr v3 store directory (created when absent).
+        A store made by :func:`cpzarr.ingest`.
     features : Dataset (cell, feature)
         From :func:`import_deepprofiler` or :func:`import_cellprofiler`.
     name : str
@@ -558,52 +557,49 @@ def write_imported(store, features, name, *, chunk=1024):
     Raises
     ------
     StoreError
-        When the store's ``/cells`` lists other cells than the features.
+        Not a store, or its ``/cells`` lists other cells than the features.
+    InputError
+        Cells in sites that the store does not have (every such site is named).
 
     Examples
     --------
     >>> write_imported("screen.zarr", import_deepprofiler("features"), "deepprofiler")  # doctest: +SKIP
     """
-    import zarr
-
     from cpzarr.cells import cells_from_table, site_positions, write_cells
+    from cpzarr.store import node_exists, open_screen, write_node
 
-    store = Path(store)
-    if not (store / "zarr.json").is_file():
-        zarr.open_group(str(store), mode="a", zarr_format=3)
-    root = xr.open_zarr(store, consolidated=False, zarr_format=3)
+    screen = open_screen(store, allow_incomplete=True)
+    images = screen["images"]
     table = pd.DataFrame({c: features[c].values for c in _CELL_COORDS})
-    has_cells = (store / "cells" / "zarr.json").is_file()
-    if "images" in root:
-        pos = site_positions(table, root["images"])
-        order = np.lexsort((table["x"].to_numpy(), table["y"].to_numpy(), pos[:, 2], pos[:, 1], pos[:, 0]))
-        features = features.isel(cell=order)
-        if not has_cells:
-            cells_table = table.iloc[order].reset_index(drop=True)
-            if "object_id" in features.coords:
-                cells_table["object_id"] = features["object_id"].values
-            write_cells(store, cells_from_table(cells_table, root["images"], attrs={"source": features.attrs.get("source", "")}))
-            has_cells = True
-    if has_cells:
-        cells = xr.open_zarr(store, group="cells", consolidated=False, zarr_format=3)
+    pos = site_positions(table, images)
+    order = np.lexsort((table["x"].to_numpy(), table["y"].to_numpy(), pos[:, 2], pos[:, 1], pos[:, 0]))
+    features = features.isel(cell=order)
+    if node_exists(store, "cells"):
+        cells = screen["cells"].to_dataset(inherit=False)
         same = cells.sizes.get("cell") == features.sizes["cell"] and all(
-            np.array_equal(np.asarray(cells[c].values).astype(str), np.asarray(features[c].values).astype(str))
+            np.array_equal(np.asarray(cells[c].values, dtype=object), np.asarray(features[c].values, dtype=object))
             for c in ("plate", "well", "site")
         )
         if not same:
             raise StoreError(
                 f"{store}/cells lists other cells ({cells.sizes.get('cell')}) than the imported features "
-                f"({features.sizes['cell']}); write the features into a store without /cells, or import "
-                f"the locations from the same source"
+                f"({features.sizes['cell']}): the rows of /features/{name} would not match /cells. Import "
+                "the locations from the same source, or use a store without /cells."
             )
-    zarr.open_group(str(store / "features"), mode="a", zarr_format=3)
-    node = features.chunk({"cell": chunk, "feature": -1})
-    token = uuid.uuid4().hex[:12]
-    temporary = f"features/.{name}-tmp-{token}"
-    node.to_zarr(store, group=temporary, mode="w", consolidated=False, zarr_format=3)
-    final, old = store / "features" / name, store / "features" / f".{name}-old-{token}"
-    if final.exists():
-        final.rename(old)
-    (store / temporary).rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    else:
+        cells_table = table.iloc[order].reset_index(drop=True)
+        if "object_id" in features.coords:
+            cells_table["object_id"] = features["object_id"].values
+        provenance = {"function": f"cpzarr.features.import_{features.attrs.get('importer', '')}",
+                      "source": features.attrs.get("source", "")}
+        write_cells(store, cells_from_table(cells_table, images, attrs={"provenance": json.dumps(provenance)}))
+    node = features.assign(features=features["features"].chunk({"cell": chunk, "feature": -1}))
+    provenance = {
+        "stage": "features",
+        "function": f"cpzarr.features.import_{features.attrs.get('importer', '')}",
+        "source": features.attrs.get("source", ""),
+        "cells": int(features.sizes["cell"]),
+        "features": int(features.sizes["feature"]),
+    }
+    write_node(store, f"features/{name}", node, provenance=provenance, overwrite=True)
     return features
