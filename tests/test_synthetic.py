@@ -349,3 +349,23 @@ def test_illumination_vignetting_visible_in_dmso_background(tmp_path):
             centre += stack[:, empty & (radius < 0.5)].mean(1)
             rim += stack[:, empty & (radius > 1.0)].mean(1)
         assert np.all(rim < 0.95 * centre), name
+
+
+def test_render_site_matches_its_labels():
+    from cpzarr.synthetic._screen import render_site
+
+    site = render_site(image_size=(120, 100), cells_per_site=12, seed=7, effect={"cell_count": 0.2})
+    assert site["images"].dims == ("channel", "y", "x")
+    assert site["images"].shape == (5, 120, 100)
+    label = site["labels"].to_numpy()
+    ids = site["object_id"].to_numpy()
+    np.testing.assert_array_equal(ids, np.arange(1, label.max() + 1))
+    centres = np.array(ndi.center_of_mass(label > 0, label, ids))
+    np.testing.assert_allclose(site["nucleus_y"], centres[:, 0])
+    np.testing.assert_allclose(site["nucleus_x"], centres[:, 1])
+    np.testing.assert_array_equal(site["area"], ndi.sum_labels(label > 0, label, ids))
+    assert render_site(image_size=64, cells_per_site=3, seed=7).identical(
+        render_site(image_size=64, cells_per_site=3, seed=7)
+    )
+    with pytest.raises(InputError, match="nucleus_sise"):
+        render_site(effect={"nucleus_sise": 0.1})

@@ -377,6 +377,91 @@ def make_screen(
     )
 
 
+def render_site(
+    *,
+    image_size=1080,
+    cells_per_site=230,
+    effect=None,
+    channels=CHANNELS,
+    dtype="uint16",
+    nucleus_radius=9.0,
+    seed=0,
+):
+    """Render one site in memory, as :func:`make_screen` renders each site (no batch effect).
+
+    Parameters
+    ----------
+    image_size : int or (int, int)
+        Image side, or ``(height, width)``, in pixels. LINCS sites are 1080 x 1080.
+    cells_per_site : float
+        Mean number of cells (LINCS sites hold about 230).
+    effect : mapping of str to float, optional
+        Log-multiplier of each morphology trait (keys from :data:`TRAITS`); None for DMSO.
+    channels : sequence of str
+        Channels to render, a subset of ``("DNA", "ER", "RNA", "AGP", "Mito")``.
+    dtype : {"uint16", "uint8"}
+        Image data type.
+    nucleus_radius : float
+        Mean nucleus radius in pixels.
+    seed : int
+        Seed; the same arguments give the same site.
+
+    Returns
+    -------
+    site : xarray.Dataset
+        ``images`` (channel, y, x) camera counts, ``labels`` (y, x) nucleus labels (0 =
+        none), and along ``cell``: ``object_id`` (its label), ``nucleus_x``, ``nucleus_y``
+        (exact nucleus centroid, x = column), ``area`` and ``cell_area`` in pixels.
+
+    Examples
+    --------
+    >>> from cpzarr.synthetic._screen import render_site
+    >>> site = render_site(image_size=128, cells_per_site=10, seed=1)
+    >>> site["images"].dims
+    ('channel', 'y', 'x')
+    """
+    import xarray as xr
+
+    shape = _image_shape(image_size)
+    channels = tuple(channels)
+    effect = dict(effect or {})
+    unknown = sorted(set(effect) - set(TRAITS))
+    if unknown:
+        raise InputError(f"render_site: unknown traits {unknown}; choose from {list(TRAITS)}")
+    _check_arguments(
+        plates=1,
+        batches=1,
+        sites=1,
+        shape=shape,
+        cells_per_site=cells_per_site,
+        channels=channels,
+        dtype=dtype,
+        nucleus_radius=nucleus_radius,
+        layout=pd.DataFrame({"well": ["A01"]}),
+        missing_sites=(),
+        plate_names=("P01",),
+    )
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
+    vector = np.array([effect.get(t, 0.0) for t in TRAITS])
+    cells = _draw_cells(rng, vector, cells_per_site, nucleus_radius, shape)
+    signal, label, cell_area = _render_site(rng, cells, shape, channels)
+    flat = np.ones(shape, np.float32)
+    images = _camera(rng, signal, channels, dict.fromkeys(CHANNELS, 1.0), flat, dtype)
+    table = _nucleus_table(label, cell_area)
+    return xr.Dataset(
+        {
+            "images": (("channel", "y", "x"), np.stack(images)),
+            "labels": (("y", "x"), label),
+            "object_id": ("cell", table["object_id"].to_numpy()),
+            "nucleus_x": ("cell", table["x"].to_numpy()),
+            "nucleus_y": ("cell", table["y"].to_numpy()),
+            "area": ("cell", table["area"].to_numpy()),
+            "cell_area": ("cell", table["cell_area"].to_numpy()),
+        },
+        coords={"channel": np.array(channels, dtype=object)},
+    )
+
+
 # --- arguments and layout ---
 
 
@@ -708,27 +793,37 @@ def _render_site(rng, cells, shape, channels):
 
     Every pixel belongs to its nearest cell centre (a Voronoi partition, so touching cells
     meet along a shared border); the cell's nucleus is an ellipse around its centre and its
-    body a wobbly disc clipped by that partition.
+    body a wobbly disc clipped by that partition. Geometry is computed only for the pixels
+    within reach of their owner's body; the rest of the field is haze.
     """
-    h, w = shape
-    n = len(cells.x)
-    if n == 0:
-        zero = np.zeros(shape, np.float32)
-        signal = [zero + np.float32(_HAZE[c]) for c in channels]
-        return signal, np.zeros(shape, np.int32), np.zeros(0, np.int64)
     f32 = np.float32
+    n = len(cells.x)
+    signal = [np.full(shape, _HAZE[c], np.float32) for c in channels]
+    label = np.zeros(shape, np.int32)
+    if n == 0:
+        return signal, label, np.zeros(0, np.int64)
     yy, xx = _grid(shape)
     seeds = np.zeros(shape, np.int32)
     seeds[np.rint(cells.y).astype(int), np.rint(cells.x).astype(int)] = np.arange(1, n + 1)
-    oy, ox = ndi.distance_transform_edt(seeds == 0, return_distances=False, return_indices=True)
-    owner = seeds[oy, ox] - 1
+    seed_distance, (oy, ox) = ndi.distance_transform_edt(seeds == 0, return_indices=True)
+    owner_image = seeds[oy, ox] - 1
     del oy, ox
+
+    # Textures are drawn over the whole field so that they do not depend on the cell layout.
+    ruffle = np.clip(_smooth_noise(rng, (shape[0] // 2 + 1, shape[1] // 2 + 1), 2.0), -3, 3)
+    fine = _smooth_noise(rng, shape, 1.0)
+    mid = _smooth_noise(rng, shape, 2.5)
+
+    reach = cells.radius * (1 + np.abs(cells.outline).sum(1)) * 1.25 + 4
+    idx = np.flatnonzero(seed_distance.ravel() < reach[owner_image.ravel()])
+    owner = owner_image.ravel()[idx]
 
     def per_pixel(values):
         return np.asarray(values, f32)[owner]
 
-    dx = xx - per_pixel(cells.x)
-    dy = yy - per_pixel(cells.y)
+    py, px = yy.ravel()[idx], xx.ravel()[idx]
+    dx = px - per_pixel(cells.x)
+    dy = py - per_pixel(cells.y)
     d = np.sqrt(dx * dx + dy * dy)
     inv = 1.0 / np.maximum(d, f32(1e-3))
     c1, s1 = dx * inv, dy * inv
@@ -741,31 +836,30 @@ def _render_site(rng, cells, shape, channels):
     v = dy * cos_t - dx * sin_t
     rho = np.sqrt((u / a) ** 2 + (v / b) ** 2)
     nucleus = rho < 1
-    label = np.where(nucleus, owner + 1, 0).astype(np.int32)
+    label.ravel()[idx[nucleus]] = owner[nucleus] + 1
 
-    ruffle = _smooth_noise(rng, shape, 4.0)
     wobble = (
         c2 * per_pixel(cells.outline[:, 0])
         + s2 * per_pixel(cells.outline[:, 1])
         + c3 * per_pixel(cells.outline[:, 2])
         + s3 * per_pixel(cells.outline[:, 3])
     )
-    edge = per_pixel(cells.radius) * (1 + wobble) * (1 + f32(0.08) * ruffle)
+    edge_ruffle = ruffle[(py // 2).astype(np.intp), (px // 2).astype(np.intp)]
+    edge = per_pixel(cells.radius) * (1 + wobble) * (1 + f32(0.08) * edge_ruffle)
     body = (d < edge) | nucleus
     cytoplasm = body & ~nucleus
     # Position between the nuclear envelope (0) and the cell edge (1) along the ray from the centre.
     envelope_at = d / np.maximum(rho, f32(1e-3))
     depth = np.clip((d - envelope_at) / np.maximum(edge - envelope_at, f32(1.0)), 0, 1)
     perinuclear = np.exp(-depth / f32(0.35)) * cytoplasm
-
-    fine = _smooth_noise(rng, shape, 1.0)
-    mid = _smooth_noise(rng, shape, 2.5)
+    fine, mid = fine.ravel()[idx], mid.ravel()[idx]
     nuclear_profile = np.clip((1 - rho) * a / f32(1.2) + f32(0.5), 0, 1)
     cell_area = np.bincount(owner[body], minlength=n)
+    body_image = np.zeros(shape, bool)
+    body_image.ravel()[idx[body]] = True
 
     # Puncta: nucleoli inside the nucleus, mitochondria in the cytoplasm, mostly perinuclear.
-    k = cells.nucleoli
-    which = np.repeat(np.arange(n), k)
+    which = np.repeat(np.arange(n), cells.nucleoli)
     r = 0.55 * np.sqrt(rng.uniform(0, 1, which.size))
     alpha = rng.uniform(0, 2 * np.pi, which.size)
     pu, pv = r * cells.a[which] * np.cos(alpha), r * cells.b[which] * np.sin(alpha)
@@ -776,7 +870,7 @@ def _render_site(rng, cells, shape, channels):
         cells.x[which] + pu * ct - pv * st,
         cells.nucleoli_brightness[which] * rng.uniform(0.6, 1.2, which.size),
         1.5,
-    )
+    ).ravel()[idx]
     mito_count = rng.poisson(cells.mito_density * np.pi * cells.radius**2)
     which = np.repeat(np.arange(n), mito_count)
     phi = rng.uniform(0, 2 * np.pi, which.size)
@@ -799,10 +893,9 @@ def _render_site(rng, cells, shape, channels):
         cells.x[which] + dist * np.cos(phi),
         rng.lognormal(0.0, 0.35, which.size),
         1.0,
-    )
+    ).ravel()[idx]
 
-    signal = []
-    for channel in channels:
+    for out, channel in zip(signal, channels):
         level = per_pixel(cells.intensity[channel])
         if channel == "DNA":
             chromatin = 1 + per_pixel(cells.chromatin) * fine
@@ -822,9 +915,9 @@ def _render_site(rng, cells, shape, channels):
                 cyto * (1 + f32(0.3) * fine) + f32(0.22) * nuclear_profile + nucleoli * nucleus
             )
         elif channel == "AGP":
-            border = _cell_borders(owner, body)
+            border = ndi.gaussian_filter(_cell_borders(owner_image, body_image), 1.0)
             rim = np.exp(-(((edge - d) / f32(1.3)) ** 2))
-            membrane = np.maximum(rim, ndi.gaussian_filter(border, 1.0) * f32(1.6))
+            membrane = np.maximum(rim, border.ravel()[idx] * f32(1.6))
             angle = cells.fibre_angle
             across = dy * per_pixel(np.cos(angle)) - dx * per_pixel(np.sin(angle))
             stripes = f32(0.5) + f32(0.5) * np.cos(across * f32(2 * np.pi / 5.0) + 2 * mid)
@@ -833,7 +926,7 @@ def _render_site(rng, cells, shape, channels):
         else:  # Mito
             image = level * (mito * body + f32(0.12) * perinuclear)
         # Texture noise can dip a dim pixel below zero; stains cannot.
-        signal.append((np.maximum(image, 0) + f32(_HAZE[channel])).astype(np.float32))
+        out.ravel()[idx] += np.maximum(image, 0)
     return signal, label, cell_area
 
 
