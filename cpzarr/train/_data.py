@@ -183,9 +183,10 @@ def _cell_batches_class():
 
         Each epoch draws ``cells_per_epoch`` cells, the same number from every class as
         DeepProfiler does (with replacement only for classes smaller than their share), in an
-        order fixed by ``(seed, epoch)``. The epoch counter advances in ``on_epoch_end``, after
-        Keras has joined its loader threads, so prefetching workers never mix epochs and a resumed
-        run (``epoch=initial_epoch``) sees the batches an uninterrupted run would.
+        order fixed by ``(seed, epoch)``. ``epoch`` is set by the training loop's
+        ``on_epoch_begin`` callback, before Keras starts the epoch's loader threads, so a resumed
+        run sees the batches an uninterrupted run would. Keras must not reorder the batches
+        (``fit(shuffle=False)``): the plan is already shuffled, reproducibly.
         """
 
         def __init__(self, crops, cells, labels, n_classes, *, batch_size=32,
@@ -244,10 +245,5 @@ def _cell_batches_class():
                 x = augment(x, np.random.default_rng([self.seed, self.epoch, i, 1]))
             y = np.eye(self.n_classes, dtype=np.float32)[self.labels[positions]]
             return x, y
-
-        def on_epoch_end(self):
-            if not self.fixed:
-                self._plans.pop(self.epoch, None)
-                self.epoch += 1
 
     return CellBatches

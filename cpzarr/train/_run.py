@@ -261,15 +261,18 @@ def _plot_history(history: pd.DataFrame, path: Path):
     os.replace(tmp, path)
 
 
-def _outputs_callback(folder: Path, history: list, best: float):
+def _outputs_callback(folder: Path, history: list, best: float, batches):
     import keras
 
     class Outputs(keras.callbacks.Callback):
-        """Per epoch: checkpoint, best checkpoint, history table and plot, then the state file."""
+        """Tells the batches the epoch; after it: checkpoint, best, history table and plot, state."""
 
         def __init__(self):
             super().__init__()
             self.best = best
+
+        def on_epoch_begin(self, epoch, logs=None):
+            batches.epoch = epoch
 
         def on_epoch_end(self, epoch, logs=None):
             logs = dict(logs or {})
@@ -469,8 +472,8 @@ def _train_here(source, *, output, options, box, channels, edge, resume, callbac
         if initial_epoch < options.epochs:
             model.fit(
                 training, validation_data=validation, epochs=options.epochs,
-                initial_epoch=initial_epoch, verbose=1 if progress else 0,
-                callbacks=[_outputs_callback(folder, history, best), *callbacks],
+                initial_epoch=initial_epoch, verbose=1 if progress else 0, shuffle=False,
+                callbacks=[_outputs_callback(folder, history, best, training), *callbacks],
             )
     finally:
         keras.config.set_dtype_policy(policy)
