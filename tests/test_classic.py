@@ -233,3 +233,19 @@ def test_bad_input_is_reported():
     assert "Golgi" in str(err.value) and "directions" in str(err.value)
     with pytest.raises(InputError, match="dims"):
         classical(_crops(img).isel(cell=0))
+
+
+def test_glcm_properties_match_graycoprops_on_edge_cases():
+    from cpzarr.features.classic import TEXTURE, _glcm_properties
+
+    rng = np.random.default_rng(5)
+    glcm = np.zeros((6, 6, 1, 4), np.uint32)
+    counts = rng.integers(0, 4, (6, 6))
+    glcm[:, :, 0, 0] = counts + counts.T  # a symmetric matrix
+    glcm[2, 2, 0, 1] = 8  # a constant object: one cell
+    glcm[0, 5, 0, 2] = glcm[5, 0, 0, 2] = 3  # two levels only
+    got = _glcm_properties(glcm)
+    for k, prop in enumerate(TEXTURE):
+        ref = graycoprops(glcm[:, :, :, :3], prop) / (np.log(2) if prop == "entropy" else 1)
+        np.testing.assert_allclose(got[k, :, :3], ref, rtol=1e-10, atol=1e-12, err_msg=prop)
+    assert np.isnan(got[:, 0, 3]).all()  # an empty matrix (no object pixel pairs)

@@ -1,0 +1,100 @@
+"""Benchmarks for classical features and feature imports (cells per second).
+
+Run with ``asv run --python=same --bench classic`` (or ``asv dev``). The classical benchmark
+measures real LINCS crops (8-bit, 5 channels, one site of ``../shared/data``) when they are there,
+and drawn synthetic cells otherwise.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+LINCS = SHARED / "lincs_images_SQ00015198_SQ00015230"
+CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito"]
+
+
+def _lincs_crops(box, n):
+    """Crops of the first ``n`` cells of LINCS SQ00015198 A01 site 1 that fit in the image."""
+    import imageio.v3 as iio
+    import pandas as pd
+
+    site = np.stack(
+        [iio.imread(LINCS / "images" / "SQ00015198" / f"r01c01f01p01-ch{c}sk1fk1fl1.png") for c in range(1, 6)]
+    )
+    xy = pd.read_csv(LINCS / "locations" / "SQ00015198" / "A01-1-Nuclei.csv").to_numpy()
+    half = box // 2
+    crops = []
+    for x, y in np.round(xy).astype(int):
+        if half <= y <= site.shape[1] - half and half <= x <= site.shape[2] - half:
+            crops.append(site[:, y - half : y + half, x - half : x + half])
+        if len(crops) == n:
+            break
+    return np.stack(crops)
+
+
+def _synthetic_crops(box, n):
+    from skimage.draw import disk
+
+    rng = np.random.default_rng(0)
+    crops = (rng.random((n, 5, box, box)) * 40).astype(np.uint8)
+    for i in range(n):
+        centre = (box // 2 + rng.integers(-2, 3), box // 2 + rng.integers(-2, 3))
+        crops[i, 0][disk(centre, box // 8, shape=(box, box))] += 150
+        crops[i, 1:, *disk(centre, box // 3, shape=(box, box))] += 60
+    return crops
+
+
+def _crops(box, n):
+    import xarray as xr
+
+    data = _lincs_crops(box, n) if LINCS.is_dir() else _synthetic_crops(box, n)
+    return xr.DataArray(data, dims=("cell", "channel", "y", "x"), coords={"channel": CHANNELS})
+
+
+class ClassicalFeatures:
+    """Classical features of 5-channel crops on one core (one dask chunk)."""
+
+    params = [[64, 128], [(3,), (3, 5)]]
+    param_names = ["box", "scales"]
+    n_cells = 48
+
+    def setup(self, box, scales):
+        from cpzarr.features.classic import classical
+
+        self.crops = _crops(box, self.n_cells)
+        self.classical = classical
+        classical(self.crops[:2], scales=scales)  # imports and first-call costs out of the timing
+
+    def time_classical(self, box, scales):
+        self.classical(self.crops, scales=scales).values
+
+    def peakmem_classical(self, box, scales):
+        self.classical(self.crops, scales=scales).values
+
+    def track_cells_per_second(self, box, scales):
+        import time
+
+        start = time.perf_counter()
+        self.classical(self.crops, scales=scales).values
+        return self.crops.sizes["cell"] / (time.perf_counter() - start)
+
+    track_cells_per_second.unit = "cells/s"
+
+
+class ImportFeatures:
+    """Import of the real DeepProfiler npz files and CellProfiler CSVs (skipped without them)."""
+
+    def setup(self):
+        if not SHARED.is_dir():
+            raise NotImplementedError("../shared/data is absent")
+
+    def time_import_deepprofiler(self):
+        from cpzarr.features.imports import import_deepprofiler
+
+        import_deepprofiler(SHARED / "deepprofiler_single_cell_lincs" / "features")
+
+    def time_import_cellprofiler(self):
+        from cpzarr.features.imports import import_cellprofiler
+
+        import_cellprofiler(SHARED / "cellprofiler_single_cell_jump" / "BR00116991_cpg0043")
