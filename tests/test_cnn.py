@@ -1,0 +1,191 @@
+"""CNN features over crops: equality with direct Keras calls, chunking, weights, the store node."""
+
+import json
+import os
+
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+
+from cpzarr.errors import InputError, StoreError, WeightsError
+from cpzarr.features import _lite0, cnn
+
+CHANNELS = ["DNA", "RNA", "Mito"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("CPZARR_CACHE")
+    os.environ["CPZARR_CACHE"] = str(path)
+    yield path
+    if old is None:
+        del os.environ["CPZARR_CACHE"]
+    else:
+        os.environ["CPZARR_CACHE"] = old
+
+
+def make_crops(n=7, box=32, chunks=(3, 4), seed=0):
+    """Random uint16 crops with drawn blobs, a constant crop, and the crops' cell coordinates."""
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, 4000, (n, len(CHANNELS), box, box)).astype(np.uint16)
+    yy, xx = np.mgrid[:box, :box]
+    values[:, 0] += (20000 * ((yy - box / 2) ** 2 + (xx - box / 2) ** 2 < (box / 4) ** 2)).astype(np.uint16)
+    values[min(1, n - 1), 2] = 500  # a constant crop: scaled to zeros, no division by zero
+    return xr.DataArray(
+        da.from_array(values, chunks=(chunks, -1, -1, -1)),
+        dims=("cell", "channel", "y", "x"),
+        coords={
+            "cell": ("cell", np.arange(n) + 10),
+            "plate": ("cell", np.array(["P1"] * n, dtype=object)),
+            "well": ("cell", np.array(["A01"] * 4 + ["B02"] * (n - 4), dtype=object)[:n]),
+            "site": ("cell", np.ones(n, dtype=np.int64)),
+            "x": ("cell", rng.uniform(0, 100, n)),
+            "y": ("cell", rng.uniform(0, 100, n)),
+            "channel": ("channel", np.array(CHANNELS, dtype=object)),
+        },
+    )
+
+
+def by_hand(values, channel, model):
+    """Min-max per crop in plain numpy, x255, Lite0's (x - 127) / 128, three planes, one call."""
+    x = values[:, channel].astype(np.float64)
+    low = x.min(axis=(1, 2), keepdims=True)
+    span = x.max(axis=(1, 2), keepdims=True) - low
+    x = np.where(span > 0, (x - low) / np.where(span > 0, span, 1), 0) * 255
+    x = ((x - 127) / 128).astype(np.float32)
+    return np.asarray(model(np.stack([x, x, x], axis=-1), training=False))
+
+
+@pytest.fixture(scope="module")
+def lite0_32():
+    return _lite0.build_lite0((32, 32, 3), weights="imagenet")
+
+
+def test_extract_equals_direct_keras_per_channel(lite0_32):
+    crops = make_crops()
+    features = cnn.extract(crops, batch_size=4)
+    assert features.sizes == {"cell": 7, "feature": 3 * 1280}
+    assert list(features.feature.values[[0, 1279, 1280, 3839]]) == ["DNA_0000", "DNA_1279", "RNA_0000", "Mito_1279"]
+    for name in ("cell", "plate", "well", "site", "x", "y"):
+        np.testing.assert_array_equal(features[name].values, crops[name].values)
+    assert features.attrs["weights_sha256"] == _lite0.imagenet_weights()[1]["sha256"]
+    got = features.compute(scheduler="sync").values
+    values = crops.values
+    for c, channel in enumerate(CHANNELS):
+        block = got[:, c * 1280 : (c + 1) * 1280]
+        np.testing.assert_allclose(block, by_hand(values, c, lite0_32), rtol=1e-4, atol=1e-4, err_msg=channel)
+    assert got.std() > 0.1  # pretrained features are not degenerate
+
+
+def test_independent_of_chunking_batch_and_workers():
+    reference = cnn.extract(make_crops(chunks=(7,)), batch_size=64).compute(scheduler="sync").values
+    other = cnn.extract(make_crops(chunks=(2, 2, 1, 2)), batch_size=5)
+    np.testing.assert_allclose(other.compute(scheduler="threads", num_workers=2).values, reference,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_layer_is_spatially_averaged(lite0_32):
+    crops = make_crops(n=3, chunks=(3,))
+    features = cnn.extract(crops, layer="block6a_expand_activation").compute(scheduler="sync")
+    assert features.sizes["feature"] == 3 * 672
+    inner = lite0_32.get_layer("block6a_expand_activation").output
+    import keras
+
+    probe = keras.Model(lite0_32.inputs, inner)
+    x = cnn.preprocess(crops.values)[:, 1]
+    expected = np.asarray(probe(x, training=False)).mean(axis=(1, 2))
+    np.testing.assert_allclose(features.sel(feature=features.feature.str.startswith("RNA")).values,
+                               expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(InputError, match="no layer 'nope'"):
+        cnn.load_model(layer="nope", input_shape=(32, 32, 3))
+
+
+def test_float16_output():
+    features = cnn.extract(make_crops(n=2, chunks=(2,)), dtype="float16")
+    assert features.dtype == np.float16 and features.compute(scheduler="sync").dtype == np.float16
+
+
+def test_b0_from_local_file_equals_keras_applications(tmp_path):
+    import keras
+
+    # Random B0 weights saved to a local file stand in for the ImageNet file (no network).
+    reference = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 3),
+                                                  pooling="avg")
+    path = tmp_path / "b0.weights.h5"
+    reference.save_weights(path)
+    crops = make_crops(n=3, chunks=(2, 1))
+    features = cnn.extract(crops, model="efficientnet-b0", weights=path).compute(scheduler="sync")
+    x = crops.values[:, 2].astype(np.float64)
+    low, high = x.min(axis=(1, 2), keepdims=True), x.max(axis=(1, 2), keepdims=True)
+    x = np.where(high > low, (x - low) / np.where(high > low, high - low, 1), 0) * 255
+    expected = np.asarray(reference(np.stack([x] * 3, axis=-1).astype(np.float32), training=False))
+    np.testing.assert_allclose(features.values[:, 2 * 1280 :], expected, rtol=1e-4, atol=1e-4)
+    assert features.attrs["weights"] == str(path)
+
+
+def test_resnet50_preprocessing_is_caffe():
+    x = np.random.default_rng(1).integers(0, 1000, (2, 1, 4, 4))
+    scaled = (x - x.min(axis=(2, 3), keepdims=True)) / np.ptp(x, axis=(2, 3), keepdims=True) * 255
+    got = cnn.preprocess(x, "resnet50")
+    for plane, mean in enumerate([103.939, 116.779, 123.68]):  # BGR ImageNet means
+        np.testing.assert_allclose(got[..., plane], scaled - mean, rtol=1e-5, atol=1e-4)
+
+
+def test_weights_must_be_honest(tmp_path):
+    fake = tmp_path / "efficientnetb0_notop.h5"
+    fake.write_bytes(b"not the real file")
+    with pytest.raises(WeightsError, match="md5"):
+        cnn.load_model("efficientnet-b0", weights=fake)
+    with pytest.raises(WeightsError, match="does not exist"):
+        cnn.load_model("resnet50", weights=tmp_path / "missing.h5")
+    with pytest.raises(InputError, match="unknown model"):
+        cnn.extract(make_crops(n=1, chunks=(1,)), model="efficientnet-b7")
+    assert cnn.weights_info("efficientnet-b0", None)["weights"] == "random"
+
+
+def make_store(path):
+    import zarr
+
+    zarr.open_group(str(path), mode="w", zarr_format=3).attrs["provenance"] = "{}"
+    return path
+
+
+def test_write_features_node_and_resume(tmp_path):
+    store = make_store(tmp_path / "screen.zarr")
+    crops = make_crops(n=7, chunks=(3, 4))
+    features = cnn.extract(crops)
+    expected = features.compute(scheduler="sync")
+    node = cnn.write_features(store, "efficientnet-lite0", features, chunk_cells=3, progress=False,
+                              scheduler="sync")
+    written = xr.open_zarr(store, group="features/efficientnet-lite0", consolidated=False)
+    np.testing.assert_array_equal(written["features"].values, expected.values)
+    assert written["features"].encoding["chunks"] == (3, 3 * 1280)
+    assert written["unit_complete"].values.tolist() == [True, True, True]
+    for name in ("cell", "plate", "well", "site", "x", "y", "feature"):
+        np.testing.assert_array_equal(written[name].values, expected[name].values)
+    assert written.attrs["model"] == "efficientnet-lite0"
+    provenance = json.loads(xr.open_zarr(store, consolidated=False).attrs["provenance"])
+    assert provenance["features/efficientnet-lite0"]["weights_sha256"] == expected.attrs["weights_sha256"]
+
+    # Interrupted run: unit 1 neither written nor marked. A second call redoes only that unit.
+    import zarr
+
+    group = zarr.open_group(str(node), mode="r+")
+    group["features"][3:6] = 0
+    group["unit_complete"][1] = False
+    group["features"][0:3] = -1  # marked complete: must be left alone
+    cnn.write_features(store, "efficientnet-lite0", features, chunk_cells=3, progress=False, scheduler="sync")
+    again = xr.open_zarr(store, group="features/efficientnet-lite0", consolidated=False)
+    np.testing.assert_array_equal(again["features"].values[3:], expected.values[3:])
+    assert (again["features"].values[:3] == -1).all()
+
+    other = cnn.extract(crops, layer="top_conv")
+    with pytest.raises(StoreError, match="overwrite=True"):
+        cnn.write_features(store, "efficientnet-lite0", other, chunk_cells=3, progress=False)
+    cnn.write_features(store, "efficientnet-lite0", features, chunk_cells=3, progress=False,
+                       overwrite=True, scheduler="sync")
+    fresh = xr.open_zarr(store, group="features/efficientnet-lite0", consolidated=False)
+    np.testing.assert_array_equal(fresh["features"].values, expected.values)
+    assert not [p for p in (store / "features").iterdir() if p.name.startswith(".")]
