@@ -70,8 +70,13 @@ def test_hand_worked_average_precision_and_ties():
     assert np.isnan(pr[pr["sample"] == 1]["recall"]).all()
 
 
+@pytest.mark.parametrize("compare_width", [0, 100])
 @pytest.mark.parametrize("block_size", [1, 3, 8, 1000, None])
-def test_blocked_equals_dense(block_size):
+def test_blocked_equals_dense(block_size, compare_width, monkeypatch):
+    from cpzarr.evaluate import _precision
+
+    # Both ways of counting neighbours above a positive: comparisons, and sorted rows.
+    monkeypatch.setattr(_precision, "_COMPARE_WIDTH", compare_width)
     profiles = make_profiles(duplicates=4)
     expected = dense_ranks(profiles.values, profiles["moa"].values)
     hits, _ = ev.hitk(profiles, "moa", block_size=block_size)
@@ -81,6 +86,7 @@ def test_blocked_equals_dense(block_size):
         found = [np.sum(r < k) for r in expected]
         np.testing.assert_allclose(pr[pr["k"] == k]["precision"], np.array(found) / k)
     ap_blocked = ev.average_precision(profiles, "moa", block_size=block_size)
+    monkeypatch.setattr(_precision, "_COMPARE_WIDTH", 100 - compare_width)
     ap_single = ev.average_precision(profiles, "moa", block_size=10_000)
     pd.testing.assert_frame_equal(ap_blocked, ap_single)
     e_blocked = ev.enrichment(profiles, "moa", [99, 90, 50], block_size=block_size)

@@ -124,9 +124,13 @@ def test_hitk_equal_dense(plate, group):
         assert row.score == within - np.floor(p * n_hits / 100)
 
 
+@pytest.mark.parametrize("compare_width", [0, 100])
 @pytest.mark.parametrize("group", GROUPS)
-def test_map_equals_copairs(plate, group, tmp_path):
+def test_map_equals_copairs(plate, group, compare_width, tmp_path, monkeypatch):
+    from cpzarr.evaluate import _precision
+
     copairs_map = pytest.importorskip("copairs.map")
+    monkeypatch.setattr(_precision, "_COMPARE_WIDTH", compare_width)
     frame, profiles = plate
     keep = (
         (frame["Metadata_pert_type"] != "control") & frame["Metadata_" + group].notna()

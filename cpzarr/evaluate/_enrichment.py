@@ -31,21 +31,30 @@ from ._similarity import (
 )
 
 _BINS = 2**18
+_SKIP = 2 * _BINS  # bin of the pairs a block must not count (itself, or counted elsewhere)
 
 
 def _bin_of(values):
     """Monotone bin index of similarities on a uniform grid over [-1, 1]."""
-    index = np.floor((values + 1.0) * (_BINS / 2.0)).astype(np.int64)
-    return np.clip(index, 0, _BINS - 1)
+    scaled = (values + 1.0) * (_BINS / 2.0)
+    np.clip(scaled, 0, _BINS - 1, out=scaled)
+    return scaled.astype(np.int64)  # truncation = floor on non-negative values
 
 
-def _upper_blocks(z, block_size, progress, desc):
-    """Yield (values, same-group) of the upper-triangle pairs, one block of rows at a time."""
+def _upper_blocks(z, codes, block_size, progress, desc):
+    """Yield (similarities, bins, same-group) for blocks of rows against the rows after them.
+
+    A block of rows ``start:stop`` is compared with rows ``start:``; the pairs on or below the
+    diagonal inside the block get bin ``_SKIP`` so that every unordered pair counts once.
+    """
     n = z.shape[0]
     for start, stop in _iter_blocks(n - 1, block_size, progress, desc):
+        b = stop - start
         sims = _on_grid(z[start:stop] @ z[start:].T)
-        rows, cols = np.triu_indices(stop - start, k=1, m=n - start)
-        yield sims[rows, cols], (start + rows, start + cols)
+        bins = _bin_of(sims)
+        bins[:, :b][np.tril(np.ones((b, b), dtype=bool))] = _SKIP
+        same = codes[start:stop, None] == codes[None, start:]
+        yield sims, bins, same
 
 
 def _quantile(lower, upper, fraction):
@@ -67,9 +76,9 @@ def _pair_thresholds(z, codes, quantiles, population, block_size, progress):
     n = z.shape[0]
     block_size = _block_rows(block_size, n)
     counts = np.zeros(2 * _BINS, dtype=np.int64)  # [different bins | same bins]
-    for sims, (rows, cols) in _upper_blocks(z, block_size, progress, "pairs histogram"):
-        same = codes[rows] == codes[cols]
-        counts += np.bincount(_bin_of(sims) + _BINS * same, minlength=2 * _BINS)
+    for _, bins, same in _upper_blocks(z, codes, block_size, progress, "pairs histogram"):
+        cell = bins + _BINS * same
+        counts += np.bincount(cell.ravel(), minlength=4 * _BINS)[: 2 * _BINS]
     different, same_counts = counts[:_BINS], counts[_BINS:]
     if population == "all":
         ranked, size = different + same_counts, n * (n - 1)
@@ -88,17 +97,17 @@ def _pair_thresholds(z, codes, quantiles, population, block_size, progress):
         plans.append((unordered(low), unordered(high), position - low))
     # Bins between two consecutive ranked pairs hold no ranked pair but may hold others
     # (same-group pairs for "different"), which may fall on either side of the threshold.
-    in_boundary = np.zeros(_BINS, dtype=bool)
+    in_boundary = np.zeros(_SKIP + 1, dtype=bool)
     for m1, m2, _ in plans:
         first, last = np.searchsorted(cumulative, [m1, m2], side="right")
         in_boundary[first : last + 1] = True
     boundary = np.flatnonzero(in_boundary)
 
     kept_values, kept_same = [], []
-    for sims, (rows, cols) in _upper_blocks(z, block_size, progress, "pairs boundary"):
-        pick = in_boundary[_bin_of(sims)]
+    for sims, bins, same in _upper_blocks(z, codes, block_size, progress, "pairs boundary"):
+        pick = in_boundary[bins]
         kept_values.append(sims[pick])
-        kept_same.append(codes[rows[pick]] == codes[cols[pick]])
+        kept_same.append(same[pick])
     kept_values = np.concatenate(kept_values).astype(np.float64)
     kept_same = np.concatenate(kept_same)
     ranked_kept = kept_values if population == "all" else kept_values[~kept_same]
@@ -114,7 +123,7 @@ def _pair_thresholds(z, codes, quantiles, population, block_size, progress):
     results = []
     for m1, m2, fraction in plans:
         threshold = _quantile(statistic(m1), statistic(m2), fraction)
-        clear = ~in_boundary
+        clear = ~in_boundary[:_BINS]
         clear[: int(np.searchsorted(cumulative, m1, side="right")) + 1] = False
         above = kept_values > threshold
         results.append(

@@ -27,6 +27,7 @@ from ._similarity import (
     _check_profiles,
     _group_codes,
     _group_names,
+    _GRID,
     _iter_blocks,
     _on_grid,
     _sample_mask,
@@ -98,21 +99,15 @@ def _positive_ranks(z, codes, queries, block_size, progress, desc="ranks"):
             valid[r, : members.size] = True
         pos_sim = np.take_along_axis(sims, pos_col, axis=1)
 
-        stable = np.zeros((b, width), dtype=np.int64)
-        key = np.float32(1) - sims.astype(np.float32, copy=False)
-        pos_key = np.take_along_axis(key, pos_col, axis=1)
+        pos_key = np.float32(1) - pos_sim.astype(np.float32)
         pos_key[~valid] = np.inf
-        key_before = np.zeros((b, width), dtype=np.int64)
-        for j in range(width):
-            live = valid[:, j]
-            thr = pos_sim[:, j : j + 1]
-            greater = (sims > thr).sum(axis=1)
-            ties = (sims == thr).sum(axis=1)
-            stable[:, j] = greater
-            for r in np.flatnonzero(live & (ties > 1)):
-                tied = sims[r] == thr[r, 0]
-                stable[r, j] += int(np.count_nonzero(tied & (columns < pos_col[r, j])))
-            key_before[:, j] = (key < pos_key[:, j : j + 1]).sum(axis=1)
+        if width <= _COMPARE_WIDTH:
+            stable, ties, key_before = _counts_by_comparison(sims, pos_sim, pos_key)
+        else:
+            stable, ties, key_before = _counts_by_sorting(sims, rows, pos_col, pos_key)
+        for r, j in zip(*np.nonzero(valid & (ties > 1))):
+            tied = sims[r] == pos_sim[r, j]
+            stable[r, j] += int(np.count_nonzero(tied & (columns < pos_col[r, j])))
         # Positives strictly before each positive on the copairs key are not negatives.
         pos_before = (pos_key[:, None, :] < pos_key[:, :, None]).sum(axis=2)
         neg_before = key_before - pos_before
@@ -134,6 +129,53 @@ def _positive_ranks(z, codes, queries, block_size, progress, desc="ranks"):
         rank=np.concatenate([ranks[q] for q in queries] + [empty]),
         neg_before=np.concatenate([negs[q] for q in queries] + [empty]),
     )
+
+
+# Up to this many positives per query, count neighbours above each positive by direct
+# comparison (3 passes over the block per positive); beyond, sort each row once.
+_COMPARE_WIDTH = 12
+_OFFSET = 2**42  # row offset on the integer similarity grid (|grid value| <= 2**40)
+
+
+def _counts_by_comparison(sims, pos_sim, pos_key):
+    """Per positive: neighbours strictly more similar, equally similar, and with a smaller
+    copairs key (float32 ``1 - s``)."""
+    key = np.float32(1) - sims.astype(np.float32)
+    greater = np.empty(pos_sim.shape, dtype=np.int64)
+    ties = np.empty(pos_sim.shape, dtype=np.int64)
+    key_before = np.empty(pos_sim.shape, dtype=np.int64)
+    for j in range(pos_sim.shape[1]):
+        threshold = pos_sim[:, j : j + 1]
+        greater[:, j] = (sims > threshold).sum(axis=1)
+        ties[:, j] = (sims == threshold).sum(axis=1)
+        key_before[:, j] = (key < pos_key[:, j : j + 1]).sum(axis=1)
+    return greater, ties, key_before
+
+
+def _counts_by_sorting(sims, rows, pos_col, pos_key):
+    """Same counts as _counts_by_comparison from one sort per row and binary searches.
+
+    Similarities become integers on the 2**-40 grid, so a row offset makes the sorted rows of
+    the block one sorted array that ``searchsorted`` answers for all positives at once.
+    """
+    b, n = sims.shape
+    with np.errstate(invalid="ignore"):  # the query's own -inf, overwritten below
+        grid = np.rint(sims * _GRID).astype(np.int64)
+    grid[np.arange(b), rows] = -2 * 2**40  # the query itself: below every similarity
+    ordered = np.sort(grid, axis=1)
+    offset = (np.arange(b, dtype=np.int64) * _OFFSET)[:, None]
+    flat = (ordered + offset).ravel()
+    wanted = np.take_along_axis(grid, pos_col, axis=1) + offset
+    below = np.searchsorted(flat, wanted, side="left")
+    upto = np.searchsorted(flat, wanted, side="right")
+    row_end = (np.arange(1, b + 1, dtype=np.int64) * n)[:, None]
+    greater, ties = row_end - upto, upto - below
+    # copairs key, ascending = similarities descending; +4 per row keeps rows apart exactly.
+    keys = np.float32(1) - (ordered[:, ::-1] / _GRID).astype(np.float32)
+    flat_keys = (keys.astype(np.float64) + 4.0 * np.arange(b)[:, None]).ravel()
+    shifted = pos_key.astype(np.float64) + 4.0 * np.arange(b)[:, None]
+    key_before = np.searchsorted(flat_keys, shifted, side="left") - (row_end - n)
+    return greater, ties, key_before
 
 
 def _query_frame(profiles, names, idx, ranks):
