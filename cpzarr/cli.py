@@ -60,6 +60,31 @@ def info_command(store):
 
 # --- train ---
 
+
+@main.command("train")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--resume", is_flag=True, help="Continue from the last finished epoch of the output folder.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set train.epochs=20 (repeatable).")
+@click.option("--progress/--no-progress", default=True, help="Show Keras' progress bar.")
+def train_command(config, resume, overrides, progress):
+    """Train a cell encoder with the train: section of CONFIG on the run's store.
+
+    Writes per-epoch checkpoints, best.keras, history.csv/.png, train.json and split.csv to
+    train.output (default: a train folder beside the store).
+    """
+    from cpzarr.config import load_config
+    from cpzarr.errors import CpzarrError
+    from cpzarr.train import train_from_config
+
+    try:
+        result = train_from_config(load_config(config, list(overrides)), resume=resume, progress=progress)
+    except CpzarrError as exc:
+        raise click.ClickException(str(exc)) from exc
+    last = result.history.iloc[-1]
+    click.echo(f"trained {len(result.history)} epochs; val_accuracy {last.get('val_accuracy', float('nan')):.3f}; "
+               f"best checkpoint {result.best}")
+
 # --- profiles ---
 
 # --- evaluate ---

@@ -9,11 +9,18 @@ augmented on the fly; the model is a Keras backbone with a 5-channel input whose
 from cpzarr.train._augment import augment, minmax_scale
 from cpzarr.train._data import SPLITS, make_batches, split_cells
 from cpzarr.train._model import ARCHITECTURES, build_model, load_trained
-from cpzarr.train._run import TrainOptions, TrainResult, train, validate_train_config
+from cpzarr.train._run import (
+    TrainOptions,
+    TrainResult,
+    train,
+    train_from_config,
+    validate_train_config,
+)
 from cpzarr.train._schedules import SCHEDULES, learning_rate
 
 __all__ = [
     "train",
+    "train_from_config",
     "TrainOptions",
     "TrainResult",
     "validate_train_config",

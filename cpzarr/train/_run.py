@@ -21,7 +21,7 @@ from cpzarr.train._schedules import SCHEDULES, check_schedule
 
 logger = logging.getLogger("cpzarr")
 
-__all__ = ["TrainOptions", "TrainResult", "validate_train_config", "train"]
+__all__ = ["TrainOptions", "TrainResult", "validate_train_config", "train", "train_from_config"]
 
 
 @dataclass(frozen=True)
@@ -482,4 +482,51 @@ def _train_here(source, *, output, options, box, channels, edge, resume, callbac
         output=folder, best=folder / "best.keras",
         last=folder / "checkpoints" / state["checkpoint"],
         history=pd.read_csv(folder / "history.csv"), classes=classes,
+    )
+
+
+def train_from_config(config, *, resume: bool = False, client: Any = None,
+                      progress: bool = True) -> TrainResult:
+    """Run the ``train:`` section of an experiment config on the run's store.
+
+    The store is ``output.store`` when it exists, else ``input.store``; crops use the ``crops:``
+    section's ``box``, ``channels`` and ``edge`` (crops are always min–max scaled for training,
+    whatever ``crops.scale`` says). The output folder is ``train.output``, by default a
+    ``train`` folder beside the store.
+
+    Parameters
+    ----------
+    config : cpzarr.config.Config
+        A loaded experiment config (``cpzarr.config.load_config``).
+    resume, client, progress
+        As for :func:`train`.
+
+    Returns
+    -------
+    TrainResult
+
+    Examples
+    --------
+    >>> from cpzarr.config import load_config  # doctest: +SKIP
+    >>> result = train_from_config(load_config("configs/train_demo.yaml"))  # doctest: +SKIP
+    """
+    from cpzarr.store import open_screen
+
+    options = validate_train_config(config.get("train"))
+    candidates = [config.get("output.store"), config.get("input.store")]
+    store = next((Path(p) for p in candidates if p and Path(p).exists()), None)
+    if store is None:
+        raise ConfigError(
+            "train: no store to train on; run ingest and locate first",
+            [f"output.store / input.store: {', '.join(str(p) for p in candidates if p) or 'unset'}"],
+        )
+    output = options.output
+    if output is None:
+        output = store.parent / "train"
+    elif config.source is not None and not Path(output).is_absolute():
+        output = Path(config.source).resolve().parent / output
+    return train(
+        open_screen(store), output, options, box=config.get("crops.box", 128),
+        channels=config.get("crops.channels"), edge=config.get("crops.edge", "skip"),
+        resume=resume, client=client, progress=progress,
     )
