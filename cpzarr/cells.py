@@ -110,12 +110,8 @@ def _with_site_labels(cells, images):
     count = np.asarray(cells["cell_count"].transpose(*_SITE_DIMS).values).ravel()
     if int(count.sum()) != cells.sizes["cell"]:
         raise StoreError(f"the /cells node's cell_count adds up to {int(count.sum())}, not its {cells.sizes['cell']} cells")
-    grid = np.meshgrid(*(np.asarray(images[d].values) for d in _SITE_DIMS), indexing="ij")
-    labels = {
-        "plate": ("cell", np.repeat(grid[0].ravel(), count).astype(str).astype(object)),
-        "well": ("cell", np.repeat(grid[1].ravel(), count).astype(str).astype(object)),
-        "site": ("cell", np.repeat(grid[2].ravel(), count).astype(np.int64)),
-    }
+    grid = np.meshgrid(*(np.asarray(site_labels(images, d)) for d in _SITE_DIMS), indexing="ij")
+    labels = {d: ("cell", np.repeat(g.ravel(), count)) for d, g in zip(_SITE_DIMS, grid)}
     return cells.drop_vars([d for d in _SITE_DIMS if d in cells.variables]).assign_coords(labels)
 
 
@@ -149,6 +145,19 @@ def cells_table(cells):
     return frame
 
 
+def _as_labels(values, dim):
+    """Plates and wells as object arrays of ``str`` (whatever string dtype they came in), sites as int64."""
+    values = np.asarray(values)
+    if dim == "site":
+        return values.astype(np.int64)
+    return np.array([str(v) for v in values.astype(object)], dtype=object)
+
+
+def site_labels(images, dim):
+    """The store's labels along ``plate``, ``well`` or ``site`` as a pandas Index."""
+    return pd.Index(_as_labels(images[dim].values, dim))
+
+
 def site_positions(table, images):
     """Positional (plate, well, site) indices of each cell in the ``images`` array.
 
@@ -170,10 +179,7 @@ def site_positions(table, images):
     positions = []
     unknown = np.zeros(len(table), dtype=bool)
     for dim in _SITE_DIMS:
-        labels = pd.Index(np.asarray(images[dim].values).astype(str if dim != "site" else np.int64))
-        values = table[dim].to_numpy()
-        values = values.astype(str) if dim != "site" else values.astype(np.int64)
-        found = labels.get_indexer(values)
+        found = site_labels(images, dim).get_indexer(_as_labels(table[dim].to_numpy(), dim))
         unknown |= found < 0
         positions.append(found)
     if unknown.any():
@@ -236,9 +242,9 @@ def cells_from_table(table, images, *, attrs=None):
         "site": ("cell", table["site"].to_numpy(np.int64)),
     }
     node_attrs = {
-        "offset_plates": json.dumps([str(v) for v in images["plate"].values]),
-        "offset_wells": json.dumps([str(v) for v in images["well"].values]),
-        "offset_sites": json.dumps([int(v) for v in images["site"].values]),
+        "offset_plates": json.dumps(list(site_labels(images, "plate"))),
+        "offset_wells": json.dumps(list(site_labels(images, "well"))),
+        "offset_sites": json.dumps([int(v) for v in site_labels(images, "site")]),
     }
     node_attrs.update(attrs or {})
     return xr.Dataset(data, coords=coords, attrs=node_attrs)
@@ -378,8 +384,7 @@ def _validate(table, images, root):
     problems = {}
     nan = table["x"].isna() | table["y"].isna()
     outside = ~nan & ((table["x"] < 0) | (table["y"] < 0) | (table["x"] > width - 1) | (table["y"] > height - 1))
-    labels = {d: pd.Index(np.asarray(images[d].values).astype(str if d != "site" else np.int64)) for d in _SITE_DIMS}
-    pos = np.stack([labels[d].get_indexer(table[d].astype(str if d != "site" else np.int64)) for d in _SITE_DIMS], 1)
+    pos = np.stack([site_labels(images, d).get_indexer(_as_labels(table[d].to_numpy(), d)) for d in _SITE_DIMS], 1)
     unknown = (pos < 0).any(axis=1)
     if "present" in root and (~unknown).any():
         present = np.asarray(root["present"].transpose(*_SITE_DIMS).values)

@@ -56,6 +56,45 @@ def info_command(store):
 
 # --- locate ---
 
+@main.command("locate")
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--from", "source", type=click.Path(exists=True),
+              help="DeepProfiler locations folder, or CellProfiler Nuclei.csv (+ Image.csv) / their folder.")
+@click.option("--kind", type=click.Choice(["auto", "deepprofiler", "cellprofiler"]), default="auto", show_default=True)
+@click.option("--on-invalid", type=click.Choice(["raise", "drop"]), default="raise", show_default=True,
+              help="Locations with NaN, outside the image or in sites the store lacks: stop, or drop with a warning.")
+@click.option("--detect", is_flag=True, help="Detect nuclei on the DNA channel instead of importing locations.")
+@click.option("--channel", default="DNA", show_default=True, help="Nuclear channel for --detect.")
+@click.option("--sigma", type=float, default=2.0, show_default=True, help="Gaussian smoothing (px) for --detect.")
+@click.option("--threshold", default="li", show_default=True, help="otsu, li, triangle or a number, for --detect.")
+@click.option("--min-distance", type=int, default=7, show_default=True, help="Closest nuclei centres (px) for --detect.")
+@click.option("--min-area", type=int, default=60, show_default=True, help="Smallest nucleus (px) for --detect.")
+@click.option("--max-area", type=int, default=5000, show_default=True, help="Largest nucleus (px) for --detect.")
+@click.option("--keep-border/--exclude-border", default=False, show_default=True,
+              help="Keep nuclei touching the image border (--detect).")
+@click.option("--progress/--no-progress", default=True, help="Progress bar over sites (--detect).")
+def locate_command(store, source, kind, on_invalid, detect, channel, sigma, threshold, min_distance, min_area,
+                   max_area, keep_border, progress):
+    """Find the cells of STORE (import location files or detect nuclei) and write its /cells node."""
+    from cpzarr.cells import detect_nuclei, import_locations, write_cells
+    from cpzarr.store import open_screen
+
+    if bool(source) == bool(detect):
+        raise click.UsageError("give either --from PATH or --detect")
+    screen = open_screen(store)
+    if detect:
+        try:
+            threshold = float(threshold)
+        except ValueError:
+            pass
+        cells = detect_nuclei(screen, channel=channel, sigma=sigma, threshold=threshold, min_distance=min_distance,
+                              min_area=min_area, max_area=max_area, exclude_border=not keep_border, progress=progress)
+    else:
+        cells = import_locations(screen, source, kind=kind, on_invalid=on_invalid)
+    path = write_cells(store, cells)
+    sites = int((cells["cell_count"] > 0).sum())
+    click.echo(f"{cells.sizes['cell']} cells in {sites} sites written to {path}")
+
 # --- profile (features) ---
 
 # --- train ---

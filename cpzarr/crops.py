@@ -276,8 +276,8 @@ def _well_labels(root):
     if not names:
         return None
     frame = root[names].transpose("plate", "well").to_dataframe().reset_index()
-    frame["plate"] = frame["plate"].astype(str)
-    frame["well"] = frame["well"].astype(str)
+    frame["plate"] = frame["plate"].map(str)
+    frame["well"] = frame["well"].map(str)
     return frame
 
 

@@ -292,3 +292,28 @@ def test_detect_nuclei_real_lincs_matches_cellprofiler(shared_data):
         total += (hits, len(found), len(reference))
     for plate, (hits, found, expected) in totals.items():
         assert hits / found >= 0.90 and hits / expected >= 0.90, (plate, hits / found, hits / expected)
+
+
+def test_locate_command(synthetic, tmp_path):
+    from click.testing import CliRunner
+
+    from cpzarr import __version__
+    from cpzarr.cli import main
+    from cpzarr.store import open_screen
+
+    info, screen = synthetic
+    store = tmp_path / "screen.zarr"
+    screen.attrs.update(cpzarr_version=__version__, complete=True)
+    screen.compute().to_zarr(store, zarr_format=3, consolidated=False)
+    runner = CliRunner()
+    result = runner.invoke(main, ["locate", str(store), "--from", str(info.locations)])
+    assert result.exit_code == 0, result.output
+    truth = pd.read_csv(info.truth)
+    assert f"{len(truth)} cells in" in result.output
+    _, cells, _ = screen_parts(open_screen(store))
+    assert cells.sizes["cell"] == len(truth)
+    result = runner.invoke(main, ["locate", str(store), "--detect", "--keep-border", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    _, detected, _ = screen_parts(open_screen(store))
+    assert "area" in detected and abs(detected.sizes["cell"] - len(truth)) <= 0.05 * len(truth)
+    assert runner.invoke(main, ["locate", str(store)]).exit_code != 0
