@@ -147,7 +147,7 @@ def read_image_table(table, channels=None) -> tuple[pd.DataFrame, pd.DataFrame, 
         paths = {}
         for ch in found:
             col = frame[ch]
-            paths[ch] = [None if _blank(v) else str(_absolute(base, str(v))) for v in col]
+            paths[ch] = [None if is_blank(v) else str(_absolute(base, str(v))) for v in col]
     if channels is None:
         order = [c for c in CELL_PAINTING_CHANNELS if c in found] + [c for c in found if c not in CELL_PAINTING_CHANNELS]
     else:
@@ -158,8 +158,8 @@ def read_image_table(table, channels=None) -> tuple[pd.DataFrame, pd.DataFrame, 
     keys = {name: frame[lower[col]] for col, name in _KEY_COLUMNS.items()}
     sites = pd.DataFrame(
         {
-            "plate": keys["plate"].map(lambda v: "" if _blank(v) else str(v).strip()),
-            "well": keys["well"].map(lambda v: "" if _blank(v) else normalize_well(v)),
+            "plate": keys["plate"].map(lambda v: "" if is_blank(v) else str(v).strip()),
+            "well": keys["well"].map(lambda v: "" if is_blank(v) else normalize_well(v)),
             "site": pd.to_numeric(keys["site"], errors="coerce"),
             "line": np.arange(len(frame)) + 2,
         }
@@ -206,7 +206,7 @@ def read_platemap(platemap) -> tuple[pd.DataFrame, str]:
         raise InputError(f"The platemap {source} has no well column (well, well_position or Metadata_Well).")
     frame["well"] = frame["well"].map(normalize_well)
     if "plate" in frame.columns:
-        frame["plate"] = frame["plate"].map(lambda v: "" if _blank(v) else str(v).strip())
+        frame["plate"] = frame["plate"].map(lambda v: "" if is_blank(v) else str(v).strip())
     keys = ["plate", "well"] if "plate" in frame.columns else ["well"]
     dup = frame[frame.duplicated(keys, keep=False)]
     if len(dup):
@@ -261,7 +261,7 @@ def derive_store_metadata(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]
         if "pert_iname" in out.columns:
             compound = out["pert_iname"].astype(object)
             if "broad_sample" in out.columns:
-                empty = compound.map(_blank)
+                empty = compound.map(is_blank)
                 compound = compound.where(~empty, out["broad_sample"])
                 notes.append("compound taken from pert_iname, or broad_sample where pert_iname is empty")
             else:
@@ -277,7 +277,7 @@ def derive_store_metadata(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]
                 notes.append(f"dose taken from {alias}")
                 break
     if "control" not in out.columns and "compound" in out.columns:
-        is_dmso = out["compound"].map(lambda v: not _blank(v) and str(v).strip().upper() == "DMSO")
+        is_dmso = out["compound"].map(lambda v: not is_blank(v) and str(v).strip().upper() == "DMSO")
         out["control"] = np.where(is_dmso, "negcon", "trt").astype(object)
         notes.append("control inferred: negcon where compound is DMSO, trt elsewhere")
     if "batch" not in out.columns:
@@ -296,13 +296,14 @@ def derive_store_metadata(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]
 def as_store_column(values: pd.Series) -> np.ndarray:
     """Return a column as float64 (numeric columns) or object strings ("" for missing)."""
     if pd.api.types.is_bool_dtype(values):
-        return values.map(lambda v: "" if _blank(v) else str(v)).to_numpy(dtype=object)
+        return values.map(lambda v: "" if is_blank(v) else str(v)).to_numpy(dtype=object)
     if pd.api.types.is_numeric_dtype(values):
         return values.to_numpy(dtype=np.float64)
-    return values.map(lambda v: "" if _blank(v) else _as_text(v)).to_numpy(dtype=object)
+    return values.map(lambda v: "" if is_blank(v) else as_label(v)).to_numpy(dtype=object)
 
 
-def _as_text(value) -> str:
+def as_label(value) -> str:
+    """A metadata value as a text label (``1.0`` read from a CSV becomes ``"1"``)."""
     # CSV readers turn integer columns with gaps into floats; "1" reads better than "1.0" as a label.
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
@@ -318,7 +319,7 @@ def _load_data_paths(frame, filename_cols, base, source):
             continue
         found.append(ch)
         paths[ch] = [
-            None if _blank(f) or _blank(p) else str(_absolute(base, str(p)) / str(f))
+            None if is_blank(f) or is_blank(p) else str(_absolute(base, str(p)) / str(f))
             for f, p in zip(frame[fcol], frame[pcol])
         ]
     if problems:
@@ -336,7 +337,7 @@ def _constant_within_wells(raw: pd.DataFrame) -> pd.DataFrame:
 
 
 def _looks_like_images(column: pd.Series) -> bool:
-    values = [str(v) for v in column if not _blank(v)]
+    values = [str(v) for v in column if not is_blank(v)]
     return bool(values) and all(v.lower().endswith(IMAGE_SUFFIXES) for v in values)
 
 
@@ -345,7 +346,8 @@ def _absolute(base: Path, path: str) -> Path:
     return p if p.is_absolute() else base / p
 
 
-def _blank(value) -> bool:
+def is_blank(value) -> bool:
+    """True for None, NaN and empty or blank strings: a cell the table leaves empty."""
     if value is None:
         return True
     if isinstance(value, float) and np.isnan(value):

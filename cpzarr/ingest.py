@@ -343,7 +343,7 @@ def _join_metadata(table_meta, sites, platemap, problems):
         joined = imaged.merge(pm, on=keys, how="left", indicator=True)
         missing = joined[joined["_merge"] == "left_only"]
         for row in missing.itertuples():
-            problems.append(f"{row.plate}/{row.well} is imaged but not in the platemap {platemap_source}")
+            problems.append(f"{row.plate}/{row.well} is imaged but not in the platemap ({platemap_source})")
         joined = joined.drop(columns="_merge")
         pm_cols = [c for c in joined.columns if c not in ("plate", "well")]
         frame = frame.drop(columns=[c for c in pm_cols if c in frame.columns]).merge(
@@ -351,9 +351,9 @@ def _join_metadata(table_meta, sites, platemap, problems):
         )
     frame, notes = _tables.derive_store_metadata(frame)
     if "batch" in frame.columns:
-        per_plate = frame.groupby("plate")["batch"].nunique(dropna=False)
+        per_plate = frame.groupby("plate")["batch"].nunique()
         for plate in per_plate[per_plate > 1].index:
-            values = sorted(map(str, frame.loc[frame["plate"] == plate, "batch"].unique()))
+            values = sorted(map(str, frame.loc[frame["plate"] == plate, "batch"].dropna().unique()))
             problems.append(f"plate {plate} has several batches: {', '.join(values)}")
     else:
         notes.append("no batch column (batch, Batch_Number): batch filled with empty strings")
@@ -413,7 +413,7 @@ def _metadata_dataset(frame, plates, wells, sites, channels):
         ds[col] = (("plate", "well"), values)
     # batch is a label even when the source numbers it (LINCS Batch_Number 1, 3)
     batch_values = (
-        batch.map(lambda v: "" if _tables._blank(v) else _tables._as_text(v)).to_numpy(dtype=object)
+        batch.map(lambda v: "" if _tables.is_blank(v) else _tables.as_label(v)).to_numpy(dtype=object)
         if batch is not None
         else np.array([""] * len(plates), dtype=object)
     )
