@@ -369,3 +369,28 @@ def test_render_site_matches_its_labels():
     )
     with pytest.raises(InputError, match="nucleus_sise"):
         render_site(effect={"nucleus_sise": 0.1})
+
+
+def touching_pairs(label):
+    """Pairs of distinct labels that are 4-neighbours somewhere in a label image."""
+    pairs = set()
+    for this, that in ((label[:-1], label[1:]), (label[:, :-1], label[:, 1:])):
+        meet = (this != that) & (this > 0) & (that > 0)
+        pairs |= {tuple(sorted(p)) for p in zip(this[meet].tolist(), that[meet].tolist())}
+    return pairs
+
+
+def test_cells_touch_but_nuclei_mostly_separable():
+    from cpzarr.synthetic._screen import render_site
+
+    site = render_site(image_size=540, cells_per_site=58, seed=1)  # LINCS density
+    cells = site["cell_labels"].to_numpy()
+    nuclei = site["labels"].to_numpy()
+    n = int(site.sizes["cell"])
+    touching_cells = {c for pair in touching_pairs(cells) for c in pair}
+    touching_nuclei = {c for pair in touching_pairs(nuclei) for c in pair}
+    assert len(touching_cells) > 0.3 * n
+    assert len(touching_nuclei) < 0.1 * n
+    # Each nucleus lies inside its own cell body.
+    inside = nuclei > 0
+    np.testing.assert_array_equal(cells[inside], nuclei[inside])

@@ -292,7 +292,7 @@ def make_screen(
         well_effect = strength[wi] + well_rng.normal(0.0, 0.04, len(TRAITS)) * _TRAIT_SCALE
         rng = np.random.default_rng(np.random.SeedSequence([seed, 1, pi, wi, site]))
         cells = _draw_cells(rng, well_effect, cells_per_site, nucleus_radius, shape)
-        signal, label, cell_area = _render_site(rng, cells, shape, channels)
+        signal, label, cell_label = _render_site(rng, cells, shape, channels)
         images = _camera(rng, signal, channels, batch_scale[batch], illumination[batch], dtype)
 
         folder = image_root / plate
@@ -311,7 +311,7 @@ def make_screen(
             load_row[f"PathName_Orig{channel}"] = str(folder)
             index_row[channel] = f"images/{plate}/{name}"
 
-        truth = _nucleus_table(label, cell_area)
+        truth = _nucleus_table(label, cell_label, len(cells.x))
         truth.insert(0, "site", site)
         truth.insert(0, "well", well)
         truth.insert(0, "plate", plate)
@@ -409,8 +409,8 @@ def render_site(
     Returns
     -------
     site : xarray.Dataset
-        ``images`` (channel, y, x) camera counts, ``labels`` (y, x) nucleus labels (0 =
-        none), and along ``cell``: ``object_id`` (its label), ``nucleus_x``, ``nucleus_y``
+        ``images`` (channel, y, x) camera counts, ``labels`` (y, x) nucleus labels and
+        ``cell_labels`` (y, x) cell-body labels (0 = none, else the cell's ``object_id``), and along ``cell``: ``object_id`` (its label), ``nucleus_x``, ``nucleus_y``
         (exact nucleus centroid, x = column), ``area`` and ``cell_area`` in pixels.
 
     Examples
@@ -444,14 +444,15 @@ def render_site(
     rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
     vector = np.array([effect.get(t, 0.0) for t in TRAITS])
     cells = _draw_cells(rng, vector, cells_per_site, nucleus_radius, shape)
-    signal, label, cell_area = _render_site(rng, cells, shape, channels)
+    signal, label, cell_label = _render_site(rng, cells, shape, channels)
     flat = np.ones(shape, np.float32)
     images = _camera(rng, signal, channels, dict.fromkeys(CHANNELS, 1.0), flat, dtype)
-    table = _nucleus_table(label, cell_area)
+    table = _nucleus_table(label, cell_label, len(cells.x))
     return xr.Dataset(
         {
             "images": (("channel", "y", "x"), np.stack(images)),
             "labels": (("y", "x"), label),
+            "cell_labels": (("y", "x"), cell_label),
             "object_id": ("cell", table["object_id"].to_numpy()),
             "nucleus_x": ("cell", table["x"].to_numpy()),
             "nucleus_y": ("cell", table["y"].to_numpy()),
@@ -751,7 +752,7 @@ def _place(rng, a, radius, shape, clumping=0.5, attempts=30):
             if placed:
                 others = np.asarray(placed)
                 gap = np.hypot(xs[others] - x, ys[others] - y)
-                if np.any(gap < 0.92 * (a[others] + a[k]) + 1.5):
+                if np.any(gap < 0.85 * (a[others] + a[k]) + 1.0):
                     continue
             xs[k], ys[k] = x, y
             placed.append(k)
@@ -801,7 +802,7 @@ def _render_site(rng, cells, shape, channels):
     signal = [np.full(shape, _HAZE[c], np.float32) for c in channels]
     label = np.zeros(shape, np.int32)
     if n == 0:
-        return signal, label, np.zeros(0, np.int64)
+        return signal, label, label.copy()
     yy, xx = _grid(shape)
     seeds = np.zeros(shape, np.int32)
     seeds[np.rint(cells.y).astype(int), np.rint(cells.x).astype(int)] = np.arange(1, n + 1)
@@ -854,9 +855,8 @@ def _render_site(rng, cells, shape, channels):
     perinuclear = np.exp(-depth / f32(0.35)) * cytoplasm
     fine, mid = fine.ravel()[idx], mid.ravel()[idx]
     nuclear_profile = np.clip((1 - rho) * a / f32(1.2) + f32(0.5), 0, 1)
-    cell_area = np.bincount(owner[body], minlength=n)
-    body_image = np.zeros(shape, bool)
-    body_image.ravel()[idx[body]] = True
+    cell_label = np.zeros(shape, np.int32)
+    cell_label.ravel()[idx[body]] = owner[body] + 1
 
     # Puncta: nucleoli inside the nucleus, mitochondria in the cytoplasm, mostly perinuclear.
     which = np.repeat(np.arange(n), cells.nucleoli)
@@ -915,7 +915,7 @@ def _render_site(rng, cells, shape, channels):
                 cyto * (1 + f32(0.3) * fine) + f32(0.22) * nuclear_profile + nucleoli * nucleus
             )
         elif channel == "AGP":
-            border = ndi.gaussian_filter(_cell_borders(owner_image, body_image), 1.0)
+            border = ndi.gaussian_filter(_cell_borders(cell_label), 1.0)
             rim = np.exp(-(((edge - d) / f32(1.3)) ** 2))
             membrane = np.maximum(rim, border.ravel()[idx] * f32(1.6))
             angle = cells.fibre_angle
@@ -927,18 +927,18 @@ def _render_site(rng, cells, shape, channels):
             image = level * (mito * body + f32(0.12) * perinuclear)
         # Texture noise can dip a dim pixel below zero; stains cannot.
         out.ravel()[idx] += np.maximum(image, 0)
-    return signal, label, cell_area
+    return signal, label, cell_label
 
 
-def _cell_borders(owner, body):
+def _cell_borders(cell_label):
     """Pixels where two cell bodies meet (float mask)."""
-    border = np.zeros(owner.shape, np.float32)
+    border = np.zeros(cell_label.shape, np.float32)
     for axis in (0, 1):
         this = [slice(None)] * 2
         that = [slice(None)] * 2
         this[axis], that[axis] = slice(None, -1), slice(1, None)
         this, that = tuple(this), tuple(that)
-        meet = (owner[this] != owner[that]) & body[this] & body[that]
+        meet = (cell_label[this] != cell_label[that]) & (cell_label[this] > 0) & (cell_label[that] > 0)
         border[this] += meet
         border[that] += meet
     return np.minimum(border, 1)
@@ -960,9 +960,8 @@ def _camera(rng, signal, channels, scale, illumination, dtype):
     return out
 
 
-def _nucleus_table(label, cell_area):
-    """Each nucleus's id, exact centroid (x = column, y = row) and area in the label image."""
-    n = len(cell_area)
+def _nucleus_table(label, cell_label, n):
+    """Each nucleus's id, exact centroid (x = column, y = row) and area, and its cell's area."""
     ids = label.ravel()
     yy, xx = _grid(label.shape)
     area = np.bincount(ids, minlength=n + 1)[1:]
@@ -974,7 +973,7 @@ def _nucleus_table(label, cell_area):
             "x": x / area,
             "y": y / area,
             "area": area,
-            "cell_area": cell_area,
+            "cell_area": np.bincount(cell_label.ravel(), minlength=n + 1)[1:],
         }
     )
 
