@@ -1,6 +1,7 @@
 """Ingest: image tables + platemap -> screen store, checked against the source files themselves."""
 
 import hashlib
+import importlib
 import json
 import shutil
 import warnings
@@ -13,11 +14,13 @@ import tifffile
 import zarr
 from PIL import Image
 
-import cpzarr.ingest as ingest_module
 from cpzarr.errors import InputError, StoreError
 from cpzarr.ingest import ingest, plan_ingest
 from cpzarr.store import is_store, open_screen
 from cpzarr.synthetic import make_screen
+
+# the package exports the function ``ingest`` under the module's name
+ingest_module = importlib.import_module("cpzarr.ingest")
 
 MISSING = (("P01", "A02", 2), ("P02", "A05", 1), ("P02", "A05", 3))
 
