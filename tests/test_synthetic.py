@@ -394,3 +394,19 @@ def test_cells_touch_but_nuclei_mostly_separable():
     # Each nucleus lies inside its own cell body.
     inside = nuclei > 0
     np.testing.assert_array_equal(cells[inside], nuclei[inside])
+
+
+def test_well_positions(tmp_path):
+    info = make_screen(tmp_path / "a", **{**SMALL, "sites": 1}, wells=7)
+    # Three conditions (2 compounds + 1 DMSO) repeated over seven positions, row-major from A01.
+    assert info.wells == ("A01", "A02", "A03", "A04", "A05", "A06", "A07")
+    layout = info.annotation[info.annotation["plate"] == "P01"]
+    assert list(layout["compound"]) == ["cpd01_1", "cpd02_1", "DMSO"] * 2 + ["cpd01_1"]
+    named = make_screen(tmp_path / "b", **{**SMALL, "sites": 1}, wells=["B03", "C07", "P24"])
+    assert named.wells == ("B03", "C07", "P24")
+    assert (tmp_path / "b" / "images" / "P02" / "P02_P24_s1_Mito.tif").is_file()
+    with pytest.raises(InputError) as err:
+        make_screen(tmp_path / "c", **SMALL, wells=["A1", "B02"], doses=(0.0,))
+    assert "['A1']" in str(err.value) and "doses=(0.0,)" in str(err.value)
+    with pytest.raises(InputError, match="2 positions for 3 conditions"):
+        make_screen(tmp_path / "d", **SMALL, wells=["A01", "B02"])

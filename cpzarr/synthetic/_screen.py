@@ -236,7 +236,7 @@ def make_screen(
     """
     shape = _image_shape(image_size)
     channels = tuple(channels)
-    layout = _layout(moas, compounds_per_moa, doses, dmso_wells, wells)
+    layout = _layout(moas, compounds_per_moa, _dose_values(doses), dmso_wells, wells)
     plate_names = tuple(f"P{i + 1:02d}" for i in range(plates)) if _is_count(plates) else ()
     _check_arguments(
         plates=plates,
@@ -250,6 +250,10 @@ def make_screen(
         layout=layout,
         missing_sites=missing_sites,
         plate_names=plate_names,
+        moas=moas,
+        compounds_per_moa=compounds_per_moa,
+        dmso_wells=dmso_wells,
+        doses=doses,
     )
     root = Path(path)
     _prepare_folder(root, overwrite)
@@ -481,6 +485,15 @@ def _well_name(position):
     return f"{_WELL_ROWS[row]}{column + 1:02d}"
 
 
+def _dose_values(doses):
+    """Doses as a tuple of floats; empty when they are not all positive numbers."""
+    try:
+        values = tuple(float(d) for d in np.atleast_1d(doses))
+    except (TypeError, ValueError):
+        return ()
+    return values if all(np.isfinite(v) and v > 0 for v in values) else ()
+
+
 def _layout(moas, compounds_per_moa, doses, dmso_wells, wells):
     """The platemap shared by all plates: one row per well position (plate-independent)."""
     rows = []
@@ -501,14 +514,16 @@ def _layout(moas, compounds_per_moa, doses, dmso_wells, wells):
         dmso = {"compound": "DMSO", "dose": 0.0, "moa": "", "control": "negcon"}
         rows += [{**dmso, "broad_sample": "DMSO"} for _ in range(dmso_wells)]
     layout = pd.DataFrame(rows, columns=["compound", "dose", "moa", "control", "broad_sample"])
+    plate_size = len(_WELL_ROWS) * _WELL_COLUMNS
     if wells is None:
-        names = [_well_name(i) for i in range(len(layout))]
-    elif _is_count(wells):
-        names = [_well_name(i) for i in range(wells)]
+        names = [_well_name(i) for i in range(min(len(layout), plate_size))]
+    elif isinstance(wells, (int, np.integer)):
+        names = [_well_name(i) for i in range(min(max(wells, 0), plate_size))]
     else:
-        names = [str(w) for w in wells]
+        names = [str(w) for w in np.atleast_1d(wells)]
     if len(layout) and len(names) > len(layout):
         layout = layout.iloc[np.arange(len(names)) % len(layout)].reset_index(drop=True)
+    layout.attrs["given_wells"] = names
     if len(names) == len(layout):
         layout.insert(0, "well", names)
     else:
@@ -531,8 +546,20 @@ def _check_arguments(
     layout,
     missing_sites,
     plate_names,
+    moas=0,
+    compounds_per_moa=1,
+    dmso_wells=0,
+    doses=(1.0,),
 ):
     problems = []
+    if not _is_count(moas, 0):
+        problems.append(f"moas={moas!r}: need an integer >= 0")
+    if not _is_count(compounds_per_moa):
+        problems.append(f"compounds_per_moa={compounds_per_moa!r}: need an integer >= 1")
+    if not _is_count(dmso_wells, 0):
+        problems.append(f"dmso_wells={dmso_wells!r}: need an integer >= 0")
+    if not _dose_values(doses):
+        problems.append(f"doses={doses!r}: need a non-empty sequence of positive numbers")
     if not _is_count(plates):
         problems.append(f"plates={plates!r}: need an integer >= 1")
     if not _is_count(batches) or (_is_count(plates) and batches > plates):
@@ -558,9 +585,10 @@ def _check_arguments(
         given, needed = layout.attrs["well_shortage"]
         problems.append(
             f"wells: {given} positions for {needed} conditions "
-            "(moas * compounds_per_moa * len(doses) + dmso_wells); give more wells"
+            "(moas * compounds_per_moa * len(doses) + dmso_wells); give more wells, "
+            "at most 384 (one 384-well plate)"
         )
-    names = list(layout["well"])
+    names = layout.attrs.get("given_wells", list(layout["well"]))
     bad = [w for w in names if len(w) != 3 or w[0] not in _WELL_ROWS or not w[1:].isdigit()]
     if bad:
         problems.append(f"wells: not 384-well names like 'A01': {bad}")
