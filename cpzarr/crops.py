@@ -206,6 +206,22 @@ def _prepared(screen, cells, box, edge, channels):
     return images, root, table, keep, rows, columns, pos, channel_index, channel_names
 
 
+# The last screen's cell table, reused by consecutive sample() calls (a training loop) so that a
+# batch costs its site reads only; the objects themselves are kept, so an id is never reused.
+_SAMPLE_CACHE = {}
+
+
+def _prepared_for_sampling(screen, cells, box, edge, channels):
+    key = (id(screen), id(cells), box, edge, None if channels is None else tuple(np.atleast_1d(channels)))
+    hit = _SAMPLE_CACHE.get(key)
+    if hit is not None and hit[0] is screen and hit[1] is cells:
+        return hit[2]
+    prepared = _prepared(screen, cells, box, edge, channels)
+    _SAMPLE_CACHE.clear()
+    _SAMPLE_CACHE[key] = (screen, cells, (*prepared, _well_labels(prepared[1])))
+    return _SAMPLE_CACHE[key][2]
+
+
 def crops(screen, box=128, channels=None, edge="skip", scale=None, chunks="site", *, cells=None):
     """Lazy single-cell crops of a screen.
 
@@ -306,7 +322,9 @@ def sample(
 ):
     """Random cells of the whole screen, cropped, for training batches.
 
-    Only the sites of the drawn cells are read, each once per call.
+    Only the sites of the drawn cells are read, each once per call. The screen's cell table is
+    prepared on the first call and reused while the same ``screen`` (and ``cells``) objects are
+    passed again, so a training loop pays only for the sites it reads.
 
     Parameters
     ----------
@@ -352,8 +370,8 @@ def sample(
         raise InputError(f"n must be a positive number of cells, not {n!r}")
     if not isinstance(cells_per_site, (int, np.integer)) or cells_per_site < 1:
         raise InputError(f"cells_per_site must be a positive integer, not {cells_per_site!r}")
-    images, root, table, keep, rows, columns, pos, channel_index, channel_names = _prepared(
-        screen, cells, box, edge, channels
+    images, root, table, keep, rows, columns, pos, channel_index, channel_names, well_labels = (
+        _prepared_for_sampling(screen, cells, box, edge, channels)
     )
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     drawn = _draw(rng, int(n), np.flatnonzero(keep), pos, int(cells_per_site))
@@ -368,7 +386,6 @@ def sample(
     out = np.empty_like(values)
     out[order] = values
     labels = table.iloc[drawn].reset_index()
-    well_labels = _well_labels(root)
     if well_labels is not None:
         labels = labels.merge(well_labels, on=["plate", "well"], how="left", sort=False)
     return out, labels

@@ -217,3 +217,16 @@ def test_sample_skip_never_draws_edge_cells_and_groups_sites():
     _, grouped = sample(screen, 24, box=BOX, seed=0, cells=cells, cells_per_site=4)
     assert len(grouped) == 24
     assert grouped.groupby(["plate", "well", "site"]).size().min() >= 4
+
+
+def test_numpy_string_dtype_labels():
+    # xarray opens Zarr v3 strings as numpy StringDType unless told otherwise
+    screen, pixels = _screen()
+    text = np.dtypes.StringDType()
+    screen = screen.assign_coords(plate=np.array(PLATES, dtype=text), well=np.array(WELLS, dtype=text))
+    screen["compound"] = screen["compound"].astype(text)
+    table = pd.DataFrame({"plate": ["P2"], "well": ["B03"], "site": [2], "x": [20.0], "y": [20.0]})
+    view = crops(screen, box=BOX, cells=table)
+    np.testing.assert_array_equal(view.values[0], _reference(pixels, "P2", "B03", 2, 20.0, 20.0, BOX))
+    _, labels = sample(screen, 3, box=BOX, seed=0, cells=table)
+    assert labels["compound"].tolist() == ["drugB"] * 3
