@@ -130,6 +130,48 @@ def train_command(config, resume, overrides, progress):
 
 # --- run / demo ---
 
+_STAGE_NAMES = ["ingest", "locate", "train", "features", "profiles", "evaluate", "report"]
+
+
+@main.command("run")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--from", "start", type=click.Choice(_STAGE_NAMES), help="First stage to (re)run.")
+@click.option("--until", type=click.Choice(_STAGE_NAMES), help="Last stage to run.")
+@click.option("--scheduler", help="Address of an existing Dask scheduler (tcp://host:8786).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, e.g. --set features.batch_size=32 (repeatable).")
+@click.option("--force", is_flag=True, help="Re-run the selected stages even when up to date.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def run_command(config, start, until, scheduler, overrides, force, no_progress):
+    """Run the experiment described by CONFIG, resuming stages that already finished."""
+    from cpzarr.errors import CpzarrError
+    from cpzarr.run import run
+
+    try:
+        run(config, start=start, until=until, scheduler=scheduler, overrides=list(overrides),
+            force=force, progress=not no_progress, echo=click.echo)
+    except CpzarrError as err:
+        raise click.ClickException(str(err)) from None
+
+
+@main.command("demo")
+@click.option("--out", default="cpzarr-demo", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the synthetic screen, the store and the report.")
+@click.option("--scheduler", help="Address of an existing Dask scheduler.")
+@click.option("--force", is_flag=True, help="Re-run every stage.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def demo_command(out, scheduler, force, no_progress):
+    """Generate a small synthetic screen and profile it end to end, offline; writes a report."""
+    from cpzarr.errors import CpzarrError
+    from cpzarr.run import demo
+
+    try:
+        result = demo(out, scheduler=scheduler, force=force, progress=not no_progress, echo=click.echo)
+    except CpzarrError as err:
+        raise click.ClickException(str(err)) from None
+    if result.report:
+        click.echo(f"Open the report: {result.report}")
+
 
 if __name__ == "__main__":
     main()

@@ -90,7 +90,7 @@ SCHEMA: dict[str, Any] = {
     "profiles": {
         "aggregate": Key((str,), "mean", choices=("mean", "median")),
         "pipelines": Key((dict, type(None)), None, help="named profile sets: name → list of steps"),
-        "consensus": Key((dict, type(None)), {"method": "median", "by": ["compound", "dose"]}),
+        "consensus": Key((dict, type(None)), {"operation": "median", "replicate_columns": ["compound", "dose"]}),
     },
     "evaluate": {
         "level": Key((str,), "consensus", choices=("well", "consensus")),
@@ -120,6 +120,8 @@ SCHEMA: dict[str, Any] = {
 
 _METRICS = ("mean_average_precision", "precision_recall", "enrichment", "hitk", "batch_enrichment",
             "replicate_reproducibility", "grit")
+# Node names that would clash with the store's coordinates or its aggregated level.
+_RESERVED = ("plate", "well", "site", "channel", "cell", "sample", "feature", "aggregated")
 _STEPS = ("normalize", "feature_select", "spherize", "consensus")
 
 
@@ -351,6 +353,9 @@ def _check_semantics(values: dict, problems: list[str]) -> None:
             ]
         }
     for name, steps in pipelines.items():
+        if name in _RESERVED:
+            problems.append(f"profiles.pipelines.{name}: the name is reserved (names a store node; "
+                            f"avoid {', '.join(_RESERVED)})")
         if steps is None:
             values["profiles"]["pipelines"][name] = steps = []
         if not isinstance(steps, list):

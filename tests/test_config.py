@@ -88,3 +88,8 @@ def test_shipped_configs_validate(path):
     cfg = load_config(path)
     assert cfg.to_dict()["name"]
     assert load_config(text=cfg.to_yaml()).to_dict()["features"] == cfg.to_dict()["features"]
+
+
+def test_packaged_demo_config_is_the_shipped_one():
+    packaged = Path(__file__).resolve().parents[1] / "cpzarr" / "demo.yaml"
+    assert packaged.read_text() == (CONFIGS / "demo.yaml").read_text()

@@ -178,6 +178,9 @@ def read_profiles(path, node=None, features="infer"):
     if "profiles" not in dataset:
         raise StoreError(f"node {node!r} of store {path} has no 'profiles' variable")
     profiles = dataset["profiles"]
+    # Zarr v3 strings come back as numpy StringDType; metadata code compares object strings.
+    strings = {k: c.astype(object) for k, c in profiles.coords.items() if c.dtype.kind == "T"}
+    profiles = profiles.assign_coords(strings)
     profiles.attrs.update(dataset.attrs)
     return profiles
 
