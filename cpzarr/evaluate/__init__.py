@@ -10,6 +10,7 @@ docstring states them.
 
 from . import plots
 from ._enrichment import batch_enrichment, enrichment
+from ._evaluate import evaluate
 from ._hitk import hitk
 from ._map import average_precision, benjamini_hochberg, mean_average_precision
 from ._precision import precision_recall
@@ -21,6 +22,7 @@ __all__ = [
     "batch_enrichment",
     "benjamini_hochberg",
     "enrichment",
+    "evaluate",
     "grit",
     "hitk",
     "mean_average_precision",

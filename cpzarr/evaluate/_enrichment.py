@@ -50,7 +50,7 @@ def _upper_blocks(z, codes, block_size, progress, desc):
     n = z.shape[0]
     for start, stop in _iter_blocks(n - 1, block_size, progress, desc):
         b = stop - start
-        sims = _on_grid(z[start:stop] @ z[start:].T)
+        sims = z[start:stop] @ z[start:].T
         bins = _bin_of(sims)
         bins[:, :b][np.tril(np.ones((b, b), dtype=bool))] = _SKIP
         same = codes[start:stop, None] == codes[None, start:]
@@ -77,18 +77,18 @@ def _pair_thresholds(z, codes, quantiles, population, block_size, progress):
     block_size = _block_rows(block_size, n)
     counts = np.zeros(2 * _BINS, dtype=np.int64)  # [different bins | same bins]
     for _, bins, same in _upper_blocks(z, codes, block_size, progress, "pairs histogram"):
-        cell = bins + _BINS * same
-        counts += np.bincount(cell.ravel(), minlength=4 * _BINS)[: 2 * _BINS]
+        np.add(bins, _BINS, out=bins, where=same)
+        counts += np.bincount(bins.ravel(), minlength=4 * _BINS)[: 2 * _BINS]
     different, same_counts = counts[:_BINS], counts[_BINS:]
     if population == "all":
-        ranked, size = different + same_counts, n * (n - 1)
+        ranked_counts, size = different + same_counts, n * (n - 1)
         unordered = lambda i: i // 2  # noqa: E731 - each unordered pair stands twice
     else:
-        ranked, size = different, int(different.sum())
+        ranked_counts, size = different, int(different.sum())
         unordered = lambda i: i  # noqa: E731
     if size == 0:
         raise InputError(f"no {population} pairs to take a quantile of")
-    cumulative = np.cumsum(ranked)
+    cumulative = np.cumsum(ranked_counts)
     plans = []
     for q in quantiles:
         position = (size - 1) * q
@@ -103,18 +103,23 @@ def _pair_thresholds(z, codes, quantiles, population, block_size, progress):
         in_boundary[first : last + 1] = True
     boundary = np.flatnonzero(in_boundary)
 
-    kept_values, kept_same = [], []
+    kept_values, kept_bins, kept_same = [], [], []
     for sims, bins, same in _upper_blocks(z, codes, block_size, progress, "pairs boundary"):
         pick = in_boundary[bins]
         kept_values.append(sims[pick])
+        kept_bins.append(bins[pick])
         kept_same.append(same[pick])
-    kept_values = np.concatenate(kept_values).astype(np.float64)
+    # Bins come from the similarities as computed, values are then put on the ranking grid;
+    # rounding is monotone, so (bin, value) order is similarity order.
+    kept_values = _on_grid(np.concatenate(kept_values).astype(np.float64))
+    kept_bins = np.concatenate(kept_bins)
     kept_same = np.concatenate(kept_same)
-    ranked_kept = kept_values if population == "all" else kept_values[~kept_same]
-    ranked_kept = np.sort(ranked_kept)
+    ranked = ~kept_same if population == "different" else np.ones_like(kept_same)
+    order = np.lexsort((kept_values[ranked], kept_bins[ranked]))
+    ranked_kept, ranked_bins = kept_values[ranked][order], kept_bins[ranked][order]
     # Order statistic m: skip the ranked pairs of earlier bins, then index the collected ones.
-    before = cumulative - ranked
-    offset = {b: np.searchsorted(_bin_of(ranked_kept), b) for b in boundary}
+    before = cumulative - ranked_counts
+    offset = {b: np.searchsorted(ranked_bins, b) for b in boundary}
 
     def statistic(m):
         b = int(np.searchsorted(cumulative, m, side="right"))
@@ -193,7 +198,7 @@ def enrichment(
     idx = np.flatnonzero(_sample_mask(profiles, mask))
     if idx.size < 2:
         raise InputError(f"only {idx.size} samples remain after the mask; need at least 2 for pairs")
-    z = _standardize(values[idx], method, np.dtype(dtype))
+    z = _standardize(values, method, np.dtype(dtype), idx)
     codes = _group_codes(profiles, names)[idx]
     # Ordered-pair order statistic i is unordered order statistic i // 2: each pair counts twice.
     rows_out = []

@@ -56,15 +56,19 @@ def hitk(
     >>> hits, scores = hitk(profiles, "moa", mask="control != 'negcon'")  # doctest: +SKIP
     >>> scores.plot(x="percent", y="normalized_score")  # doctest: +SKIP
     """
-    percents = np.atleast_1d(np.asarray(percent_list, dtype=np.float64))
     profiles, names, z, codes, idx, queries = _prepare(profiles, groups, mask, query, method, dtype)
     ranks = _positive_ranks(z, codes, queries, block_size, progress, "hitk")
+    return _hitk_tables(ranks, percent_list)
+
+
+def _hitk_tables(ranks, percent_list):
+    """The hits list and scores table from positive ranks."""
+    percents = np.atleast_1d(np.asarray(percent_list, dtype=np.float64))
     owner = np.repeat(np.arange(ranks.n_pos.size), ranks.n_pos)
     hits = ranks.rank[np.lexsort((ranks.rank, owner))]
     n_queries, n_hits = ranks.n_pos.size, hits.size
     limits = percents * n_queries / 100.0
-    sorted_hits = np.sort(hits)
-    within = np.searchsorted(sorted_hits, limits, side="right")
+    within = np.searchsorted(np.sort(hits), limits, side="right")
     expected = np.floor(percents * n_hits / 100.0).astype(np.int64)
     scores = pd.DataFrame(
         {

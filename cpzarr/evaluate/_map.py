@@ -62,6 +62,11 @@ def average_precision(
     """
     profiles, names, z, codes, idx, queries = _prepare(profiles, groups, mask, query, method, dtype)
     ranks = _positive_ranks(z, codes, queries, block_size, progress, "average_precision")
+    return _average_precision_frame(profiles, names, idx, ranks)
+
+
+def _average_precision_frame(profiles, names, idx, ranks):
+    """The average_precision table from positive ranks."""
     frame = _query_frame(profiles, names, idx, ranks)
     frame["n_pos_pairs"] = ranks.n_pos
     frame["n_total_pairs"] = ranks.n_neighbors

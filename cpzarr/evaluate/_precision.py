@@ -57,7 +57,7 @@ def _prepare(profiles, groups, mask, query, method, dtype):
     idx = np.flatnonzero(keep)
     if idx.size < 2:
         raise InputError(f"only {idx.size} samples remain after the mask; need at least 2")
-    z = _standardize(values[idx], method, np.dtype(dtype))
+    z = _standardize(values, method, np.dtype(dtype), idx)
     codes = _group_codes(profiles, names)[idx]
     queries = np.flatnonzero(asked[idx])
     return profiles, names, z, codes, idx, queries
@@ -87,8 +87,6 @@ def _positive_ranks(z, codes, queries, block_size, progress, desc="ranks"):
             for q in rows:
                 ranks[q] = negs[q] = np.empty(0, dtype=np.int64)
             continue
-        sims = _on_grid(z[rows] @ z.T)
-        sims[np.arange(b), rows] = -np.inf
         pos_col = np.zeros((b, width), dtype=np.int64)
         valid = np.zeros((b, width), dtype=bool)
         for r, q in enumerate(rows):
@@ -97,16 +95,19 @@ def _positive_ranks(z, codes, queries, block_size, progress, desc="ranks"):
             members = members[members != q]
             pos_col[r, : members.size] = members
             valid[r, : members.size] = True
-        pos_sim = np.take_along_axis(sims, pos_col, axis=1)
-
-        pos_key = np.float32(1) - pos_sim.astype(np.float32)
-        pos_key[~valid] = np.inf
+        sims = z[rows] @ z.T
         if width <= _COMPARE_WIDTH:
-            stable, ties, key_before = _counts_by_comparison(sims, pos_sim, pos_key)
+            sims = _on_grid(sims)
+            sims[np.arange(b), rows] = -np.inf
+            stable, ties, key_before, pos_key = _counts_by_comparison(sims, pos_col)
         else:
-            stable, ties, key_before = _counts_by_sorting(sims, rows, pos_col, pos_key)
+            # Integer similarities on the grid: exact, and the query itself sorts first.
+            sims = _grid_integers(sims)
+            sims[np.arange(b), rows] = _SELF
+            stable, ties, key_before, pos_key = _counts_by_sorting(sims, pos_col)
+        pos_key[~valid] = np.inf
         for r, j in zip(*np.nonzero(valid & (ties > 1))):
-            tied = sims[r] == pos_sim[r, j]
+            tied = sims[r] == sims[r, pos_col[r, j]]
             stable[r, j] += int(np.count_nonzero(tied & (columns < pos_col[r, j])))
         # Positives strictly before each positive on the copairs key are not negatives.
         pos_before = (pos_key[:, None, :] < pos_key[:, :, None]).sum(axis=2)
@@ -134,13 +135,27 @@ def _positive_ranks(z, codes, queries, block_size, progress, desc="ranks"):
 # Up to this many positives per query, count neighbours above each positive by direct
 # comparison (3 passes over the block per positive); beyond, sort each row once.
 _COMPARE_WIDTH = 12
-_OFFSET = 2**42  # row offset on the integer similarity grid (|grid value| <= 2**40)
+_SELF = -(2**42)  # integer grid value of the query itself: below every similarity
 
 
-def _counts_by_comparison(sims, pos_sim, pos_key):
+def _grid_integers(sims):
+    """Similarities as integer multiples of the 2**-40 ranking grid (int64, exact)."""
+    scaled = np.multiply(sims, _GRID, dtype=np.float64)
+    np.rint(scaled, out=scaled)
+    return scaled.astype(np.int64)
+
+
+def _copairs_key(similarity):
+    """copairs' ranking key: float32 ``1 - s``, ascending = most similar first."""
+    return np.float32(1) - np.asarray(similarity).astype(np.float32)
+
+
+def _counts_by_comparison(sims, pos_col):
     """Per positive: neighbours strictly more similar, equally similar, and with a smaller
-    copairs key (float32 ``1 - s``)."""
-    key = np.float32(1) - sims.astype(np.float32)
+    copairs key; and the positives' keys."""
+    pos_sim = np.take_along_axis(sims, pos_col, axis=1)
+    pos_key = _copairs_key(pos_sim)
+    key = _copairs_key(sims)
     greater = np.empty(pos_sim.shape, dtype=np.int64)
     ties = np.empty(pos_sim.shape, dtype=np.int64)
     key_before = np.empty(pos_sim.shape, dtype=np.int64)
@@ -149,33 +164,43 @@ def _counts_by_comparison(sims, pos_sim, pos_key):
         greater[:, j] = (sims > threshold).sum(axis=1)
         ties[:, j] = (sims == threshold).sum(axis=1)
         key_before[:, j] = (key < pos_key[:, j : j + 1]).sum(axis=1)
-    return greater, ties, key_before
+    return greater, ties, key_before, pos_key
 
 
-def _counts_by_sorting(sims, rows, pos_col, pos_key):
-    """Same counts as _counts_by_comparison from one sort per row and binary searches.
+def _first_true(ordered, test, shape):
+    """Vectorized lower bound: per (row, positive), the first index of its sorted row where
+    ``test(values, slot)`` holds (the test is monotone along each row)."""
+    b, n = ordered.shape
+    low = np.zeros(shape, dtype=np.int64)
+    high = np.full(shape, n, dtype=np.int64)
+    row = np.arange(b)[:, None]
+    for _ in range(int(n).bit_length()):
+        middle = (low + high) // 2
+        value = ordered[row, np.minimum(middle, n - 1)]
+        go_left = test(value) & (middle < high)
+        high = np.where(go_left, middle, high)
+        low = np.where(go_left, low, np.minimum(middle + 1, high))
+    return low
 
-    Similarities become integers on the 2**-40 grid, so a row offset makes the sorted rows of
-    the block one sorted array that ``searchsorted`` answers for all positives at once.
-    """
-    b, n = sims.shape
-    with np.errstate(invalid="ignore"):  # the query's own -inf, overwritten below
-        grid = np.rint(sims * _GRID).astype(np.int64)
-    grid[np.arange(b), rows] = -2 * 2**40  # the query itself: below every similarity
+
+def _counts_by_sorting(grid, pos_col):
+    """Same counts as _counts_by_comparison from one sort per row and binary searches."""
+    n = grid.shape[1]
+    pos_grid = np.take_along_axis(grid, pos_col, axis=1)
+    pos_key = _copairs_key(pos_grid / _GRID)
     ordered = np.sort(grid, axis=1)
-    offset = (np.arange(b, dtype=np.int64) * _OFFSET)[:, None]
-    flat = (ordered + offset).ravel()
-    wanted = np.take_along_axis(grid, pos_col, axis=1) + offset
-    below = np.searchsorted(flat, wanted, side="left")
-    upto = np.searchsorted(flat, wanted, side="right")
-    row_end = (np.arange(1, b + 1, dtype=np.int64) * n)[:, None]
-    greater, ties = row_end - upto, upto - below
-    # copairs key, ascending = similarities descending; +4 per row keeps rows apart exactly.
-    keys = np.float32(1) - (ordered[:, ::-1] / _GRID).astype(np.float32)
-    flat_keys = (keys.astype(np.float64) + 4.0 * np.arange(b)[:, None]).ravel()
-    shifted = pos_key.astype(np.float64) + 4.0 * np.arange(b)[:, None]
-    key_before = np.searchsorted(flat_keys, shifted, side="left") - (row_end - n)
-    return greater, ties, key_before
+    upto = _first_true(ordered, lambda v: v > pos_grid, pos_grid.shape)
+    below = _first_true(ordered, lambda v: v >= pos_grid, pos_grid.shape)
+    # Keys fall as similarities rise: those below a positive's key are a top run of the row.
+    first = _first_true(ordered, lambda v: _copairs_key(v / _GRID) < pos_key, pos_grid.shape)
+    return n - upto, upto - below, n - first, pos_key
+
+
+def _check_k(k):
+    ks = np.atleast_1d(np.asarray(k))
+    if ks.dtype.kind not in "iu" or (ks < 1).any():
+        raise InputError(f"k must be positive integers, got {k!r}")
+    return ks
 
 
 def _query_frame(profiles, names, idx, ranks):
@@ -247,11 +272,14 @@ def precision_recall(
     >>> pr = precision_recall(profiles, "moa", k=[5, 10], mask="control != 'negcon'")  # doctest: +SKIP
     >>> pr.groupby("k")[["precision", "recall"]].mean()  # doctest: +SKIP
     """
-    ks = np.atleast_1d(np.asarray(k))
-    if ks.dtype.kind not in "iu" or (ks < 1).any():
-        raise InputError(f"k must be positive integers, got {k!r}")
+    ks = _check_k(k)
     profiles, names, z, codes, idx, queries = _prepare(profiles, groups, mask, query, method, dtype)
     ranks = _positive_ranks(z, codes, queries, block_size, progress, "precision_recall")
+    return _precision_frame(profiles, names, idx, ranks, ks)
+
+
+def _precision_frame(profiles, names, idx, ranks, ks):
+    """The precision_recall table from positive ranks."""
     base = _query_frame(profiles, names, idx, ranks)
     base["n_positives"] = ranks.n_pos
     frames = []

@@ -68,7 +68,7 @@ def replicate_reproducibility(
     idx = np.flatnonzero(_sample_mask(profiles, mask))
     if idx.size < 2:
         raise InputError(f"only {idx.size} samples remain after the mask; need at least 2")
-    z = _standardize(values[idx], method, np.dtype(dtype))
+    z = _standardize(values, method, np.dtype(dtype), idx)
     codes = _group_codes(profiles, names)[idx]
     [(threshold, counts)] = _pair_thresholds(
         z, codes, [quantile_over_null], "different", block_size, progress
@@ -141,7 +141,7 @@ def grit(
     keep = _sample_mask(profiles, mask)
     is_control = _sample_mask(profiles, control, "control") & keep
     idx = np.flatnonzero(keep)
-    z = _standardize(values[idx], method, np.dtype(dtype))
+    z = _standardize(values, method, np.dtype(dtype), idx)
     controls = np.flatnonzero(is_control[idx])
     if controls.size < 2:
         raise InputError(f"grit needs at least 2 control samples, found {controls.size}")

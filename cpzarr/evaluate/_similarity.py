@@ -25,12 +25,16 @@ def _check_profiles(profiles):
     if set(profiles.dims) != {"sample", "feature"}:
         raise InputError(f"profiles must have dims (sample, feature), got {profiles.dims}")
     profiles = profiles.transpose("sample", "feature")
-    values = np.asarray(profiles.values, dtype=np.float64)
+    values = np.asarray(profiles.values)
+    if values.dtype.kind not in "fiu":
+        raise InputError(f"profiles must be numeric, got dtype {values.dtype}")
     bad = ~np.isfinite(values)
     if bad.any():
         rows, cols = np.nonzero(bad)
         problems = [
             f"sample {_sample_label(profiles, r)}, feature {profiles['feature'].values[c]!s}"
+            if "feature" in profiles.coords
+            else f"sample {_sample_label(profiles, r)}, feature {c}"
             for r, c in zip(rows[:50], cols[:50])
         ]
         raise InputError(
@@ -120,21 +124,32 @@ def sample_table(profiles):
     return pd.DataFrame(columns, index=pd.RangeIndex(profiles.sizes["sample"]))
 
 
-def _standardize(values, method, dtype):
-    """Rows scaled so that a dot product is the similarity (Pearson: centred first)."""
+def _standardize(values, method, dtype, rows=None, chunk=4096):
+    """Rows ``values[rows]`` scaled so that a dot product is the similarity.
+
+    Pearson centres each row first. Works in float64 on chunks of rows and stores ``dtype``, so
+    memory is the output plus one chunk, whatever the input's dtype.
+    """
     if method not in METHODS:
         raise InputError(f"method must be one of {METHODS}, got {method!r}")
-    z = values - values.mean(axis=1, keepdims=True) if method == "pearson" else values.copy()
-    norms = np.linalg.norm(z, axis=1)
-    flat = np.flatnonzero(norms == 0)
-    if flat.size:
+    rows = np.arange(values.shape[0]) if rows is None else np.asarray(rows)
+    z = np.empty((rows.size, values.shape[1]), dtype=dtype)
+    flat = []
+    for start in range(0, rows.size, chunk):
+        x = values[rows[start : start + chunk]].astype(np.float64)
+        if method == "pearson":
+            x -= x.mean(axis=1, keepdims=True)
+        norms = np.linalg.norm(x, axis=1)
+        flat.extend(rows[start + np.flatnonzero(norms == 0)])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z[start : start + chunk] = x / norms[:, None]
+    if flat:
         raise InputError(
-            f"{flat.size} profiles are constant (zero {'variance' if method == 'pearson' else 'norm'}), "
+            f"{len(flat)} profiles are constant (zero {'variance' if method == 'pearson' else 'norm'}), "
             "so their similarity is undefined; drop them",
             [f"sample {i}" for i in flat],
         )
-    z /= norms[:, None]
-    return z.astype(dtype, copy=False)
+    return z
 
 
 # Default block: about this many similarities at once (128 MiB in float64), whatever n is.

@@ -156,7 +156,7 @@ def pca(profiles, color=("batch", "control"), path=None, max_points=20_000, seed
 
     profiles, values = _check_profiles(profiles)
     names = _group_names(profiles, color)
-    centred = values - values.mean(axis=0)
+    centred = values - values.mean(axis=0, dtype=np.float64)
     _, singular, axes = np.linalg.svd(centred, full_matrices=False)
     scores = centred @ axes[:2].T
     explained = singular[:2] ** 2 / np.sum(singular**2)
