@@ -14,9 +14,10 @@ the same ingest) and ``provenance`` (a JSON string mapping each node to the reco
 
 Stores are local directories: the atomic node write relies on renaming directories.
 
-Nodes share dimension names with the root at their peril: an ``xarray.DataTree`` child inherits
-the root's coordinates, so a child variable along ``plate``, ``well`` or ``site`` must use the
-root's labels (``/cells``'s ``cell_start[plate, well, site]`` does).
+An ``xarray.DataTree`` child inherits the root's coordinates: a child variable along the
+``plate``, ``well`` or ``site`` dimensions must use the root's labels (``/cells``'s
+``cell_start[plate, well, site]`` does), and a child's own variable named like a root coordinate
+(``/cells``'s ``plate`` along ``cell``) is read with ``to_dataset(inherit=False)``.
 """
 
 from __future__ import annotations
@@ -74,15 +75,18 @@ def open_screen(path, *, node=None, allow_incomplete=False):
     path : str or Path
         The store directory made by :func:`cpzarr.ingest`.
     node : str, optional
-        Return only this node (``"cells"``, ``"features/efficientnet-lite0"``); it still inherits
-        the root's coordinates.
+        Return only this node and its children (``"cells"``, ``"features/efficientnet-lite0"``)
+        as a tree of its own, so ``screen["plate"]`` of ``node="cells"`` is the cells' plate.
     allow_incomplete : bool
         Open a store whose ingest has not finished, with a warning, instead of raising.
 
     Returns
     -------
     xarray.DataTree
-        The whole store, or the node asked for.
+        The whole store, or the node asked for. In the whole tree a child inherits the root's
+        coordinates, and they win over the child's own variables of the same name:
+        ``tree["cells"]["plate"]`` is the root's plate labels, so read a node's own variables
+        with ``tree["cells"].to_dataset(inherit=False)`` (or ``open_screen(path, node="cells")``).
 
     Raises
     ------
@@ -107,17 +111,22 @@ def open_screen(path, *, node=None, allow_incomplete=False):
         if not allow_incomplete:
             raise StoreError(message)
         warnings.warn(message, stacklevel=2)
-    with warnings.catch_warnings():
-        # Leftover non-Zarr folders are ignored by zarr with a warning that is noise here.
-        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr hierarchy")
-        tree = xr.open_datatree(path, engine="zarr", consolidated=False, chunks={}, zarr_format=3)
-    tree = tree.map_over_datasets(_tidy_dataset)
-    if node is None:
-        return tree
-    node = node.strip("/")
-    if not node_exists(path, node):
-        raise StoreError(f"The store {path} has no node {node!r}; it has {', '.join(_nodes(path)) or 'only the root'}.")
-    return tree[node]
+    groups = _nodes(path)
+    if node is not None:
+        node = node.strip("/")
+        if node not in groups:
+            raise StoreError(f"The store {path} has no node {node!r}; it has {', '.join(groups) or 'only the root'}.")
+        groups = [node] + [g for g in groups if g.startswith(node + "/")]
+    else:
+        groups = [""] + groups
+    # Each group is opened on its own and assembled with from_dict: open_datatree drops a child's
+    # variables named like an inherited coordinate (/cells' plate, well and site along cell).
+    datasets = {}
+    for group in groups:
+        ds = xr.open_dataset(path, group=group or None, engine="zarr", consolidated=False, chunks={}, zarr_format=3)
+        key = "/" + (group[len(node) + 1:] if node and group != node else "" if node else group)
+        datasets[key] = _tidy_dataset(ds)
+    return xr.DataTree.from_dict(datasets, name=node.rsplit("/", 1)[-1] if node else None)
 
 
 def node_exists(store, group) -> bool:
@@ -369,19 +378,18 @@ def _update_root_attrs(path: Path, updates: dict) -> None:
     group.attrs.update(updates)
 
 
-def _nodes(path: Path) -> list[str]:
-    """Every group below the root, as ``a/b`` paths, sorted."""
+def _nodes(path: Path, prefix: str = "") -> list[str]:
+    """Every group below ``path``, as ``a/b`` paths, sorted; array folders are not walked."""
     found = []
-    for meta in sorted(path.rglob("zarr.json")):
-        rel = meta.parent.relative_to(path)
-        if rel == Path("."):
-            continue
+    for child in sorted(p for p in path.iterdir() if p.is_dir()):
         try:
-            kind = json.loads(meta.read_text()).get("node_type")
+            kind = json.loads((child / "zarr.json").read_text()).get("node_type")
         except (OSError, ValueError):
             continue
         if kind == "group":
-            found.append(rel.as_posix())
+            name = f"{prefix}{child.name}"
+            found.append(name)
+            found.extend(_nodes(child, prefix=name + "/"))
     return found
 
 
