@@ -86,6 +86,17 @@ def test_same_seed_gives_identical_files(tmp_path):
     other_hashes = digest(other.root)
     assert set(other_hashes) == set(hashes)
     assert {k for k in hashes if hashes[k] != other_hashes[k]} == {"load_data.csv"}
+    # A site left out changes no other file but the tables.
+    holed = make_screen(tmp_path / "d", **SMALL, seed=5, missing_sites=[("P01", "A02", 1)])
+    holed = digest(holed.root)
+    assert {k for k in holed if holed[k] != hashes[k]} <= {
+        "load_data.csv", "index.csv", "truth.csv"
+    }
+    assert set(hashes) - set(holed) == {
+        *(f"images/P01/P01_A02_s1_{c}.tif" for c in ("DNA", "ER", "RNA", "AGP", "Mito")),
+        "labels/P01/A02-1.tif",
+        "locations/P01/A02-1-Nuclei.csv",
+    }
     different = make_screen(tmp_path / "c", **SMALL, seed=6)
     assert digest(different.root)["images/P01/P01_A01_s1_DNA.tif"] != hashes[
         "images/P01/P01_A01_s1_DNA.tif"
@@ -149,7 +160,9 @@ def test_tables_and_files_agree(screen):
 
 def test_platemap_layout(screen):
     platemap = read_csv(screen.platemap)
-    assert list(platemap.columns[:7]) == ["plate", "well", "compound", "dose", "moa", "control", "batch"]
+    assert list(platemap.columns[:7]) == [
+        "plate", "well", "compound", "dose", "moa", "control", "batch"
+    ]
     assert len(platemap) == len(screen.plates) * len(screen.wells)
     # One layout shared by every plate: replicates at the same well position.
     layouts = [
@@ -185,7 +198,9 @@ def test_nuclei_where_truth_says(screen):
     for _, row in load.iterrows():
         dna = site_images(screen, row)[0].astype(float)
         label = tifffile.imread(
-            screen.labels / row["Metadata_Plate"] / f"{row['Metadata_Well']}-{row['Metadata_Site']}.tif"
+            screen.labels
+            / row["Metadata_Plate"]
+            / f"{row['Metadata_Well']}-{row['Metadata_Site']}.tif"
         )
         cells = truth[
             (truth["plate"] == row["Metadata_Plate"])
@@ -205,13 +220,16 @@ def test_nuclei_where_truth_says(screen):
 
 
 def well_features(info):
-    """Per well: log mean intensity per channel (plate-DMSO normalised), cell count, nucleus area."""
+    """Per well: log mean intensity per channel, cell count and areas, minus the plate's DMSO."""
     load = read_csv(info.load_data)
     truth = read_csv(info.truth)
     rows = []
     for (plate, well), sites in load.groupby(["Metadata_Plate", "Metadata_Well"]):
         means = np.mean(
-            [site_images(info, row).reshape(len(info.channels), -1).mean(1) for _, row in sites.iterrows()],
+            [
+                site_images(info, row).reshape(len(info.channels), -1).mean(1)
+                for _, row in sites.iterrows()
+            ],
             axis=0,
         )
         cells = truth[(truth["plate"] == plate) & (truth["well"] == well)]
@@ -255,12 +273,17 @@ def test_batch_scale_visible_in_dmso(moa_screen):
     load = read_csv(moa_screen.load_data)
     annotation = moa_screen.annotation
     dmso_wells = annotation[annotation["control"] == "negcon"]
-    dmso = load.merge(dmso_wells, left_on=["Metadata_Plate", "Metadata_Well"], right_on=["plate", "well"])
+    dmso = load.merge(
+        dmso_wells, left_on=["Metadata_Plate", "Metadata_Well"], right_on=["plate", "well"]
+    )
     per_plate = {}
     for plate, sites in dmso.groupby("plate"):
-        stacks = np.stack([site_images(moa_screen, row) for _, row in sites.iterrows()]).astype(float)
+        stacks = np.stack([site_images(moa_screen, row) for _, row in sites.iterrows()])
+        stacks = stacks.astype(float)
         per_plate[plate] = stacks.mean(axis=(0, 2, 3)) - CAMERA_OFFSET
-    scales = read_csv(moa_screen.batch_effects).pivot(index="batch", columns="channel", values="scale")
+    scales = read_csv(moa_screen.batch_effects).pivot(
+        index="batch", columns="channel", values="scale"
+    )
     scales = scales[list(moa_screen.channels)]
     plate_batch = annotation.drop_duplicates("plate").set_index("plate")["batch"]
     batch_mean = {
@@ -341,7 +364,9 @@ def test_illumination_vignetting_visible_in_dmso_background(tmp_path):
         centre, rim = np.zeros(len(info.channels)), np.zeros(len(info.channels))
         for _, row in sites.iterrows():
             label = tifffile.imread(
-                info.labels / row["Metadata_Plate"] / f"{row['Metadata_Well']}-{row['Metadata_Site']}.tif"
+                info.labels
+                / row["Metadata_Plate"]
+                / f"{row['Metadata_Well']}-{row['Metadata_Site']}.tif"
             )
             # Background: far from every nucleus, hence outside every cell body.
             empty = ndi.distance_transform_edt(label == 0) > 35

@@ -22,6 +22,24 @@ On-disk layout under ``path``::
                         (nucleus pixels), cell_area (cell-body pixels)
     batch_effects.csv   batch, channel, scale: the staining intensity factor each batch applies
 
+The model:
+
+- A cell is a nucleus (an ellipse, bright and textured in DNA, with nucleoli that are dark in
+  DNA and bright in RNA) inside a body (a wobbly disc). Every pixel belongs to its nearest
+  cell centre, so crowded cells touch along shared borders; nuclei keep apart and touch only
+  now and then. ER is reticular and perinuclear, RNA fills the cytoplasm and the nucleoli,
+  AGP marks membranes and actin fibres, Mito is punctate around the nucleus.
+- Each MOA draws a signature: log-multipliers of the :data:`TRAITS` (nucleus size and shape,
+  cell size, each stain's intensity, textures, cell count). Each compound is its MOA's
+  signature plus a smaller compound-specific deviation, so same-MOA compounds are more alike
+  than compounds of different MOAs. At dose ``c`` a compound shows ``c / (c + ec50)`` of its
+  effect (``ScreenInfo.effects``); DMSO shows none. Cells vary around their well's values.
+- Plates are named ``P01``, ``P02``, ... and split into contiguous blocks of batches ``B1``,
+  ``B2``, ...: plate ``i`` (from 0) of ``n`` belongs to batch ``i * batches // n``, as plates
+  stained and imaged together are. A batch multiplies each channel's stain by its own factor
+  (``batch_effects.csv``) and applies a smooth illumination field (tilt and vignetting, mean 1
+  over the field of view) shared by its plates, visible in the DMSO wells.
+
 Conventions:
 
 - Positions follow CellProfiler: ``x`` is the column, ``y`` the row, in pixels, and a
@@ -32,15 +50,14 @@ Conventions:
 - One platemap layout is shared by every plate, so replicate wells of a condition sit at the
   same well position on different plates. DMSO wells have ``control == "negcon"``,
   ``compound == "DMSO"``, ``moa == ""`` and ``dose == 0``; treatments have ``control == "trt"``.
-- Plates are split into contiguous blocks of batches: plate ``i`` (from 0) of ``n`` belongs to
-  batch ``i * batches // n``, as plates stained and imaged together are. A batch multiplies
-  each channel's stain by its own factor (``batch_effects.csv``) and applies a smooth
-  illumination field (mean 1 over the field of view) shared by its plates.
 - Images are camera counts: offset + illuminated signal with shot and read noise. ``uint8``
   screens are the same counts scaled by 255 / 6000, so the brightest pixels saturate
   rarely, as in contrast-stretched 8-bit exports.
-- Rendering depends only on ``seed`` and the site's (plate, well, site) position, so the same
-  arguments give the same files, byte for byte.
+- Each site is drawn from its own random stream, seeded by ``seed`` and the site's (plate,
+  well, site) position, so the same arguments give the same files, byte for byte, and a
+  missing site does not change the others.
+
+:func:`render_site` renders one site in memory (for benchmarks and detector tests).
 """
 
 from __future__ import annotations
@@ -413,9 +430,10 @@ def render_site(
     Returns
     -------
     site : xarray.Dataset
-        ``images`` (channel, y, x) camera counts, ``labels`` (y, x) nucleus labels and
-        ``cell_labels`` (y, x) cell-body labels (0 = none, else the cell's ``object_id``), and along ``cell``: ``object_id`` (its label), ``nucleus_x``, ``nucleus_y``
-        (exact nucleus centroid, x = column), ``area`` and ``cell_area`` in pixels.
+        ``images`` (channel, y, x) camera counts; ``labels`` (y, x) nucleus labels and
+        ``cell_labels`` (y, x) cell-body labels (0 = none, else the cell's ``object_id``);
+        along ``cell``: ``object_id``, ``nucleus_x``, ``nucleus_y`` (exact nucleus
+        centroid, x = column), ``area`` and ``cell_area`` in pixels.
 
     Examples
     --------
@@ -966,7 +984,8 @@ def _cell_borders(cell_label):
         that = [slice(None)] * 2
         this[axis], that[axis] = slice(None, -1), slice(1, None)
         this, that = tuple(this), tuple(that)
-        meet = (cell_label[this] != cell_label[that]) & (cell_label[this] > 0) & (cell_label[that] > 0)
+        a, b = cell_label[this], cell_label[that]
+        meet = (a != b) & (a > 0) & (b > 0)
         border[this] += meet
         border[that] += meet
     return np.minimum(border, 1)
