@@ -37,11 +37,13 @@ def minmax_scale(crops: np.ndarray, *, channel_axis: int = 1) -> np.ndarray:
     array([[0.  , 0.25],
            [0.5 , 1.  ]], dtype=float32)
     """
-    crops = np.asarray(crops, dtype=np.float32)
+    crops = np.asarray(crops)
     axes = tuple(a for a in range(1, crops.ndim) if a != channel_axis % crops.ndim)
-    low = crops.min(axis=axes, keepdims=True)
-    span = crops.max(axis=axes, keepdims=True) - low
-    return np.divide(crops - low, span, out=np.zeros_like(crops), where=span > 0)
+    # Extremes in the stored dtype (cheaper than after conversion), then one scaling pass.
+    low = crops.min(axis=axes, keepdims=True).astype(np.float32)
+    span = crops.max(axis=axes, keepdims=True).astype(np.float32) - low
+    scale = np.divide(1.0, span, out=np.zeros_like(span), where=span > 0)
+    return ((crops.astype(np.float32) - low) * scale).astype(np.float32, copy=False)
 
 
 def _resize_bilinear(patch: np.ndarray, size: int) -> np.ndarray:
@@ -107,9 +109,11 @@ def augment(
             crop = _resize_bilinear(crop[y0 : y0 + side, x0 : x0 + side], size)
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
-        crop = np.rot90(crop, k=int(rng.integers(4)), axes=(0, 1))
-        mean = crop.mean(axis=(0, 1), keepdims=True)
-        factor = rng.uniform(*contrast, size=(1, 1, crop.shape[-1])).astype(np.float32)
-        crop = (crop - mean) * factor + mean + np.float32(rng.uniform(-brightness, brightness))
-        out[i] = np.clip(crop, 0.0, 1.0)
-    return out
+        out[i] = np.rot90(crop, k=int(rng.integers(4)), axes=(0, 1))
+    mean = out.mean(axis=(1, 2), keepdims=True)
+    factor = rng.uniform(*contrast, size=(n, 1, 1, crops.shape[-1])).astype(np.float32)
+    shift = rng.uniform(-brightness, brightness, size=(n, 1, 1, 1)).astype(np.float32)
+    out -= mean
+    out *= factor
+    out += mean + shift
+    return np.clip(out, 0.0, 1.0, out=out)
