@@ -65,6 +65,10 @@ def screen_parts(screen, cells=None, *, need_cells=True):
     cells : Dataset (cell) or None
     root : Dataset
         The root node (images, present, well metadata).
+
+    Examples
+    --------
+    >>> images, cells, root = screen_parts(open_screen("screen.zarr"))  # doctest: +SKIP
     """
     if isinstance(screen, xr.DataTree):
         root = screen.to_dataset(inherit=False)
@@ -154,7 +158,13 @@ def _as_labels(values, dim):
 
 
 def site_labels(images, dim):
-    """The store's labels along ``plate``, ``well`` or ``site`` as a pandas Index."""
+    """The store's labels along ``plate``, ``well`` or ``site`` as a pandas Index.
+
+    Examples
+    --------
+    >>> list(site_labels(images, "well"))  # doctest: +SKIP
+    ['A01', 'A02']
+    """
     return pd.Index(_as_labels(images[dim].values, dim))
 
 
@@ -175,6 +185,12 @@ def site_positions(table, images):
     ------
     InputError
         Naming every (plate, well, site) of the table that the store does not have.
+
+    Examples
+    --------
+    >>> site_positions(cells_table(cells), images)[:2]  # doctest: +SKIP
+    array([[0, 0, 0],
+           [0, 0, 0]])
     """
     positions = []
     unknown = np.zeros(len(table), dtype=bool)
@@ -562,6 +578,12 @@ def segment_nuclei(image, *, sigma=2.0, threshold="li", threshold_scale=1.0, min
     -------
     labels : ndarray (y, x) of int32
         0 for background, 1..n for the nuclei kept (relabelled consecutively).
+
+    Examples
+    --------
+    >>> image = np.zeros((40, 40)); image[10:20, 10:20] = 100.0
+    >>> int(segment_nuclei(image, min_area=20).max())
+    1
     """
     from scipy import ndimage as ndi
     from skimage import feature, filters, measure, segmentation
