@@ -124,33 +124,42 @@ def test_hitk_equal_dense(plate, group):
         assert row.score == within - np.floor(p * n_hits / 100)
 
 
-@pytest.mark.parametrize("compare_width", [0, 100])
-@pytest.mark.parametrize("group", GROUPS)
-def test_map_equals_copairs(plate, group, compare_width, tmp_path, monkeypatch):
-    from cpzarr.evaluate import _precision
+def treated_with(frame, group):
+    return ((frame["Metadata_pert_type"] != "control") & frame["Metadata_" + group].notna()).to_numpy()
 
+
+@pytest.fixture(scope="module", params=GROUPS)
+def copairs_result(request, plate, tmp_path_factory):
+    """copairs 0.5.5 AP and mAP (fresh null cache) for one grouping, DMSO and NaN rows out."""
     copairs_map = pytest.importorskip("copairs.map")
-    monkeypatch.setattr(_precision, "_COMPARE_WIDTH", compare_width)
-    frame, profiles = plate
-    keep = (
-        (frame["Metadata_pert_type"] != "control") & frame["Metadata_" + group].notna()
-    ).to_numpy()
-    ap = ev.average_precision(profiles, group, mask=keep, block_size=40)
-    got = ev.mean_average_precision(groups=group, ap=ap, null_size=2000, seed=7)
-
-    rows = frame[keep].reset_index(drop=True)
+    group = request.param
+    frame, _ = plate
+    rows = frame[treated_with(frame, group)].reset_index(drop=True)
     meta = rows[["Metadata_" + group]].rename(columns={"Metadata_" + group: group})
     features = rows[[c for c in frame if not c.startswith("Metadata_")]].to_numpy()
-    peer = copairs_map.average_precision(
+    ap = copairs_map.average_precision(
         meta, features, [group], [], [], [group], distance="correlation", progress_bar=False
     )
+    maps = copairs_map.mean_average_precision(
+        ap, [group], null_size=2000, threshold=0.05, seed=7, progress_bar=False,
+        cache_dir=tmp_path_factory.mktemp("copairs"),
+    )
+    return group, ap, maps
+
+
+@pytest.mark.parametrize("compare_width", [0, 100])
+def test_map_equals_copairs(plate, copairs_result, compare_width, monkeypatch):
+    from cpzarr.evaluate import _precision
+
+    # Both ways of counting neighbours above a positive: sorted rows, and comparisons.
+    monkeypatch.setattr(_precision, "_COMPARE_WIDTH", compare_width)
+    group, peer, peer_map = copairs_result
+    frame, profiles = plate
+    ap = ev.average_precision(profiles, group, mask=treated_with(frame, group), block_size=40)
+    got = ev.mean_average_precision(groups=group, ap=ap, null_size=2000, seed=7)
     np.testing.assert_allclose(ap["average_precision"], peer["average_precision"], atol=1e-9)
     np.testing.assert_array_equal(ap["n_pos_pairs"], peer["n_pos_pairs"])
     np.testing.assert_array_equal(ap["n_total_pairs"], peer["n_total_pairs"])
-    peer_map = copairs_map.mean_average_precision(
-        peer, [group], null_size=2000, threshold=0.05, seed=7, progress_bar=False,
-        cache_dir=tmp_path,
-    )
     both = got.merge(peer_map, on=group, suffixes=("", "_copairs"))
     assert len(both) == len(got) == len(peer_map)
     for column in ("mean_average_precision", "p_value", "corrected_p_value"):
