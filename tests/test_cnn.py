@@ -189,3 +189,9 @@ def test_write_features_node_and_resume(tmp_path):
     fresh = xr.open_zarr(store, group="features/efficientnet-lite0", consolidated=False)
     np.testing.assert_array_equal(fresh["features"].values, expected.values)
     assert not [p for p in (store / "features").iterdir() if p.name.startswith(".")]
+    assert not (tmp_path / ".screen.zarr.cpzarr-tmp").exists()
+
+
+def test_mixed_precision_choice_is_checked():
+    with pytest.raises(InputError, match="mixed_precision"):
+        cnn.extract(make_crops(n=1, chunks=(1,)), mixed_precision="int8")

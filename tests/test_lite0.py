@@ -178,3 +178,13 @@ def test_adapted_stem_sees_grey_like_rgb(imagenet_top):
 def test_missing_weights_file_is_named(tmp_path):
     with pytest.raises(WeightsError, match="nope.weights.h5"):
         _lite0.build_lite0(weights=tmp_path / "nope.weights.h5")
+
+
+def test_folded_batch_norm_computes_the_same_function():
+    model = _lite0.build_lite0((48, 48, 3), weights="imagenet")
+    folded = _lite0.fold_batch_norm(model)
+    assert not [layer for layer in folded.layers if "BatchNormalization" in type(layer).__name__]
+    assert "top_activation" in [layer.name for layer in folded.layers]
+    x = np.random.default_rng(2).uniform(-1, 1, (3, 48, 48, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(folded(x, training=False)), np.asarray(model(x, training=False)),
+                               rtol=1e-4, atol=1e-4)

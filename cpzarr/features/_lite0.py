@@ -35,6 +35,7 @@ __all__ = [
     "build_lite0",
     "preprocess_input",
     "adapt_stem_kernel",
+    "fold_batch_norm",
     "read_pth",
     "checkpoint_path",
     "imagenet_weights",
@@ -118,6 +119,7 @@ def build_lite0(
     classes=1000,
     dropout=0.2,
     name="efficientnet-lite0",
+    batch_norm=True,
 ):
     """Build EfficientNet-Lite0 as a Keras 3 functional model.
 
@@ -142,6 +144,9 @@ def build_lite0(
         Dropout rate before the top layer.
     name : str
         Model name.
+    batch_norm : bool
+        With ``False``, convolutions carry a bias and there is no batch normalisation: the
+        inference form that :func:`fold_batch_norm` fills. Only ``weights=None`` then.
 
     Returns
     -------
@@ -165,18 +170,22 @@ def build_lite0(
             f"ImageNet weights with include_top=True need classes=1000, not {classes}; "
             "use include_top=False and add your own head"
         )
+    if not batch_norm and weights is not None:
+        raise WeightsError("build_lite0(batch_norm=False) takes no weights; use fold_batch_norm")
     channels = input_shape[-1]
 
     def bn(x, label):
+        if not batch_norm:
+            return x
         return layers.BatchNormalization(
             epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"{label}_bn"
         )(x)
 
     def relu6(x, label):
-        return layers.ReLU(max_value=6.0, name=f"{label}_activation")(x)
+        return layers.Activation("relu6", name=f"{label}_activation")(x)
 
     inputs = keras.Input(shape=tuple(input_shape), name="input")
-    x = layers.Conv2D(STEM, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(inputs)
+    x = layers.Conv2D(STEM, 3, strides=2, padding="same", use_bias=not batch_norm, name="stem_conv")(inputs)
     x = relu6(bn(x, "stem"), "stem")
 
     names = iter(block_names())
@@ -187,21 +196,21 @@ def build_lite0(
             shortcut = x
             if expand != 1:
                 x = layers.Conv2D(
-                    cin * expand, 1, padding="same", use_bias=False, name=f"{label}_expand_conv"
+                    cin * expand, 1, padding="same", use_bias=not batch_norm, name=f"{label}_expand_conv"
                 )(x)
                 x = relu6(bn(x, f"{label}_expand"), f"{label}_expand")
             x = layers.DepthwiseConv2D(
-                kernel, strides=s, padding="same", use_bias=False, name=f"{label}_dwconv"
+                kernel, strides=s, padding="same", use_bias=not batch_norm, name=f"{label}_dwconv"
             )(x)
             x = relu6(bn(x, label), label)
             x = layers.Conv2D(
-                c_out, 1, padding="same", use_bias=False, name=f"{label}_project_conv"
+                c_out, 1, padding="same", use_bias=not batch_norm, name=f"{label}_project_conv"
             )(x)
             x = bn(x, f"{label}_project")
             if s == 1 and cin == c_out:
                 x = layers.Add(name=f"{label}_add")([x, shortcut])
 
-    x = layers.Conv2D(HEAD, 1, padding="same", use_bias=False, name="top_conv")(x)
+    x = layers.Conv2D(HEAD, 1, padding="same", use_bias=not batch_norm, name="top_conv")(x)
     x = relu6(bn(x, "top"), "top")
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
@@ -230,6 +239,61 @@ def build_lite0(
     except Exception as err:  # Keras raises ValueError/KeyError/OSError depending on the mismatch
         raise WeightsError(f"cannot load EfficientNet-Lite0 weights from {path}: {err}") from err
     return model
+
+
+def _bn_of(conv_name):
+    """The batch-norm layer that follows a convolution, by the naming of :func:`build_lite0`."""
+    if conv_name.endswith("_dwconv"):
+        return conv_name[: -len("_dwconv")] + "_bn"
+    return conv_name[: -len("_conv")] + "_bn"
+
+
+def fold_batch_norm(model):
+    """Fold every batch normalisation of a Lite0 into the convolution before it (inference).
+
+    ``y = γ (conv(x) − μ) / √(σ² + ε) + β`` is the convolution with its kernel scaled by
+    ``γ / √(σ² + ε)`` per output channel and the bias ``β − μ γ / √(σ² + ε)``; the folded network
+    computes the same function with one pass over each activation fewer.
+
+    Parameters
+    ----------
+    model : keras.Model
+        From :func:`build_lite0` (any input shape, top or pooling).
+
+    Returns
+    -------
+    keras.Model
+        Same inputs and outputs, no ``BatchNormalization`` layers; not trainable as Lite0.
+
+    Examples
+    --------
+    >>> fast = fold_batch_norm(build_lite0((128, 128, 3), weights="imagenet"))  # doctest: +SKIP
+    """
+    import keras
+
+    top = "predictions" in [layer.name for layer in model.layers]
+    pooling = "avg" if "avg_pool" in [layer.name for layer in model.layers] else (
+        "max" if "max_pool" in [layer.name for layer in model.layers] else None
+    )
+    folded = build_lite0(
+        tuple(model.input_shape[1:]), include_top=top, pooling=pooling, weights=None,
+        name=model.name, batch_norm=False,
+    )
+    for layer in folded.layers:
+        if not layer.weights:
+            continue
+        if not isinstance(layer, keras.layers.Conv2D | keras.layers.DepthwiseConv2D):
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+            continue
+        (kernel,) = model.get_layer(layer.name).get_weights()
+        gamma, beta, mean, var = model.get_layer(_bn_of(layer.name)).get_weights()
+        scale = gamma / np.sqrt(var + BN_EPSILON)
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            kernel = kernel * scale[None, None, :, None]
+        else:
+            kernel = kernel * scale
+        layer.set_weights([kernel, beta - mean * scale])
+    return folded
 
 
 def adapt_stem_kernel(kernel, channels):

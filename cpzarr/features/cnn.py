@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import uuid
 from pathlib import Path
@@ -45,6 +46,7 @@ import numpy as np
 import xarray as xr
 
 from cpzarr.errors import InputError, StoreError, WeightsError
+from cpzarr.store import record_provenance
 
 __all__ = ["MODELS", "load_model", "preprocess", "extract", "write_features", "weights_info"]
 
@@ -146,7 +148,10 @@ def weights_info(name="efficientnet-lite0", weights="imagenet"):
     return {"model": name, "weights": str(path), "path": str(path), "sha256": _digest(path, "sha256")}
 
 
-def load_model(name="efficientnet-lite0", weights="imagenet", layer=None, input_shape=(None, None, 3)):
+def load_model(
+    name="efficientnet-lite0", weights="imagenet", layer=None, input_shape=(None, None, 3),
+    fold_batch_norm=False,
+):
     """Return a Keras model that maps model-ready planes to one feature vector each.
 
     Parameters
@@ -162,6 +167,10 @@ def load_model(name="efficientnet-lite0", weights="imagenet", layer=None, input_
         returned instead of the global-average-pooled last block.
     input_shape : tuple
         ``(height, width, 3)``; ``None`` sizes are left free.
+    fold_batch_norm : bool
+        Lite0 only: fold the batch normalisations into the convolutions
+        (:func:`cpzarr.features._lite0.fold_batch_norm`), the same function in about 30 % less
+        CPU time, for inference. Layers named ``*_bn`` then no longer exist.
 
     Returns
     -------
@@ -182,6 +191,10 @@ def load_model(name="efficientnet-lite0", weights="imagenet", layer=None, input_
         from cpzarr.features._lite0 import build_lite0
 
         base = build_lite0(input_shape, weights="imagenet" if weights == "imagenet" else info["path"])
+        if fold_batch_norm:
+            from cpzarr.features._lite0 import fold_batch_norm as fold
+
+            base = fold(base)
     else:
         app = {
             "efficientnet-b0": keras.applications.EfficientNetB0,
@@ -227,37 +240,73 @@ def preprocess(crops, model="efficientnet-lite0"):
     [[-0.9921875, -0.3359375], [0.3203125, 0.9921875]]
     """
     _check_name(model)
-    x = np.asarray(crops, dtype=np.float32)
+    return _to_planes(_scaled(crops, model), model)
+
+
+# Offsets added to the three replicated planes after the 0-255 scaling: ResNet50's Caffe-style
+# preprocessing subtracts the ImageNet means in BGR order (keras.applications.imagenet_utils).
+_PLANE_OFFSETS = {
+    "efficientnet-lite0": None,
+    "efficientnet-b0": None,
+    "resnet50": np.array([-103.939, -116.779, -123.68], dtype=np.float32),
+}
+
+
+def _scaled(crops, model):
+    """One float32 plane per crop and channel: min-max to [0, 255], then Lite0's (x - 127) / 128.
+
+    Written as one multiply-add per pixel (``x * a + b`` with ``a`` and ``b`` per crop and
+    channel) because this runs on every pixel the network sees.
+    """
+    x = np.asarray(crops)
     if x.ndim != 4:
         raise InputError(f"crops must be (cell, channel, y, x), got shape {x.shape}")
-    low = x.min(axis=(2, 3), keepdims=True)
-    span = x.max(axis=(2, 3), keepdims=True) - low
-    x = np.divide(x - low, span, out=np.zeros_like(x), where=span > 0) * 255.0
-    x = np.repeat(x[..., None], 3, axis=-1)
+    low = x.min(axis=(2, 3), keepdims=True).astype(np.float32)
+    span = x.max(axis=(2, 3), keepdims=True).astype(np.float32) - low
+    a = np.divide(255.0, span, out=np.zeros_like(span), where=span > 0)
+    b = -low * a
     if model == "efficientnet-lite0":
-        return (x - 127.0) / 128.0
-    if model == "resnet50":
-        from keras.applications import resnet50
+        a, b = a / 128.0, (b - 127.0) / 128.0
+    out = np.multiply(x, a, dtype=np.float32)
+    out += b
+    return out
 
-        return np.asarray(resnet50.preprocess_input(x), dtype=np.float32)
-    return x
+
+def _to_planes(planes, model):
+    """Replicate single planes (..., y, x) to the network's three (..., y, x, 3)."""
+    out = np.repeat(planes[..., None], 3, axis=-1)
+    offsets = _PLANE_OFFSETS[model]
+    if offsets is not None:
+        out += offsets
+    return out
+
+
+def _policy(mixed_precision):
+    """Keras dtype policy for the ``mixed_precision`` option."""
+    if mixed_precision in (None, False):
+        return None
+    choice = "float16" if mixed_precision is True else mixed_precision
+    if choice not in ("float16", "bfloat16"):
+        raise InputError(f"mixed_precision must be False, True, 'float16' or 'bfloat16', not {mixed_precision!r}")
+    return f"mixed_{choice}"
 
 
 def _cached_model(name, weights, layer, shape, mixed_precision):
-    """The Keras model of this process for ``(name, weights, layer, shape)``, built once."""
-    key = (name, None if weights is None else str(weights), layer, shape, mixed_precision)
+    """The inference model of this process for these settings, built on first use."""
+    policy = _policy(mixed_precision)
+    key = (name, None if weights is None else str(weights), layer, shape, policy)
     with _CACHE_LOCK:
         if key not in _CACHE:
             import keras
 
-            if mixed_precision:
-                previous = keras.config.dtype_policy()
-                keras.config.set_dtype_policy("mixed_float16")
+            fold = name == "efficientnet-lite0" and not (layer or "").endswith("_bn")
+            previous = keras.config.dtype_policy()
+            if policy:
+                keras.config.set_dtype_policy(policy)
             try:
-                _CACHE[key] = load_model(name, weights, layer, input_shape=(*shape, 3))
+                _CACHE[key] = load_model(name, weights, layer, (*shape, 3), fold_batch_norm=fold)
             finally:
-                if mixed_precision:
-                    keras.config.set_dtype_policy(previous)
+                keras.config.set_dtype_policy(previous)
         return _CACHE[key]
 
 
@@ -267,9 +316,9 @@ def _features_block(block, name, weights, layer, batch_size, dtype, mixed_precis
     model = _cached_model(name, weights, layer, (height, width), mixed_precision)
     size = model.output_shape[-1]
     out = np.empty((n * channels, size), dtype=np.float32)
-    planes = preprocess(block, name).reshape(n * channels, height, width, 3)
+    planes = _scaled(block, name).reshape(n * channels, height, width)
     for start in range(0, n * channels, batch_size):
-        batch = planes[start : start + batch_size]
+        batch = _to_planes(planes[start : start + batch_size], name)
         count = len(batch)
         if count < batch_size:  # pad: one input shape, compiled once
             batch = np.concatenate([batch, np.zeros((batch_size - count, *batch.shape[1:]), batch.dtype)])
@@ -318,8 +367,10 @@ def extract(
         Planes (one channel of one cell) per forward pass.
     dtype : {"float32", "float16"}
         Output dtype; the network runs in float32 either way unless ``mixed_precision``.
-    mixed_precision : bool
-        Run the network in ``mixed_float16`` (for GPUs; slow or unsupported on most CPUs).
+    mixed_precision : {False, True, "float16", "bfloat16"}
+        Run the network in Keras's ``mixed_float16`` (``True``; for GPUs) or ``mixed_bfloat16``
+        policy (GPUs, and CPUs with bfloat16 instructions, where it is about 1.8 times faster
+        on Lite0). Features then differ from float32 ones by up to a few tenths.
     scheduler : distributed.Client, optional
         The cluster that will compute the result; when its workers advertise a ``GPU`` resource,
         every inference task requires one. Defaults to the current client, if any.
@@ -345,6 +396,7 @@ def extract(
         raise InputError("crops must be a DataArray with dims (cell, channel, y, x), from cpzarr.crops")
     if dtype not in ("float32", "float16"):
         raise InputError(f"dtype must be 'float32' or 'float16', not {dtype!r}")
+    _policy(mixed_precision)
     if int(batch_size) < 1:
         raise InputError(f"batch_size must be a positive integer, not {batch_size!r}")
     info = weights_info(model, weights)
@@ -373,7 +425,7 @@ def extract(
     with dask.annotate(**annotations):
         out = data.map_blocks(
             _features_block,
-            model, weights, layer, int(batch_size), dtype, bool(mixed_precision),
+            model, weights, layer, int(batch_size), dtype, mixed_precision,
             drop_axis=[2, 3],
             chunks=(data.chunks[0], (n_features,)),
             dtype=np.dtype(dtype),
@@ -389,6 +441,7 @@ def extract(
         "weights_sha256": info["sha256"] or "",
         "layer": layer or "pooled",
         "preprocessing": "per-crop per-channel min-max to [0, 1], x255, model input range",
+        "mixed_precision": str(_policy(mixed_precision) or "float32"),
         "box": int(data.shape[2]),
     }
     if "source_sha256" in info:
@@ -429,6 +482,34 @@ def _same_node(existing, skeleton):
     if "cell" in skeleton.coords and not np.array_equal(existing["cell"].values, skeleton["cell"].values):
         return "its cells differ"
     return None
+
+
+def _create_node(store, name, skeleton, encoding):
+    """Write the node's skeleton beside the store and rename it into place in one step."""
+    import shutil
+
+    import zarr
+
+    # Beside the store, as cpzarr.store does: zarr warns about foreign folders inside a hierarchy.
+    scratch = store.parent / f".{store.name}.cpzarr-tmp"
+    scratch.mkdir(exist_ok=True)
+    token = uuid.uuid4().hex
+    temporary, old = scratch / token, scratch / f"old-{token}"
+    try:
+        skeleton.to_zarr(temporary, mode="w", compute=False, consolidated=False, zarr_format=3,
+                         encoding=encoding)
+        zarr.open_group(str(store), mode="r+", zarr_format=3).require_group("features")
+        final = store / "features" / name
+        if final.exists():
+            os.replace(final, old)
+        os.replace(temporary, final)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+        try:
+            scratch.rmdir()
+        except OSError:  # another writer's scratch work is still there
+            pass
 
 
 def _write_unit(block, path, lo, unit):
@@ -508,18 +589,7 @@ def write_features(
         fresh, done = False, existing["unit_complete"].values
 
     if fresh:
-        token = uuid.uuid4().hex[:12]
-        temporary = f"features/.{name}-tmp-{token}"
-        skeleton.to_zarr(store, group=temporary, mode="w", compute=False, consolidated=False,
-                         zarr_format=3, encoding=encoding)
-        old = store / "features" / f".{name}-old-{token}"
-        if final.exists():
-            final.rename(old)
-        (store / temporary).rename(final)
-        if old.exists():
-            import shutil
-
-            shutil.rmtree(old, ignore_errors=True)
+        _create_node(store, name, skeleton, encoding)
 
     data = features.data
     if not hasattr(data, "dask"):
@@ -533,7 +603,9 @@ def write_features(
         for u in todo
     ]
     _compute(tasks, scheduler, progress, f"features {name}")
-    _record_provenance(store, name, features.attrs)
+    record_provenance(store, f"features/{name}", {
+        "stage": "profile", **{k: (v.item() if hasattr(v, "item") else v) for k, v in features.attrs.items()},
+    })
     root_meta = json.loads((store / "zarr.json").read_text())
     if root_meta.get("consolidated_metadata"):
         zarr.consolidate_metadata(str(store))
@@ -568,21 +640,3 @@ def _compute(tasks, scheduler, progress, label):
             dask.compute(*tasks, scheduler=scheduler if isinstance(scheduler, str) else None)
     finally:
         bar.close()
-
-
-def _record_provenance(store, name, attrs):
-    """Add what made ``/features/<name>`` to the root's ``provenance`` JSON attribute."""
-    import zarr
-
-    root = zarr.open_group(str(store), mode="r+")
-    try:
-        provenance = json.loads(root.attrs.get("provenance", "{}") or "{}")
-    except json.JSONDecodeError:
-        provenance = {}
-    from cpzarr import __version__
-
-    provenance[f"features/{name}"] = {
-        **{k: (v.item() if hasattr(v, "item") else v) for k, v in attrs.items()},
-        "cpzarr_version": __version__,
-    }
-    root.attrs["provenance"] = json.dumps(provenance)
