@@ -247,9 +247,14 @@ def make_screen(
 
     Examples
     --------
+    >>> import tempfile
+    >>> from pathlib import Path
     >>> from cpzarr.synthetic import make_screen
-    >>> info = make_screen(tmp_path / "screen", plates=2, batches=1, sites=1)  # doctest: +SKIP
-    >>> info.annotation.head()  # doctest: +SKIP
+    >>> info = make_screen(Path(tempfile.mkdtemp()) / "screen", plates=2, batches=1, sites=1)
+    >>> info.plates, info.wells[:3], info.image_shape
+    (('P01', 'P02'), ('A01', 'A02', 'A03'), (256, 256))
+    >>> info.annotation.loc[6, ["plate", "well", "compound", "control"]].tolist()
+    ['P01', 'A07', 'DMSO', 'negcon']
     """
     shape = _image_shape(image_size)
     channels = tuple(channels)
