@@ -128,6 +128,57 @@ def train_command(config, resume, overrides, progress):
 
 # --- evaluate ---
 
+
+@main.command("evaluate")
+@click.argument("profiles", type=click.Path(exists=True))
+@click.option("--groups", "-g", multiple=True, required=True,
+              help="Sample coordinate(s) defining positives, e.g. --groups moa (repeatable).")
+@click.option("--mask", default=None, metavar="QUERY",
+              help="Samples to keep, a pandas query on the metadata, e.g. \"control != 'negcon'\".")
+@click.option("--node", default=None, help="Store node holding the profiles (Zarr input).")
+@click.option("--output", "-o", type=click.Path(file_okay=False), default="evaluation",
+              show_default=True, help="Folder for the metric tables (CSV) and plots (PNG).")
+@click.option("--k", "ks", multiple=True, type=int, default=(1, 5, 10, 20, 50, 100), show_default=True,
+              help="K values of Precision@K and Recall@K (repeatable).")
+@click.option("--null-size", default=10_000, show_default=True, help="Permutations of the mAP null.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the mAP null.")
+@click.option("--method", type=click.Choice(["pearson", "cosine"]), default="pearson", show_default=True)
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
+              help="Precision of the similarity products (float32: about twice as fast).")
+@click.option("--block-size", type=int, default=None, help="Queries per block (default: about 2**24 similarities).")
+@click.option("--plots/--no-plots", default=True, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def evaluate_command(profiles, groups, mask, node, output, ks, null_size, seed, method, dtype,
+                     block_size, plots, progress):
+    """Precision/Recall@K, Precision@R, AP/mAP with p-values, Hit@K and Enrichment of PROFILES.
+
+    PROFILES is a Pycytominer table (.parquet, .csv, .csv.gz) or a Zarr store (with --node).
+    """
+    from pathlib import Path
+
+    from cpzarr.errors import CpzarrError
+    from cpzarr.evaluate import evaluate, plots as figures
+    from cpzarr.profiles import read_profiles
+
+    try:
+        table = read_profiles(profiles, node=node)
+        results = evaluate(table, list(groups), mask=mask, k=ks, null_size=null_size, seed=seed,
+                           method=method, dtype=dtype, block_size=block_size, progress=progress)
+    except CpzarrError as exc:
+        raise click.ClickException(str(exc)) from exc
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, result in results.items():
+        if name != "hits":
+            result.to_csv(folder / f"{name}.csv", index=False)
+    if plots:
+        figures.enrichment(results["enrichment"], folder / "enrichment.png")
+        figures.precision_recall(results["precision_recall"], folder / "precision_recall.png")
+        figures.hitk(results["hitk"], folder / "hitk.png")
+    click.echo(results["summary"].T.to_string(header=False))
+    click.echo(f"tables and plots in {folder}")
+
+
 # --- run / demo ---
 
 _STAGE_NAMES = ["ingest", "locate", "train", "features", "profiles", "evaluate", "report"]

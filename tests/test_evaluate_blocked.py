@@ -206,3 +206,48 @@ def test_plots_write_figures(tmp_path):
     assert len(fig.axes) == 2
     for name in ("pr.png", "h.png", "pca.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_equals_single_metrics():
+    profiles = make_profiles(n=50, seed=8)
+    results = ev.evaluate(profiles, "moa", mask="control != 'negcon'", k=[2, 5],
+                          percentiles=[99, 95], percent_list=[5, 50], null_size=500)
+    mask = "control != 'negcon'"
+    pd.testing.assert_frame_equal(
+        results["precision_recall"], ev.precision_recall(profiles, "moa", k=[2, 5], mask=mask)
+    )
+    pd.testing.assert_frame_equal(
+        results["average_precision"], ev.average_precision(profiles, "moa", mask=mask)
+    )
+    pd.testing.assert_frame_equal(
+        results["enrichment"], ev.enrichment(profiles, "moa", [99, 95], mask=mask)
+    )
+    hits, scores = ev.hitk(profiles, "moa", [5, 50], mask=mask)
+    np.testing.assert_array_equal(results["hits"], hits)
+    pd.testing.assert_frame_equal(results["hitk"], scores)
+    assert results["summary"]["precision_at_r"].iloc[0] == pytest.approx(
+        results["average_precision"]["precision_at_r"].mean()
+    )
+
+
+def test_cli_writes_tables(tmp_path):
+    from click.testing import CliRunner
+
+    from cpzarr.cli import main
+
+    profiles = make_profiles(n=40, seed=9)
+    frame = ev.sample_table(profiles).add_prefix("Metadata_")
+    frame[list(profiles["feature"].values)] = profiles.values
+    frame.to_csv(tmp_path / "profiles.csv", index=False)
+    result = CliRunner().invoke(
+        main,
+        ["evaluate", str(tmp_path / "profiles.csv"), "--groups", "moa", "--mask",
+         "control != 'negcon'", "-o", str(tmp_path / "out"), "--null-size", "200",
+         "--no-plots", "--no-progress"],
+    )
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "out" / "average_precision.csv")
+    expected = ev.average_precision(profiles, "moa", mask="control != 'negcon'")
+    np.testing.assert_allclose(table["average_precision"], expected["average_precision"])
+    bad = CliRunner().invoke(main, ["evaluate", str(tmp_path / "profiles.csv"), "-g", "nope"])
+    assert bad.exit_code != 0 and "nope" in bad.output
