@@ -278,7 +278,7 @@ def synthetic_store(tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         screen = ingest(info.load_data, root / "screen.zarr", platemap=info.platemap, scheduler="sync", progress=False)
-    return screen, pd.read_csv(info.truth)
+    return screen, root / "screen.zarr", pd.read_csv(info.truth)
 
 
 def test_crops_of_a_synthetic_screen_recover_true_areas(synthetic_store):
@@ -286,7 +286,7 @@ def test_crops_of_a_synthetic_screen_recover_true_areas(synthetic_store):
 
     from cpzarr.crops import crops
 
-    screen, truth = synthetic_store
+    screen, path, truth = synthetic_store
     view = crops(screen, box=64, edge="skip", cells=truth)
     f = classical(view, scales=[3]).compute()
     key = pd.MultiIndex.from_frame(truth[["well", "x", "y"]])
@@ -301,6 +301,13 @@ def test_crops_of_a_synthetic_screen_recover_true_areas(synthetic_store):
     # One task per site or per well: the same numbers.
     per_well = classical(crops(screen, box=64, edge="skip", cells=truth, chunks="well"), scales=[3])
     np.testing.assert_array_equal(per_well.values, f.values)
+    # Into the store through the CNN path's resumable writer.
+    from cpzarr.features.cnn import write_features
+
+    write_features(path, "classical", per_well, chunk_cells=5, progress=False, scheduler="sync")
+    back = xr.open_zarr(path, group="features/classical", consolidated=False)
+    np.testing.assert_array_equal(back["features"].values, f.values)
+    assert list(back["feature"].values) == list(f["feature"].values)
 
 
 def test_examplehuman_agrees_with_cellprofiler(shared_data):

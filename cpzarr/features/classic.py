@@ -177,6 +177,11 @@ def classical(
     >>> f = classical(crop, compartments=["Nuclei"], scales=[3])
     >>> float(f.sel(feature="Nuclei_Intensity_MeanIntensity_ER")[0])
     0.5
+
+    On a store, lazily, written resumably by the CNN path's writer:
+
+    >>> view = cpzarr.crops(screen, box=64, edge="pad")  # doctest: +SKIP
+    >>> write_features("screen.zarr", "classical", classical(view))  # doctest: +SKIP
     """
     import dask.array as da
 
