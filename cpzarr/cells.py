@@ -315,7 +315,7 @@ def _pick_column(frame, names, path):
 def _read_deepprofiler(source):
     """Rows (plate, well, site, x, y, file) from ``<plate>/<well>-<site>-Nuclei.csv`` files."""
     folder = source / "locations" if (source / "locations").is_dir() else source
-    frames, problems = [], []
+    frames, problems, sites = [], [], set()
     for path in sorted(folder.glob("*/*-Nuclei.csv*")):
         match = _DP_NAME.match(path.name)
         if not match:
@@ -327,6 +327,7 @@ def _read_deepprofiler(source):
         except InputError as err:
             problems.append(str(err))
             continue
+        sites.add((path.parent.name, normalize_well(match["well"]), int(match["site"])))
         frames.append(pd.DataFrame({
             "plate": path.parent.name, "well": normalize_well(match["well"]),
             "site": int(match["site"]), "x": x.to_numpy(np.float64), "y": y.to_numpy(np.float64),
@@ -339,7 +340,10 @@ def _read_deepprofiler(source):
             f"no location files <plate>/<well>-<site>-Nuclei.csv under {folder}; "
             "pass the DeepProfiler locations folder (or its parent)"
         )
-    return pd.concat(frames, ignore_index=True)
+    table = pd.concat(frames, ignore_index=True)
+    # an empty file (a site without cells) leaves no rows but is still the site's file
+    table.attrs["sites"] = sites
+    return table
 
 
 def _metadata_column(frame, name, path):
@@ -494,7 +498,7 @@ def import_locations(screen, source, *, kind="auto", on_invalid="raise"):
 def _warn_sites_without_files(table, images, root, source):
     present = root["present"].transpose(*_SITE_DIMS).to_series()
     present = present[present]
-    have = set(zip(table["plate"].astype(str), table["well"].astype(str), table["site"].astype(int)))
+    have = table.attrs["sites"]
     missing = [(str(p), str(w), int(s)) for p, w, s in present.index if (str(p), str(w), int(s)) not in have]
     if missing:
         shown = ", ".join(f"{p}/{w}-{s}" for p, w, s in missing[:_EXAMPLES])

@@ -172,6 +172,7 @@ def test_invalid_locations_are_reported_not_dropped_silently(tmp_path):
     screen = _blank_screen(["P1"], ["A01", "A02"], [1, 2], (50, 60))
     screen["present"][0, 1, 1] = False
     _write_locations(tmp_path, "P1", "A01", 1, [[5.0, 5.0], [np.nan, 3.0], [60.5, 10.0], [59.0, 49.0]])
+    _write_locations(tmp_path, "P1", "A01", 2, np.zeros((0, 2)))  # a site without cells
     _write_locations(tmp_path, "P1", "A02", 1, [[1.0, 1.0], [2.0, -0.5]])
     _write_locations(tmp_path, "P1", "A02", 2, [[1.0, 1.0]])  # images absent
     _write_locations(tmp_path, "P9", "A01", 1, [[1.0, 1.0], [3.0, 3.0]])  # plate unknown
