@@ -141,6 +141,20 @@ def test_glcm_of_two_level_stripes_hand_values():
     assert f["Nuclei_Texture_Contrast_ER_1_02_256"] == pytest.approx(0)
 
 
+def test_glcm_directions_follow_cellprofiler_codes():
+    # Diagonal stripes two pixels wide, constant along the down-right diagonal (row - column fixed):
+    # direction 01 (dy, dx = 1, 1) pairs equal pixels, direction 03 (1, -1) always crosses a stripe.
+    rows, cols = np.mgrid[:BOX, :BOX]
+    img = np.zeros((2, BOX, BOX), np.float32)
+    img[0] = 0.5
+    img[1] = np.where((rows - cols) % 4 < 2, 0.2, 0.6)
+    masks = xr.DataArray(np.ones((1, BOX, BOX), bool), dims=("cell", "y", "x"))
+    f = classical(_crops(img[None]), masks=masks, compartments=["Nuclei"], scales=[1], directions=[1, 3])
+    f = f.isel(cell=0).to_series()
+    assert f["Nuclei_Texture_Contrast_ER_1_01_256"] == pytest.approx(0)
+    assert f["Nuclei_Texture_Contrast_ER_1_03_256"] == pytest.approx((153 - 51) ** 2)
+
+
 def test_texture_equals_direct_graycoprops():
     rng = np.random.default_rng(0)
     nucleus = _nucleus(disk, CENTRE, 12)
@@ -151,7 +165,7 @@ def test_texture_equals_direct_graycoprops():
     # Reference: the full 256-level matrix of object pixels only (outside pixels at an extra level 0).
     levels = np.round(img[1] * 255).astype(np.uint16) + 1
     levels[~nucleus] = 0
-    angles = {0: 0.0, 1: 3 * np.pi / 4, 2: np.pi / 2, 3: np.pi / 4}
+    angles = {0: 0.0, 1: np.pi / 4, 2: np.pi / 2, 3: 3 * np.pi / 4}
     glcm = graycomatrix(levels, [3, 5], list(angles.values()), levels=257, symmetric=True)[1:, 1:]
     names = {"ASM": "AngularSecondMoment", "contrast": "Contrast", "correlation": "Correlation",
              "homogeneity": "InverseDifferenceMoment", "entropy": "Entropy", "variance": "Variance"}

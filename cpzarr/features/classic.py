@@ -46,9 +46,10 @@ TEXTURE = {
     "entropy": "Entropy",
     "variance": "Variance",
 }
-#: CellProfiler's direction codes → ``graycomatrix`` angles of the same symmetric pixel pairs
-#: (00 horizontal, 01 down-right diagonal, 02 vertical, 03 down-left diagonal).
-DIRECTIONS = {0: 0.0, 1: 3 * np.pi / 4, 2: np.pi / 2, 3: np.pi / 4}
+#: CellProfiler's direction codes (mahotas's (dy, dx) offsets (0, 1), (1, 1), (1, 0), (1, -1):
+#: horizontal, down-right diagonal, vertical, down-left diagonal) → the ``graycomatrix`` angles
+#: that pair the same pixels.
+DIRECTIONS = {0: 0.0, 1: np.pi / 4, 2: np.pi / 2, 3: 3 * np.pi / 4}
 COMPARTMENTS = ("Nuclei", "Cells", "Cytoplasm")
 #: Automatic thresholds for the nucleus (names of ``skimage.filters.threshold_<name>``).
 THRESHOLDS = ("otsu", "li", "triangle")
