@@ -7,7 +7,7 @@ import xarray as xr
 
 from cpzarr.errors import InputError
 from cpzarr.profiles._samples import as_dask, constant_coords, group_codes, record_step
-from cpzarr.profiles._segments import BLOCK_BYTES, segment_reduce, segments_of
+from cpzarr.profiles._segments import BLOCK_BYTES, segment_reduce, segments_in_input_order
 
 OPERATIONS = ("mean", "median")
 
@@ -61,13 +61,17 @@ def aggregate(features, strata=("plate", "well"), operation="mean", block_bytes=
     cells = cells.rename({"cell": "sample"})
     strata = [strata] if isinstance(strata, str) else list(strata)
     codes, keys = group_codes(cells, strata)
-    order, lengths = segments_of(codes)
+    order, lengths, to_key_order = segments_in_input_order(codes)
     x = as_dask(cells)
 
     def reduce(block, lens):
         return _reduce(block, lens, operation)
 
     data = segment_reduce(x, lengths, reduce, x.shape[1], order=order, block_bytes=block_bytes)
+    if not np.array_equal(to_key_order, np.arange(len(to_key_order))):
+        data = data[to_key_order]
+    lengths = lengths[to_key_order]
+    order = np.argsort(codes, kind="stable")
     coords = {c: ("sample", keys[c].to_numpy()) for c in strata}
     coords.update(constant_coords(cells, codes, order, lengths, exclude=strata))
     coords["cell_count"] = ("sample", lengths.astype(np.int64))

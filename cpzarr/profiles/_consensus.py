@@ -11,7 +11,7 @@ from cpzarr.errors import InputError
 from cpzarr.profiles._samples import (
     as_dask, check_profiles, constant_coords, group_codes, like_input, record_step,
 )
-from cpzarr.profiles._segments import segment_reduce, segments_of
+from cpzarr.profiles._segments import BLOCK_BYTES, by_length, segment_reduce, segments_in_input_order
 
 OPERATIONS = ("median", "mean", "modz")
 
@@ -23,6 +23,7 @@ def consensus(
     method="spearman",
     min_weight=0.01,
     precision=4,
+    block_bytes=BLOCK_BYTES,
 ):
     """Collapse replicate profiles into one consensus profile per treatment.
 
@@ -39,6 +40,8 @@ def consensus(
         Correlation between replicates for ``modz``.
     min_weight : float, default 0.01
     precision : int, default 4
+    block_bytes : int
+        Target size of a block of replicate groups (memory knob; results do not depend on it).
 
     Returns
     -------
@@ -62,14 +65,16 @@ def consensus(
     p = check_profiles(profiles)
     columns = [replicate_columns] if isinstance(replicate_columns, str) else list(replicate_columns)
     codes, keys = group_codes(p, columns)
-    order, lengths = segments_of(codes)
+    order, lengths, to_key_order = segments_in_input_order(codes)
     x = as_dask(p)
     d = x.shape[1]
 
     def reduce(block, lens):
         return _reduce(block, lens, operation, method, min_weight, precision)
 
-    data = segment_reduce(x, lengths, reduce, d, order=order)
+    data = segment_reduce(x, lengths, reduce, d, order=order, block_bytes=block_bytes)[to_key_order]
+    lengths = lengths[to_key_order]
+    order = np.argsort(codes, kind="stable")
 
     coords = {c: ("sample", keys[c].to_numpy()) for c in columns}
     coords.update(constant_coords(p, codes, order, lengths, exclude=columns))
@@ -86,26 +91,44 @@ def consensus(
 def _reduce(block, lengths, operation, method, min_weight, precision):
     block = np.asarray(block, dtype=np.float64)
     out = np.empty((len(lengths), block.shape[1]))
-    start = 0
+    has_nan = bool(np.isnan(block).any())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN features give NaN, as pandas
-        for i, n in enumerate(lengths):
-            rows = block[start:start + n]
-            start += n
+        # About 8 MB of float64 per temporary stack.
+        for length, segments, rows in by_length(lengths, max_rows=2**20 // max(block.shape[1], 1)):
+            stack = block[rows]  # (segment, replicate, feature)
             if operation == "median":
-                out[i] = np.nanmedian(rows, axis=0)
+                out[segments] = (np.nanmedian if has_nan else np.median)(stack, axis=1)
             elif operation == "mean":
-                out[i] = np.nanmean(rows, axis=0)
+                out[segments] = (np.nanmean if has_nan else np.mean)(stack, axis=1)
+            elif length == 1:
+                out[segments] = np.nan_to_num(stack[:, 0], nan=0.0)
+            elif has_nan:
+                for i, segment in enumerate(segments):
+                    weights = modz_weights(stack[i], method, min_weight, precision)
+                    out[segment] = np.nansum(stack[i] * weights[:, None], axis=0)
             else:
-                out[i] = _modz(rows, method, min_weight, precision)
+                weights = _stacked_weights(stack, method, min_weight, precision)
+                out[segments] = np.einsum("sr,srf->sf", weights, stack)
     return out
 
 
-def _modz(rows, method, min_weight, precision):
-    if len(rows) == 1:
-        return np.nan_to_num(rows[0], nan=0.0)
-    weights = modz_weights(rows, method, min_weight, precision)
-    return np.nansum(rows * weights[:, None], axis=0)
+def _stacked_weights(stack, method, min_weight, precision):
+    """MODZ weights of many equal-size replicate groups at once (no NaN)."""
+    values = rankdata(stack, axis=2) if method == "spearman" else stack
+    centred = values - values.mean(axis=2, keepdims=True)
+    norms = np.sqrt(np.einsum("srf,srf->sr", centred, centred))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = np.einsum("srf,sqf->srq", centred, centred) / (norms[:, :, None] * norms[:, None, :])
+    n = stack.shape[1]
+    corr[:, np.arange(n), np.arange(n)] = np.nan
+    corr = np.where(np.isnan(corr), np.nan, np.maximum(corr, 0.0))
+    raw = np.nanmean(corr, axis=2)
+    raw = np.where(np.isnan(raw), np.nan, np.maximum(raw, min_weight))
+    total = np.nansum(raw, axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        weights = np.where(total == 0, 1.0 / n, raw / total)
+    return np.nan_to_num(np.round(weights, precision), nan=0.0)
 
 
 def modz_weights(rows, method="spearman", min_weight=0.01, precision=4):

@@ -7,7 +7,7 @@ on its own. Memory is bounded by one chunk: ``max(block_bytes, the largest segme
 
 import numpy as np
 
-BLOCK_BYTES = 128 * 2**20
+BLOCK_BYTES = 32 * 2**20
 
 
 def segments_of(codes):
@@ -15,6 +15,23 @@ def segments_of(codes):
     order = np.argsort(codes, kind="stable")
     lengths = np.bincount(codes, minlength=int(codes.max()) + 1 if len(codes) else 0)
     return order, lengths
+
+
+def segments_in_input_order(codes):
+    """Like :func:`segments_of`, with groups ordered by first appearance in the input.
+
+    Output blocks then follow the input chunks, so dask can release each input chunk soon after
+    reading it instead of holding the whole array for a shuffle. Returns ``(order, lengths,
+    to_key_order)``; ``result[to_key_order]`` puts the per-group results back in code order.
+    """
+    n_groups = int(codes.max()) + 1 if len(codes) else 0
+    first = np.full(n_groups, len(codes))
+    np.minimum.at(first, codes, np.arange(len(codes)))
+    appearance = np.argsort(first, kind="stable")
+    rank = np.empty(n_groups, dtype=np.int64)
+    rank[appearance] = np.arange(n_groups)
+    order, lengths = segments_of(rank[codes])
+    return order, lengths, rank
 
 
 def pack(lengths, row_bytes, block_bytes=BLOCK_BYTES):
@@ -77,3 +94,20 @@ def split_rows(block, lengths):
     ends = np.cumsum(lengths)
     return [block[e - n:e] for n, e in zip(lengths, ends)]
 
+
+
+def by_length(lengths, max_rows=None):
+    """Segments grouped by length: ``(length, segment indices, row indices (n_segments, length))``.
+
+    Equal-length segments are reduced together as one ``(segment, row, feature)`` array, which
+    turns a Python loop over thousands of replicate groups into a few vectorized calls;
+    ``max_rows`` caps the rows of one such array (memory of the temporaries).
+    """
+    lengths = np.asarray(lengths)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    for length in np.unique(lengths):
+        segments = np.flatnonzero(lengths == length)
+        step = len(segments) if max_rows is None else max(1, int(max_rows) // max(int(length), 1))
+        for i in range(0, len(segments), step):
+            batch = segments[i:i + step]
+            yield int(length), batch, starts[batch][:, None] + np.arange(length)

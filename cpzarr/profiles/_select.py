@@ -2,6 +2,7 @@
 
 import importlib.util
 import itertools
+import warnings
 from pathlib import Path
 
 import dask.array as da
@@ -272,9 +273,11 @@ def _noisy(fit_profiles, sub, groups, cutoff):
     def stds(block, lens):
         out = np.empty((len(lens), block.shape[1]))
         start = 0
-        for i, n in enumerate(lens):
-            out[i] = np.nanstd(np.asarray(block[start:start + n], dtype=np.float64), axis=0)
-            start += n
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN features: NaN, as pandas
+            for i, n in enumerate(lens):
+                out[i] = np.nanstd(np.asarray(block[start:start + n], dtype=np.float64), axis=0)
+                start += n
         return out
 
     per_group = segment_reduce(sub.rechunk({1: -1}), lengths, stds, sub.shape[1], order=order).compute()

@@ -79,15 +79,10 @@ def spherize(profiles, method="ZCA-cor", samples="all", epsilon=1e-6, center=Tru
     out_dtype = p.dtype if np.issubdtype(p.dtype, np.floating) else np.dtype(np.float64)
     features = np.asarray(p["feature"].values)
 
-    nan_features = da.isnan(x[fit_rows]).any(axis=0).compute()
-    if nan_features.any():
-        raise InputError(
-            "spherize cannot fit on NaN; drop these features first (feature_select drop_na_columns)",
-            [str(f) for f in features[nan_features]],
-        )
-
+    fit = x[fit_rows]
     if n <= d:
-        fit = np.asarray(x[fit_rows].compute(), dtype=np.float64)
+        fit = np.asarray(fit.compute(), dtype=np.float64)
+        _check_finite(np.isnan(fit).any(axis=0), features)
         mean = fit.mean(axis=0) if center else np.zeros(d)
         fit = fit - mean
         sd = _scale(fit.var(axis=0), method, features)
@@ -95,12 +90,22 @@ def spherize(profiles, method="ZCA-cor", samples="all", epsilon=1e-6, center=Tru
         v = vt.T
         rank = int((s > s.max() * max(n, d) * _EPS).sum()) if s.size else 0
     else:
-        mean = x[fit_rows].astype(np.float64).mean(axis=0).compute() if center else np.zeros(d)
-        centred = x[fit_rows].astype(np.float64) - mean
-        scatter = centred.map_blocks(
-            lambda b: (b.T @ b)[None], chunks=((1,) * centred.numblocks[0], (d,), (d,)),
-            new_axis=2, dtype=np.float64,
-        ).sum(axis=0).compute()
+        # One pass: sums and cross-products of rows shifted by the first fitting row, which keeps
+        # the cancellation in "scatter - n·mean·meanᵀ" small without a separate pass for the mean.
+        shift = np.asarray(fit[:1].compute(), dtype=np.float64)[0]
+        shifted = fit.astype(np.float64) - shift
+        parts = shifted.map_blocks(
+            _moments, chunks=((1,) * shifted.numblocks[0], (d + 2,), (d,)), new_axis=2, dtype=np.float64,
+        )
+        moments = parts.sum(axis=0).compute()
+        _check_finite(moments[d + 1] > 0, features)
+        total, cross = moments[d], moments[:d]
+        shifted_mean = total / n
+        mean = shift + shifted_mean if center else np.zeros(d)
+        if center:
+            scatter = cross - n * np.outer(shifted_mean, shifted_mean)
+        else:
+            scatter = cross + np.outer(shift, total) + np.outer(total, shift) + n * np.outer(shift, shift)
         sd = _scale(np.diag(scatter) / n, method, features)
         scatter = scatter / np.outer(sd, sd)
         eigval, v = np.linalg.eigh(scatter)
@@ -159,3 +164,18 @@ def _scale(variance, method, features):
             stacklevel=3,
         )
     return np.sqrt(np.where(zero, 1.0, variance))
+
+
+def _moments(block):
+    """Cross-products, column sums and NaN counts of one block, stacked as (d + 2, d)."""
+    nan = np.isnan(block)
+    zeroed = np.where(nan, 0.0, block)
+    return np.vstack([zeroed.T @ zeroed, zeroed.sum(axis=0), nan.sum(axis=0)])[None]
+
+
+def _check_finite(nan_features, features):
+    if nan_features.any():
+        raise InputError(
+            "spherize cannot fit on NaN; drop these features first (feature_select drop_na_columns)",
+            [str(f) for f in features[nan_features]],
+        )
