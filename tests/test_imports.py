@@ -120,6 +120,12 @@ def test_deepprofiler_reports_every_bad_file(tmp_path):
     with pytest.raises(InputError, match="A02_1.npz: 5 features, most files have 4"):
         import_deepprofiler(tmp_path)
     (folder / "A02_1.npz").unlink()
+    np.savez(folder / "A03_1.npz", features=np.zeros((0, 4), np.float32), locations=np.zeros((0, 2)))
+    (folder / "A01").mkdir()
+    shutil.copy(folder / "A01_2.npz", folder / "A01" / "2.npz")
+    with pytest.raises(InputError, match=r"well A01, site 2 again"):
+        import_deepprofiler(tmp_path)
+    shutil.rmtree(folder / "A01")
     ds = import_deepprofiler(tmp_path)
     assert _counts(ds) == {("P1", "A01", 1): 2, ("P1", "A01", 2): 3}
     assert ds["feature"].values[0] == "DP_0"

@@ -95,7 +95,7 @@ def import_deepprofiler(path, *, channels=None, config=None, store=None, name="d
     if config is not None and channels is None:
         channels = _config_channels(config)
 
-    frames, blocks, problems, model = [], [], [], None
+    frames, blocks, problems, model, seen = [], [], [], None, {}
     for file in files:
         try:
             with np.load(file, allow_pickle=False) as npz:
@@ -109,6 +109,8 @@ def import_deepprofiler(path, *, channels=None, config=None, store=None, name="d
         except (OSError, ValueError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
             problems.append(f"{file}: unreadable ({err})")
             continue
+        if features.size == 0 and locations.size == 0:
+            continue  # a site without cells
         if features.ndim != 2 or locations.shape != (features.shape[0], 2):
             problems.append(f"{file}: features {features.shape} and locations {locations.shape} do not pair up")
             continue
@@ -117,6 +119,10 @@ def import_deepprofiler(path, *, channels=None, config=None, store=None, name="d
         except ValueError as err:
             problems.append(f"{file}: {err}")
             continue
+        if (plate, well, site) in seen:
+            problems.append(f"{file}: plate {plate}, well {well}, site {site} again (also in {seen[plate, well, site]})")
+            continue
+        seen[plate, well, site] = file
         model = model or metadata.get("Metadata_Model")
         frames.append(
             pd.DataFrame(
@@ -130,11 +136,13 @@ def import_deepprofiler(path, *, channels=None, config=None, store=None, name="d
             common = max(widths, key=[b.shape[1] for b in blocks].count)
             problems += [
                 f"{f}: {b.shape[1]} features, most files have {common}"
-                for f, b in zip(files, blocks)
+                for f, b in zip(seen.values(), blocks)
                 if b.shape[1] != common
             ]
     if problems:
         raise InputError("DeepProfiler features: some files cannot be imported", problems)
+    if not blocks:
+        raise InputError(f"DeepProfiler features: the files under {root} hold no cells")
 
     width = blocks[0].shape[1]
     if channels is not None:
@@ -188,9 +196,9 @@ def _npz_metadata(file):
         stream = io.BytesIO(archive.read("metadata.npy"))
     version = np.lib.format.read_magic(stream)
     if version == (1, 0):
-        shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        _, _, dtype = np.lib.format.read_array_header_1_0(stream)
     else:
-        shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+        _, _, dtype = np.lib.format.read_array_header_2_0(stream)
     if dtype != object:
         return {}
     value = _PlainUnpickler(stream).load()
@@ -422,8 +430,8 @@ def _join(label, tables, compartments, exclude):
         frame, _ = frames[comp]
         numeric = [
             c
-            for c in frame.columns
-            if not str(c).startswith(tuple(exclude)) and pd.api.types.is_numeric_dtype(frame[c])
+            for c, dtype in frame.dtypes.items()
+            if not str(c).startswith(tuple(exclude)) and pd.api.types.is_numeric_dtype(dtype)
         ]
         out = frame[["ImageNumber", "ObjectNumber", *keep, *numeric]].copy()
         return out.rename(columns={c: f"{comp}_{c}" for c in ["ObjectNumber", *keep, *numeric]})
