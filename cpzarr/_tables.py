@@ -82,7 +82,7 @@ def read_table(table, *, what: str = "table") -> tuple[pd.DataFrame, str]:
     """Read a CSV/TSV path or accept a DataFrame; return ``(frame, name for messages)``."""
     if isinstance(table, pd.DataFrame):
         return table.reset_index(drop=True).copy(), f"the {what} DataFrame"
-    path = Path(table)
+    path = Path(table).resolve()
     if not path.is_file():
         raise InputError(f"The {what} {path} does not exist or is not a file.")
     sep = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
