@@ -1,10 +1,8 @@
 """Imports of DeepProfiler .npz and CellProfiler CSV features, checked against the raw files."""
 
 import os
-import pickle
 import shutil
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

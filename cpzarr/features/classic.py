@@ -233,7 +233,8 @@ def _check(crops, masks, nucleus_channel, nucleus_threshold, compartments, cell_
         problems.append("crops: no 'channel' coordinate naming the channels")
     elif nucleus_channel not in [str(c) for c in crops["channel"].values]:
         problems.append(
-            f"nucleus_channel {nucleus_channel!r} is not a crop channel ({', '.join(map(str, crops['channel'].values))})"
+            f"nucleus_channel {nucleus_channel!r} is not a crop channel "
+            f"({', '.join(map(str, crops['channel'].values))})"
         )
     if nucleus_threshold not in THRESHOLDS:
         problems.append(f"nucleus_threshold: {nucleus_threshold!r} is not one of {', '.join(THRESHOLDS)}")
@@ -243,7 +244,8 @@ def _check(crops, masks, nucleus_channel, nucleus_threshold, compartments, cell_
     bad_dirs = [d for d in directions if d not in DIRECTIONS]
     if bad_dirs:
         problems.append(f"directions: unknown {bad_dirs} (CellProfiler codes 0, 1, 2, 3)")
-    if not (cell_body == "distance-b" or (isinstance(cell_body, int) and not isinstance(cell_body, bool) and cell_body >= 0)):
+    distance = isinstance(cell_body, int) and not isinstance(cell_body, bool) and cell_body >= 0
+    if not (cell_body == "distance-b" or distance):
         problems.append(f"cell_body: {cell_body!r} is neither 'distance-b' nor a distance in pixels")
     if not 2 <= int(levels) <= 256:
         problems.append(f"levels: {levels!r} is not in 2..256")
@@ -255,7 +257,9 @@ def _check(crops, masks, nucleus_channel, nucleus_threshold, compartments, cell_
         raise InputError("classical: invalid input", problems)
 
 
-def _measure_block(image, masks=None, *, nucleus, threshold, compartments, cell_body, scales, angles, levels, n_features):
+def _measure_block(
+    image, masks=None, *, nucleus, threshold, compartments, cell_body, scales, angles, levels, n_features
+):
     """Features of a block of crops: ``(cell, channel, y, x)`` → ``(cell, feature)`` float32."""
     out = np.full((image.shape[0], n_features), np.nan, np.float32)
     scaled = _to_unit(image)

@@ -120,7 +120,8 @@ def import_deepprofiler(path, *, channels=None, config=None, store=None, name="d
             problems.append(f"{file}: {err}")
             continue
         if (plate, well, site) in seen:
-            problems.append(f"{file}: plate {plate}, well {well}, site {site} again (also in {seen[plate, well, site]})")
+            first = seen[plate, well, site]
+            problems.append(f"{file}: plate {plate}, well {well}, site {site} again (also in {first})")
             continue
         seen[plate, well, site] = file
         model = model or metadata.get("Metadata_Model")
@@ -354,12 +355,8 @@ def import_cellprofiler(
         frames.append(merged)
     table = pd.concat(frames, ignore_index=True)
     values = table[columns].to_numpy(np.float32)
-    ds = _dataset(
-        table[[*_CELL_COORDS, "object_id"]],
-        values,
-        columns,
-        {"source": str(path_or_tables) if not isinstance(path_or_tables, dict) else "tables", "importer": "cellprofiler"},
-    )
+    source = "tables" if isinstance(path_or_tables, dict) else str(path_or_tables)
+    ds = _dataset(table[[*_CELL_COORDS, "object_id"]], values, columns, {"source": source, "importer": "cellprofiler"})
     if store is not None:
         write_imported(store, ds, name)
     return ds
