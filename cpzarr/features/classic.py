@@ -121,17 +121,20 @@ def classical(
     each min–max scaled, summed and smoothed (Gaussian, σ = 1 px), are thresholded by Otsu, and
     each foreground pixel joins the nucleus nearest to it along the foreground (a watershed from
     *all* nuclei of the crop over flat ground), so neighbouring cells keep their share of the
-    cytoplasm instead of being absorbed. On synthetic screens with known cell bodies this came
-    within about 6 % of the true area (median), where an intensity watershed was off by 12–20 %
-    because bright neighbours flooded dim cytoplasm first. An integer ``N`` instead grows the
+    cytoplasm instead of being absorbed. On 211 synthetic cells with known bodies this came
+    within 10 % of the true area (median; correlation 0.93), where a watershed on intensity did
+    worse (bright neighbours flooded dim cytoplasm first) and growing nuclei by 3–6 px fell 40–60 %
+    short. An integer ``N`` instead grows the
     nuclei by ``N`` pixels without overlap ("Distance - N"). The cytoplasm is the cell body less
     its nucleus.
 
     Intensities are on CellProfiler's scale: integer images divided by their dtype's maximum,
-    float images as given. Texture follows CellProfiler's MeasureTexture: the crop quantized to
-    ``levels`` grey levels, a symmetric co-occurrence matrix of the object's pixel pairs at each
-    distance in ``scales`` and each direction in ``directions``, and scikit-image's ``graycoprops``
-    on it. Cells whose nucleus is not found get NaN features.
+    float images as given (on ExampleHuman the nuclear PH3 means agree with CellProfiler's to
+    0.3 %). Texture follows CellProfiler's MeasureTexture: the crop rounded to ``levels`` grey
+    levels, scikit-image's symmetric ``graycomatrix`` of the pairs of object pixels at each
+    distance in ``scales`` and direction in ``directions``, and ``graycoprops``' definitions of
+    six Haralick features on it (evaluated on the matrix's non-zero cells, for speed). Cells whose
+    nucleus is not found get NaN features.
 
     Parameters
     ----------
