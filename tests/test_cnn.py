@@ -195,3 +195,68 @@ def test_write_features_node_and_resume(tmp_path):
 def test_mixed_precision_choice_is_checked():
     with pytest.raises(InputError, match="mixed_precision"):
         cnn.extract(make_crops(n=1, chunks=(1,)), mixed_precision="int8")
+
+
+def test_trained_checkpoint_sees_all_channels(tmp_path):
+    from cpzarr.train import build_model, load_trained
+
+    model = build_model(4, architecture="tiny", box=32, n_channels=3, weights=None)
+    checkpoint = tmp_path / "best.keras"
+    model.save(checkpoint)
+    crops = make_crops(n=5, chunks=(2, 3))
+    features = cnn.extract(crops, model="trained", weights=checkpoint, batch_size=4).compute(scheduler="sync")
+    assert features.sizes["feature"] == 64 and features.feature.values[0] == "profile_0000"
+    x = crops.values.astype(np.float64)
+    low, high = x.min(axis=(2, 3), keepdims=True), x.max(axis=(2, 3), keepdims=True)
+    x = np.where(high > low, (x - low) / np.where(high > low, high - low, 1), 0).transpose(0, 2, 3, 1)
+    expected = np.asarray(load_trained(checkpoint)(x.astype(np.float32), training=False))
+    np.testing.assert_allclose(features.values, expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(WeightsError, match="checkpoint"):
+        cnn.extract(crops, model="trained")
+
+
+def write_tiny_screen(path, size=96):
+    """A two-well, one-site, three-channel store in the contract's layout with a /cells node."""
+    import pandas as pd
+    import zarr
+
+    from cpzarr import __version__
+    from cpzarr.cells import cells_from_table, write_cells
+
+    rng = np.random.default_rng(5)
+    root = xr.Dataset(
+        {"present": (("plate", "well", "site"), np.ones((1, 2, 1), bool))},
+        coords={"plate": np.array(["P1"], object), "well": np.array(["A01", "A02"], object),
+                "site": [1], "channel": np.array(CHANNELS, object)},
+        attrs={"cpzarr_version": __version__, "complete": True, "provenance": "{}"},
+    )
+    root.to_zarr(path, mode="w", zarr_format=3, consolidated=False)
+    group = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    images = group.create_array("images", shape=(1, 2, 1, 3, size, size), dtype="uint16",
+                                chunks=(1, 1, 1, 3, size, size), fill_value=0,
+                                dimension_names=["plate", "well", "site", "channel", "y", "x"])
+    images[:] = rng.integers(0, 3000, images.shape).astype(np.uint16)
+    table = pd.DataFrame({"plate": "P1", "well": ["A01"] * 3 + ["A02"] * 2, "site": 1,
+                          "x": [30.0, 50.0, 70.0, 40.0, 60.0], "y": [30.0, 60.0, 40.0, 50.0, 45.0]})
+    write_cells(path, cells_from_table(table, xr.open_zarr(path, consolidated=False)["images"]))
+    return path
+
+
+def test_cli_profile_store_to_store(tmp_path):
+    from click.testing import CliRunner
+
+    from cpzarr.cli import main
+    from cpzarr.crops import crops
+    from cpzarr.store import open_screen
+
+    store = write_tiny_screen(tmp_path / "screen.zarr")
+    result = CliRunner().invoke(main, ["profile", str(store), "--box", "32", "--channels", "DNA,Mito",
+                                       "--chunk-cells", "2", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "5 cells x 2560 features" in result.output
+    node = open_screen(store, node="features/efficientnet-lite0")
+    view = crops(open_screen(store), box=32, channels=["DNA", "Mito"])
+    expected = cnn.extract(view).compute(scheduler="sync")
+    np.testing.assert_allclose(node["features"].values, expected.values, rtol=1e-6, atol=1e-6)
+    assert list(node["well"].values) == ["A01"] * 3 + ["A02"] * 2
+    assert node["feature"].values[1280] == "Mito_0000"

@@ -50,8 +50,8 @@ from cpzarr.store import record_provenance
 
 __all__ = ["MODELS", "load_model", "preprocess", "extract", "write_features", "weights_info"]
 
-#: Features per channel of each model's pooled output.
-MODELS = {"efficientnet-lite0": 1280, "efficientnet-b0": 1280, "resnet50": 2048}
+#: Features per channel of each model's pooled output (``trained``: read from the checkpoint).
+MODELS = {"efficientnet-lite0": 1280, "efficientnet-b0": 1280, "resnet50": 2048, "trained": None}
 
 # Keras's own download locations and md5 of the no-top files (keras/src/applications).
 _KERAS_FILES = {
@@ -107,6 +107,10 @@ def weights_info(name="efficientnet-lite0", weights="imagenet"):
     'random'
     """
     _check_name(name)
+    if name == "trained" and (weights is None or weights == "imagenet"):
+        raise WeightsError(
+            "model 'trained' needs weights=<checkpoint>, the .keras file written by cpzarr.train"
+        )
     if weights is None:
         return {"model": name, "weights": "random", "path": None, "sha256": None}
     if weights == "imagenet":
@@ -187,6 +191,10 @@ def load_model(
     import keras
 
     info = weights_info(name, weights)
+    if name == "trained":
+        from cpzarr.train import load_trained
+
+        return load_trained(info["path"], layer or "profile")
     if name == "efficientnet-lite0":
         from cpzarr.features._lite0 import build_lite0
 
@@ -304,7 +312,13 @@ def _cached_model(name, weights, layer, shape, mixed_precision):
             if policy:
                 keras.config.set_dtype_policy(policy)
             try:
-                _CACHE[key] = load_model(name, weights, layer, (*shape, 3), fold_batch_norm=fold)
+                model = load_model(name, weights, layer, (*shape, 3), fold_batch_norm=fold)
+                if name == "trained" and tuple(model.input_shape[1:3]) != tuple(shape):
+                    raise InputError(
+                        f"the checkpoint {weights} was trained on {model.input_shape[1:3]} px crops; "
+                        f"these crops are {tuple(shape)} px: make them with the same box"
+                    )
+                _CACHE[key] = model
             finally:
                 keras.config.set_dtype_policy(previous)
         return _CACHE[key]
@@ -315,6 +329,8 @@ def _features_block(block, name, weights, layer, batch_size, dtype, mixed_precis
     n, channels, height, width = block.shape
     model = _cached_model(name, weights, layer, (height, width), mixed_precision)
     size = model.output_shape[-1]
+    if name == "trained":
+        return _trained_block(model, block, batch_size).astype(dtype, copy=False)
     out = np.empty((n * channels, size), dtype=np.float32)
     planes = _scaled(block, name).reshape(n * channels, height, width)
     for start in range(0, n * channels, batch_size):
@@ -324,6 +340,25 @@ def _features_block(block, name, weights, layer, batch_size, dtype, mixed_precis
             batch = np.concatenate([batch, np.zeros((batch_size - count, *batch.shape[1:]), batch.dtype)])
         out[start : start + count] = np.asarray(model.predict_on_batch(batch), dtype=np.float32)[:count]
     return out.reshape(n, channels * size).astype(dtype, copy=False)
+
+
+def _trained_block(model, block, batch_size):
+    """A trained model sees all channels at once: (cell, y, x, channel) in [0, 1]."""
+    x = np.asarray(block)
+    low = x.min(axis=(2, 3), keepdims=True).astype(np.float32)
+    span = x.max(axis=(2, 3), keepdims=True).astype(np.float32) - low
+    a = np.divide(1.0, span, out=np.zeros_like(span), where=span > 0)
+    planes = np.multiply(x, a, dtype=np.float32)
+    planes -= low * a
+    planes = np.ascontiguousarray(planes.transpose(0, 2, 3, 1))
+    out = np.empty((len(planes), model.output_shape[-1]), dtype=np.float32)
+    for start in range(0, len(planes), batch_size):
+        batch = planes[start : start + batch_size]
+        count = len(batch)
+        if count < batch_size:
+            batch = np.concatenate([batch, np.zeros((batch_size - count, *batch.shape[1:]), batch.dtype)])
+        out[start : start + count] = np.asarray(model.predict_on_batch(batch), dtype=np.float32)[:count]
+    return out
 
 
 def _client(scheduler):
@@ -357,12 +392,15 @@ def extract(
     crops : DataArray (cell, channel, y, x)
         Dask-backed crops (:func:`cpzarr.crops`), raw or scaled; each crop and channel is
         min–max scaled again here (see the module docstring).
-    model : {"efficientnet-lite0", "efficientnet-b0", "resnet50"}
-        The network (:func:`load_model`).
+    model : {"efficientnet-lite0", "efficientnet-b0", "resnet50", "trained"}
+        The network (:func:`load_model`). ``"trained"``: a checkpoint of :func:`cpzarr.train.train`
+        given as ``weights``, which sees all channels of a crop at once (min-max scaled to
+        [0, 1]) and gives one vector per cell, features named ``<layer>_0000`` ….
     weights : "imagenet", path or None
         Passed to :func:`load_model`; ``None`` (random) only when asked for.
     layer : str, optional
-        A named layer instead of the pooled output, spatially averaged.
+        A named layer instead of the pooled output, spatially averaged (``"profile"`` by
+        default for a trained checkpoint).
     batch_size : int
         Planes (one channel of one cell) per forward pass.
     dtype : {"float32", "float16"}
@@ -411,10 +449,10 @@ def extract(
     ]
     # The size of a named layer is only known from the model; build it here once (it is cached,
     # so a threaded scheduler in this process reuses it).
-    size = MODELS[model] if layer is None else _cached_model(
+    size = MODELS[model] if layer is None and model != "trained" else _cached_model(
         model, weights, layer, tuple(data.shape[2:]), mixed_precision
     ).output_shape[-1]
-    n_features = len(channels) * size
+    n_features = size if model == "trained" else len(channels) * size
     client = _client(scheduler)
     gpu = False
     if client is not None:
@@ -432,7 +470,10 @@ def extract(
             meta=np.empty((0, 0), dtype=dtype),
             token=f"features-{model}",
         )
-    names = [f"{c}_{i:04d}" for c in channels for i in range(size)]
+    if model == "trained":
+        names = [f"{layer or 'profile'}_{i:04d}" for i in range(size)]
+    else:
+        names = [f"{c}_{i:04d}" for c in channels for i in range(size)]
     coords = {k: v for k, v in crops.coords.items() if v.dims == ("cell",)}
     coords["feature"] = ("feature", np.asarray(names, dtype=object))
     attrs = {
