@@ -97,6 +97,53 @@ def locate_command(store, source, kind, on_invalid, detect, channel, sigma, thre
 
 # --- profile (features) ---
 
+@main.command("profile")
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--model", type=click.Choice(["efficientnet-lite0", "efficientnet-b0", "resnet50", "trained"]),
+              default="efficientnet-lite0", show_default=True, help="Network; lite0 works offline.")
+@click.option("--weights", default="imagenet", show_default=True,
+              help="'imagenet', a weights file (a .keras checkpoint for --model trained), or 'random'.")
+@click.option("--layer", default=None, help="Named layer instead of the pooled output (spatially averaged).")
+@click.option("--name", default=None, help="Node name under /features (default: the model name).")
+@click.option("--box", type=int, default=128, show_default=True, help="Crop side in pixels.")
+@click.option("--channels", default=None, help="Comma-separated channels (default: all, store order).")
+@click.option("--edge", type=click.Choice(["skip", "pad"]), default="skip", show_default=True,
+              help="Cells whose box leaves the image: leave out, or zero-pad (DeepProfiler).")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Planes per forward pass.")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@click.option("--mixed-precision", type=click.Choice(["off", "float16", "bfloat16"]), default="off",
+              show_default=True, help="Keras mixed-precision policy for the network.")
+@click.option("--chunk-cells", type=int, default=1024, show_default=True, help="Cells per chunk and work unit.")
+@click.option("--scheduler", default=None, help="Dask scheduler address (default: threads in this process).")
+@click.option("--workers", type=int, default=None, help="Threads of the local scheduler (default: cores).")
+@click.option("--overwrite", is_flag=True, help="Start the node afresh instead of resuming it.")
+@click.option("--progress/--no-progress", default=True)
+def profile_command(store, model, weights, layer, name, box, channels, edge, batch_size, dtype, mixed_precision,
+                    chunk_cells, scheduler, workers, overwrite, progress):
+    """Compute CNN features of every cell of STORE into /features/<name> (resumable)."""
+    import dask
+
+    from cpzarr.crops import crops
+    from cpzarr.features.cnn import extract, write_features
+    from cpzarr.store import open_screen
+
+    view = crops(open_screen(store), box=box, channels=channels.split(",") if channels else None, edge=edge)
+    features = extract(view, model=model, weights=None if weights == "random" else weights, layer=layer,
+                       batch_size=batch_size, dtype=dtype,
+                       mixed_precision=False if mixed_precision == "off" else mixed_precision)
+    name = name or (model if layer is None else f"{model}-{layer}")
+    if scheduler:
+        from distributed import Client
+
+        with Client(scheduler) as client:
+            path = write_features(store, name, features, chunk_cells=chunk_cells, overwrite=overwrite,
+                                  scheduler=client, progress=progress)
+    else:
+        with dask.config.set(num_workers=workers):
+            path = write_features(store, name, features, chunk_cells=chunk_cells, overwrite=overwrite,
+                                  scheduler="threads", progress=progress)
+    click.echo(f"{features.sizes['cell']} cells x {features.sizes['feature']} features written to {path}")
+
 # --- train ---
 
 
