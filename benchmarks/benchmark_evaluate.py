@@ -24,12 +24,14 @@ def consensus_profiles(n_compounds=1144, n_moas=235, n_features=6400):
 
 
 def well_profiles(n_samples=10_000, n_features=6400):
-    """About n_samples well profiles: 5 replicates per compound, 24 DMSO wells per plate."""
+    """About n_samples well profiles: 5 replicates per compound, 24 DMSO wells per plate, and the
+    LINCS subset's 1,144 / 235 ≈ 4.9 compounds per MOA."""
     n_plates = int(np.ceil(n_samples / 250))
     n_compounds = (n_samples - 24 * n_plates) // 5
     return make_profiles(
         n_plates=n_plates, n_batches=5, n_negcon=24, n_compounds=n_compounds, n_replicates=5,
-        n_moas=min(235, n_compounds // 2), n_features=n_features, n_samples=None, seed=2,
+        n_moas=max(1, round(n_compounds * 235 / 1144)), n_features=n_features, n_samples=None,
+        seed=2,
     )
 
 

@@ -24,7 +24,7 @@ from ._similarity import (
     _check_profiles,
     _group_codes,
     _group_names,
-    _iter_blocks,
+    _map_blocks,
     _on_grid,
     _sample_mask,
     _standardize,
@@ -41,20 +41,23 @@ def _bin_of(values):
     return scaled.astype(np.int64)  # truncation = floor on non-negative values
 
 
-def _upper_blocks(z, codes, block_size, progress, desc):
-    """Yield (similarities, bins, same-group) for blocks of rows against the rows after them.
+def _upper_blocks(z, codes, block_size, progress, desc, work):
+    """``work(sims, bins, same)`` for blocks of rows against the rows after them, in order.
 
     A block of rows ``start:stop`` is compared with rows ``start:``; the pairs on or below the
     diagonal inside the block get bin ``_SKIP`` so that every unordered pair counts once.
     """
     n = z.shape[0]
-    for start, stop in _iter_blocks(n - 1, block_size, progress, desc):
+
+    def block(start, stop):
         b = stop - start
         sims = z[start:stop] @ z[start:].T
         bins = _bin_of(sims)
         bins[:, :b][np.tril(np.ones((b, b), dtype=bool))] = _SKIP
         same = codes[start:stop, None] == codes[None, start:]
-        yield sims, bins, same
+        return work(sims, bins, same)
+
+    return _map_blocks(block, n - 1, block_size, progress, desc)
 
 
 def _quantile(lower, upper, fraction):
@@ -75,10 +78,13 @@ def _pair_thresholds(z, codes, quantiles, population, block_size, progress):
     """
     n = z.shape[0]
     block_size = _block_rows(block_size, n)
-    counts = np.zeros(2 * _BINS, dtype=np.int64)  # [different bins | same bins]
-    for _, bins, same in _upper_blocks(z, codes, block_size, progress, "pairs histogram"):
+    def histogram(sims, bins, same):
         np.add(bins, _BINS, out=bins, where=same)
-        counts += np.bincount(bins.ravel(), minlength=4 * _BINS)[: 2 * _BINS]
+        return np.bincount(bins.ravel(), minlength=4 * _BINS)[: 2 * _BINS]
+
+    counts = np.zeros(2 * _BINS, dtype=np.int64)  # [different bins | same bins]
+    for part in _upper_blocks(z, codes, block_size, progress, "pairs histogram", histogram):
+        counts += part
     different, same_counts = counts[:_BINS], counts[_BINS:]
     if population == "all":
         ranked_counts, size = different + same_counts, n * (n - 1)
@@ -103,12 +109,17 @@ def _pair_thresholds(z, codes, quantiles, population, block_size, progress):
         in_boundary[first : last + 1] = True
     boundary = np.flatnonzero(in_boundary)
 
-    kept_values, kept_bins, kept_same = [], [], []
-    for sims, bins, same in _upper_blocks(z, codes, block_size, progress, "pairs boundary"):
+    def boundary_pairs(sims, bins, same):
         pick = in_boundary[bins]
-        kept_values.append(sims[pick])
-        kept_bins.append(bins[pick])
-        kept_same.append(same[pick])
+        return sims[pick], bins[pick], same[pick]
+
+    kept_values, kept_bins, kept_same = [], [], []
+    for values, bins, same in _upper_blocks(
+        z, codes, block_size, progress, "pairs boundary", boundary_pairs
+    ):
+        kept_values.append(values)
+        kept_bins.append(bins)
+        kept_same.append(same)
     # Bins come from the similarities as computed, values are then put on the ranking grid;
     # rounding is monotone, so (bin, value) order is similarity order.
     kept_values = _on_grid(np.concatenate(kept_values).astype(np.float64))

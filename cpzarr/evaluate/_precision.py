@@ -28,7 +28,7 @@ from ._similarity import (
     _group_codes,
     _group_names,
     _GRID,
-    _iter_blocks,
+    _map_blocks,
     _on_grid,
     _sample_mask,
     _standardize,
@@ -74,19 +74,15 @@ def _positive_ranks(z, codes, queries, block_size, progress, desc="ranks"):
     group_start = np.concatenate([[0], np.cumsum(sizes)])
     columns = np.arange(n)
 
-    ranks, negs, npos_out = {}, {}, {}
-    block_size = _block_rows(block_size, n)
-    for start, stop in _iter_blocks(order.size, block_size, progress, desc):
+    def block(start, stop):
+        """Stable ranks and copairs negatives-before of one block's positives."""
         rows = order[start:stop]
         b = rows.size
         n_pos = sizes[codes[rows]] - 1
         width = int(n_pos.max())
-        for r, q in enumerate(rows):
-            npos_out[q] = n_pos[r]
         if width == 0:
-            for q in rows:
-                ranks[q] = negs[q] = np.empty(0, dtype=np.int64)
-            continue
+            empty = np.zeros((b, 0), dtype=np.int64)
+            return rows, n_pos, empty, empty
         pos_col = np.zeros((b, width), dtype=np.int64)
         valid = np.zeros((b, width), dtype=bool)
         for r, q in enumerate(rows):
@@ -113,9 +109,14 @@ def _positive_ranks(z, codes, queries, block_size, progress, desc="ranks"):
         pos_before = (pos_key[:, None, :] < pos_key[:, :, None]).sum(axis=2)
         neg_before = key_before - pos_before
         sort = np.argsort(pos_key, axis=1, kind="stable")
-        neg_sorted = np.take_along_axis(neg_before, sort, axis=1)
+        return rows, n_pos, stable, np.take_along_axis(neg_before, sort, axis=1)
+
+    ranks, negs, npos_out = {}, {}, {}
+    block_size = _block_rows(block_size, n)
+    for rows, n_pos, stable, neg_sorted in _map_blocks(block, order.size, block_size, progress, desc):
         for r, q in enumerate(rows):
             p = n_pos[r]
+            npos_out[q] = p
             ranks[q] = stable[r, :p]
             negs[q] = neg_sorted[r, :p]
 
@@ -133,8 +134,9 @@ def _positive_ranks(z, codes, queries, block_size, progress, desc="ranks"):
 
 
 # Up to this many positives per query, count neighbours above each positive by direct
-# comparison (3 passes over the block per positive); beyond, sort each row once.
-_COMPARE_WIDTH = 12
+# comparison (3 passes over the block per positive); beyond, sort each row once (a sort costs
+# about as much as a dozen comparison passes).
+_COMPARE_WIDTH = 4
 _SELF = -(2**42)  # integer grid value of the query itself: below every similarity
 
 

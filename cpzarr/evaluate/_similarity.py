@@ -193,6 +193,30 @@ def _iter_blocks(n_queries, block_size, progress, desc):
         yield start, min(start + block_size, n_queries)
 
 
+# Blocks run two at a time: sorting, binning and searching are single-threaded in numpy (and
+# release the GIL), so two threads keep both cores of a small machine busy between BLAS calls.
+_WORKERS = 2
+
+
+def _map_blocks(work, n_items, block_size, progress, desc):
+    """``work(start, stop)`` over consecutive blocks, two at a time, results in block order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    blocks = list(_iter_blocks(n_items, block_size, False, desc))
+    with ThreadPoolExecutor(max_workers=_WORKERS) as pool:
+        # At most _WORKERS + 1 blocks in flight keeps memory bounded.
+        pending = []
+        results = range(len(blocks))
+        if progress:
+            from tqdm.auto import tqdm
+
+            results = tqdm(results, desc=desc, unit="block")
+        for i in results:
+            while len(pending) <= _WORKERS and len(pending) + i < len(blocks):
+                pending.append(pool.submit(work, *blocks[i + len(pending)]))
+            yield pending.pop(0).result()
+
+
 def similarity(profiles, query=None, method="pearson", dtype="float64"):
     """Similarity of query profiles to every profile.
 
