@@ -260,3 +260,18 @@ def test_cli_profile_store_to_store(tmp_path):
     np.testing.assert_allclose(node["features"].values, expected.values, rtol=1e-6, atol=1e-6)
     assert list(node["well"].values) == ["A01"] * 3 + ["A02"] * 2
     assert node["feature"].values[1280] == "Mito_0000"
+
+
+def test_gpu_workers_get_gpu_tasks():
+    from distributed import Client, LocalCluster
+
+    crops = make_crops(n=4, chunks=(2, 2))
+    plain = cnn.extract(crops)
+    assert not any(layer.annotations for layer in plain.data.dask.layers.values())
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, resources={"GPU": 1},
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        features = cnn.extract(crops, scheduler=client)
+        layers = [layer for name, layer in features.data.dask.layers.items() if name.startswith("features-")]
+        assert layers and layers[0].annotations == {"resources": {"GPU": 1}}
+        got = client.compute(features.data).result()
+    np.testing.assert_allclose(got, plain.compute(scheduler="sync").values, rtol=1e-5, atol=1e-5)
