@@ -24,7 +24,6 @@ Sizes
 """
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 
 from cpzarr.cells import cells_table, screen_parts, site_positions
@@ -150,20 +149,23 @@ def _eligible(table, images, box, edge):
     return keep, rows, columns
 
 
-def _check_present(root, pos):
+def _check_present(root, images, pos):
     if "present" not in root or not len(pos):
         return
     present = np.asarray(root["present"].transpose("plate", "well", "site").values)
     absent = ~present[pos[:, 0], pos[:, 1], pos[:, 2]]
     if absent.any():
         bad = np.unique(pos[absent], axis=0)
+        shown = ", ".join(
+            f"{images.plate.values[p]}/{images.well.values[w]}/site {images.site.values[s]}" for p, w, s in bad[:5]
+        )
         raise StoreError(
             f"{int(absent.sum())} cells lie in {len(bad)} sites whose images were never written "
-            "(present is False); re-run the ingest or re-import the cells",
-            )
+            f"(present is False), e.g. {shown}; re-run the ingest or re-import the cells"
+        )
 
 
-def _crop_array(images, table, rows, columns, pos, box, channel_index, n_channels, scale, chunks):
+def _crop_array(images, rows, columns, pos, box, channel_index, n_channels, scale, chunks):
     """Dask array (cell, channel, y, x) over the cells of ``table`` (already sorted by site)."""
     import dask.array as da
     from dask.base import tokenize
@@ -262,9 +264,9 @@ def crops(screen, box=128, channels=None, edge="skip", scale=None, chunks="site"
     )
     index = np.flatnonzero(keep)
     index = index[np.lexsort((index, pos[index, 2], pos[index, 1], pos[index, 0]))]
-    _check_present(root, pos[index])
+    _check_present(root, images, pos[index])
     array = _crop_array(
-        images, table, rows[index], columns[index], pos[index], box, channel_index,
+        images, rows[index], columns[index], pos[index], box, channel_index,
         len(channel_names), scale, chunks,
     )
     picked = table.iloc[index]
@@ -377,9 +379,9 @@ def sample(
     drawn = _draw(rng, int(n), np.flatnonzero(keep), pos, int(cells_per_site))
     order = np.lexsort((np.arange(len(drawn)), pos[drawn, 2], pos[drawn, 1], pos[drawn, 0]))
     by_site = drawn[order]
-    _check_present(root, pos[by_site])
+    _check_present(root, images, pos[by_site])
     array = _crop_array(
-        images, table, rows[by_site], columns[by_site], pos[by_site], box, channel_index,
+        images, rows[by_site], columns[by_site], pos[by_site], box, channel_index,
         len(channel_names), scale, "site",
     )
     values = array.compute(scheduler=scheduler)

@@ -189,7 +189,7 @@ def test_bad_options_are_reported_together():
 def test_cells_in_absent_sites_raise():
     screen, _ = _screen()
     screen["present"][0, 0, 0] = False
-    with pytest.raises(StoreError, match="present is False"):
+    with pytest.raises(StoreError, match="present is False.*P1/A01/site 1"):
         crops(screen, box=BOX, cells=_cells(screen))
 
 
