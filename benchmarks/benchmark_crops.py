@@ -2,7 +2,7 @@
 
 A LINCS site is 1080 x 1080 pixels, 5 channels, about 230 cells; DeepProfiler's box is 128 px.
 The stores are written directly in the contract's layout (images chunked by site, sharded by
-well, zstd), from four rendered synthetic sites reused across the store, so that setting up a
+well, zstd level 1 as cpzarr.ingest writes), from four rendered synthetic sites reused across the store, so that setting up a
 many-site store takes seconds while every chunk still has to be read and decoded.
 
 Targets (issue 3): >= 10,000 cells/s sequentially through a plate, >= 1,000 cells/s for random
@@ -89,7 +89,7 @@ def write_lincs_like_store(path, *, plates=1, wells=8, sites=SITES_PER_WELL, dty
     shape = (plates, wells, sites, len(channels), IMAGE, IMAGE)
     images = group.create_array(
         "images", shape=shape, dtype=dtype, chunks=(1, 1, 1) + shape[3:], shards=(1, 1, sites) + shape[3:],
-        compressors=zarr.codecs.ZstdCodec(level=3), dimension_names=["plate", "well", "site", "channel", "y", "x"],
+        compressors=zarr.codecs.ZstdCodec(level=1), dimension_names=["plate", "well", "site", "channel", "y", "x"],
         fill_value=0,
     )
     rows = []

@@ -1,5 +1,7 @@
 """Crops against plain numpy slices of the source images."""
 
+import warnings
+
 import dask
 import dask.array as da
 import numpy as np
@@ -230,3 +232,35 @@ def test_numpy_string_dtype_labels():
     np.testing.assert_array_equal(view.values[0], _reference(pixels, "P2", "B03", 2, 20.0, 20.0, BOX))
     _, labels = sample(screen, 3, box=BOX, seed=0, cells=table)
     assert labels["compound"].tolist() == ["drugB"] * 3
+
+
+def test_real_lincs_crops_equal_png_slices(shared_data, tmp_path):
+    import imageio.v3 as iio
+
+    from cpzarr.cells import import_locations
+    from cpzarr.ingest import ingest
+    from cpzarr.store import open_screen
+
+    root = shared_data / "lincs_images_SQ00015198_SQ00015230"
+    index = pd.read_csv(root / "index.csv")
+    index = index[(index.Metadata_Well == "A13") & (index.Metadata_Site == 2)].copy()
+    for column in ("DNA", "ER", "RNA", "AGP", "Mito"):
+        index[column] = [str(root / p) for p in index[column]]
+    index.to_csv(tmp_path / "index.csv", index=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the ingest's notes on which LINCS column became compound, dose, ...
+        ingest(tmp_path / "index.csv", tmp_path / "screen.zarr", progress=False)
+    screen = open_screen(tmp_path / "screen.zarr")
+    with pytest.warns(UserWarning, match="in sites the store does not have"):
+        cells = import_locations(screen, root / "locations", on_invalid="drop")
+    assert cells.sizes["cell"] == sum(len(pd.read_csv(root / p)) for p in index.Nuclei_Locations)
+    for edge in ("skip", "pad"):
+        view = crops(screen, box=128, edge=edge, cells=cells)
+        pick = np.unique(np.r_[0, 1, np.argmin(view.x.values), np.argmax(view.y.values), view.sizes["cell"] - 1])
+        values = view.isel(cell=pick).values
+        for k, i in enumerate(pick):
+            row = index[index.Metadata_Plate == str(view.plate.values[i])].iloc[0]
+            pixels = np.stack([iio.imread(row[c]) for c in screen["images"].channel.values])
+            padded = np.pad(pixels, ((0, 0), (128, 128), (128, 128)))
+            cy, cx = (int(np.floor(v + 0.5)) + 64 for v in (view.y.values[i], view.x.values[i]))
+            np.testing.assert_array_equal(values[k], padded[:, cy : cy + 128, cx : cx + 128])
