@@ -104,12 +104,13 @@ class ClassicalPipeline:
         from cpzarr.ingest import ingest
         from cpzarr.synthetic import make_screen
 
-        root = Path(tempfile.mkdtemp(prefix="cpzarr-bench-classic-"))
+        # One fixed folder, rewritten by each run, so repeated runs leave one screen behind.
+        root = Path(tempfile.gettempdir()) / "cpzarr-bench-classic"
         info = make_screen(root / "raw", plates=1, batches=1, sites=2, image_size=512, cells_per_site=60,
-                           moas=1, compounds_per_moa=1, dmso_wells=1, seed=0)
+                           moas=1, compounds_per_moa=1, dmso_wells=1, seed=0, overwrite=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ingest(info.load_data, root / "screen.zarr", platemap=info.platemap, progress=False)
+            ingest(info.load_data, root / "screen.zarr", platemap=info.platemap, progress=False, overwrite=True)
         return str(root)
 
     def setup(self, root):
