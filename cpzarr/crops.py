@@ -166,31 +166,31 @@ def _check_present(root, images, pos):
 
 
 def _crop_array(images, rows, columns, pos, box, channel_index, n_channels, scale, chunks):
-    """Dask array (cell, channel, y, x) over the cells of ``table`` (already sorted by site)."""
+    """Dask array (cell, channel, y, x) over cells already sorted by site; one task per site or well."""
     import dask.array as da
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
 
     data = _site_blocks(images)
-    group_dims = 3 if chunks == "site" else 2
-    keys = [tuple(p) for p in pos[:, :group_dims]]
-    boundaries = [0] + [i for i in range(1, len(keys)) if keys[i] != keys[i - 1]] + [len(keys)]
+
+    def starts(columns_used):
+        # positions where the (plate, well[, site]) of consecutive cells changes
+        changed = (np.diff(pos[:, :columns_used], axis=0) != 0).any(axis=1)
+        return np.flatnonzero(np.r_[True, changed]) if len(pos) else np.zeros(0, np.int64)
+
+    site_starts = starts(3)
+    chunk_starts = site_starts if chunks == "site" else starts(2)
+    bounds = np.r_[chunk_starts, len(pos)]
     name = "crops-" + tokenize(data.name, rows, columns, pos, box, str(channel_index), scale, chunks)
     layer = {}
-    sizes = []
-    for k, (lo, hi) in enumerate(zip(boundaries[:-1], boundaries[1:])):
-        if hi == lo:
-            continue
-        site_keys, which = [], np.empty(hi - lo, dtype=np.int64)
-        for i, (p, w, s) in enumerate(pos[lo:hi]):
-            key = (data.name, int(p), int(w), int(s), 0, 0, 0)
-            if not site_keys or site_keys[-1] != key:
-                site_keys.append(key)
-            which[i] = len(site_keys) - 1
-        layer[(name, len(sizes), 0, 0, 0)] = (
+    for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        first_cells = site_starts[np.searchsorted(site_starts, lo) : np.searchsorted(site_starts, hi)]
+        site_keys = [(data.name, *map(int, pos[i]), 0, 0, 0) for i in first_cells]
+        which = np.searchsorted(first_cells, np.arange(lo, hi), side="right") - 1
+        layer[(name, k, 0, 0, 0)] = (
             _cut, site_keys, which, rows[lo:hi], columns[lo:hi], box, channel_index, scale,
         )
-        sizes.append(hi - lo)
+    sizes = np.diff(bounds).tolist()
     dtype = np.dtype(np.float32) if scale else data.dtype
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[data])
     return da.Array(
