@@ -27,7 +27,6 @@ from ._similarity import (
     _check_profiles,
     _group_codes,
     _group_names,
-    _GRID,
     _map_blocks,
     _on_grid,
     _sample_mask,
@@ -91,15 +90,11 @@ def _positive_ranks(z, codes, queries, block_size, progress, desc="ranks"):
             members = members[members != q]
             pos_col[r, : members.size] = members
             valid[r, : members.size] = True
-        sims = z[rows] @ z.T
+        sims = _on_grid(z[rows] @ z.T)
+        sims[np.arange(b), rows] = -np.inf
         if width <= _COMPARE_WIDTH:
-            sims = _on_grid(sims)
-            sims[np.arange(b), rows] = -np.inf
             stable, ties, key_before, pos_key = _counts_by_comparison(sims, pos_col)
         else:
-            # Integer similarities on the grid: exact, and the query itself sorts first.
-            sims = _grid_integers(sims)
-            sims[np.arange(b), rows] = _SELF
             stable, ties, key_before, pos_key = _counts_by_sorting(sims, pos_col)
         pos_key[~valid] = np.inf
         for r, j in zip(*np.nonzero(valid & (ties > 1))):
@@ -137,14 +132,6 @@ def _positive_ranks(z, codes, queries, block_size, progress, desc="ranks"):
 # comparison (3 passes over the block per positive); beyond, sort each row once (a sort costs
 # about as much as a dozen comparison passes).
 _COMPARE_WIDTH = 4
-_SELF = -(2**42)  # integer grid value of the query itself: below every similarity
-
-
-def _grid_integers(sims):
-    """Similarities as integer multiples of the 2**-40 ranking grid (int64, exact)."""
-    scaled = np.multiply(sims, _GRID, dtype=np.float64)
-    np.rint(scaled, out=scaled)
-    return scaled.astype(np.int64)
 
 
 def _copairs_key(similarity):
@@ -185,16 +172,16 @@ def _first_true(ordered, test, shape):
     return low
 
 
-def _counts_by_sorting(grid, pos_col):
+def _counts_by_sorting(sims, pos_col):
     """Same counts as _counts_by_comparison from one sort per row and binary searches."""
-    n = grid.shape[1]
-    pos_grid = np.take_along_axis(grid, pos_col, axis=1)
-    pos_key = _copairs_key(pos_grid / _GRID)
-    ordered = np.sort(grid, axis=1)
-    upto = _first_true(ordered, lambda v: v > pos_grid, pos_grid.shape)
-    below = _first_true(ordered, lambda v: v >= pos_grid, pos_grid.shape)
+    n = sims.shape[1]
+    pos_sim = np.take_along_axis(sims, pos_col, axis=1)
+    pos_key = _copairs_key(pos_sim)
+    ordered = np.sort(sims, axis=1)
+    upto = _first_true(ordered, lambda v: v > pos_sim, pos_sim.shape)
+    below = _first_true(ordered, lambda v: v >= pos_sim, pos_sim.shape)
     # Keys fall as similarities rise: those below a positive's key are a top run of the row.
-    first = _first_true(ordered, lambda v: _copairs_key(v / _GRID) < pos_key, pos_grid.shape)
+    first = _first_true(ordered, lambda v: _copairs_key(v) < pos_key, pos_sim.shape)
     return n - upto, upto - below, n - first, pos_key
 
 
