@@ -1,5 +1,7 @@
 """All retrieval metrics of one profile table from a single pass over its similarities."""
 
+import pandas as pd
+
 from ._enrichment import enrichment as _enrichment
 from ._hitk import _hitk_tables
 from ._map import _average_precision_frame, mean_average_precision
@@ -77,8 +79,6 @@ def evaluate(
 
 def _summary(results, maps):
     """One row of headline numbers, the way the study reports a profile set."""
-    import pandas as pd
-
     enrichment = results["enrichment"].iloc[0]
     ap = results["average_precision"]
     pr = results["precision_recall"]

@@ -225,6 +225,9 @@ def precision_recall(
     strings, so missing values match each other, as Cytominer-eval does). Neighbours are ranked by
     similarity, descending, ties by sample position. Precision@K = positives among the first K / K
     (denominator K even when fewer neighbours exist); Recall@K = that count / all positives.
+    Values are per query (average them for the study's macro mean); Cytominer-eval pools the pairs
+    of every query sharing its ``groupby_columns``, which is the same when those identify single
+    profiles.
 
     Parameters
     ----------
