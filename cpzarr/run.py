@@ -176,6 +176,7 @@ def run(
                 say(f"[{stage}] up to date, skipped")
                 continue
             say(f"[{stage}] running")
+            ctx.fingerprint, ctx.force = fp, force
             t0 = time.perf_counter()
             info = getattr(stage_impl, f"stage_{stage}")(ctx) or {}
             seconds = time.perf_counter() - t0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,8 @@ class Context:
     progress: bool = True
     echo: Any = print
     client: Any = None
-    _cache: dict = field(default_factory=dict)
+    fingerprint: str | None = None
+    force: bool = False
 
     @property
     def report_dir(self) -> Path:
@@ -102,7 +103,11 @@ def stage_ingest(ctx: Context) -> dict:
         info["images"] = str(screen.root)
     else:
         table, platemap = inp["images"], inp["platemap"]
-    ingest(table, ctx.store, platemap=platemap, scheduler=ctx.client, progress=ctx.progress)
+    # Same inputs: resume (complete wells are skipped). Other inputs, or --force: start afresh.
+    previous = ctx.state.info("ingest").get("fingerprint")
+    overwrite = ctx.force or (previous is not None and previous != ctx.fingerprint)
+    ingest(table, ctx.store, platemap=platemap, scheduler=ctx.client, progress=ctx.progress,
+           overwrite=overwrite)
     _save_config(ctx)
     return info
 
