@@ -1,7 +1,7 @@
 """The screen store: open it as a lazy ``xarray.DataTree``, add nodes atomically, summarise it.
 
 A store is one Zarr v3 directory per screen (layout in ``docs/architecture.md``). The root holds
-``images[plate, well, site, channel, y, x]`` (one chunk per site, one shard per well, zstd),
+``images[plate, well, site, channel, y, x]`` (one chunk per site, one shard per well, zstd inside Blosc),
 ``present[plate, well, site]`` (written after each well's images, so it is that well's completion
 marker), the well metadata on ``(plate, well)`` and ``batch`` on ``plate``. Later stages add nodes
 (``/cells``, ``/features/<model>``, ``/profiles/<model>/<level>``) with :func:`write_node`, which

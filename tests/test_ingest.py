@@ -66,9 +66,10 @@ def test_round_trip_is_pixel_exact_and_present_marks_exactly_the_missing_sites(s
     assert images.dtype == np.uint16
     assert list(tree["channel"].values) == ["DNA", "ER", "RNA", "AGP", "Mito"]
     files = _load_data_files(screen)
+    loaded = images.load()
     for plate, well, site, ch, path in files:
         expected = tifffile.imread(path)
-        got = images.sel(plate=plate, well=well, site=site, channel=ch).values
+        got = loaded.sel(plate=plate, well=well, site=site, channel=ch).values
         np.testing.assert_array_equal(got, expected)
     acquired = {(p, w, s) for p, w, s, _, _ in files}
     present = tree["present"].values
@@ -79,7 +80,7 @@ def test_round_trip_is_pixel_exact_and_present_marks_exactly_the_missing_sites(s
     missing = [(p, w, s) for p, w, s in MISSING]
     assert not any(present[list(tree["plate"].values).index(p), list(tree["well"].values).index(w), s - 1] for p, w, s in missing)
     for p, w, s in missing:
-        assert not images.sel(plate=p, well=w, site=s).values.any()
+        assert not loaded.sel(plate=p, well=w, site=s).values.any()
     assert present.sum() == len(acquired) == 2 * len(screen.wells) * 3 - len(MISSING)
 
 
@@ -184,12 +185,14 @@ def test_source_images_are_not_modified(screen, tmp_path):
 
 
 def test_distributed_client_gives_the_same_store(screen, ingested, tmp_path):
-    from distributed import Client
+    from distributed import Client, get_task_stream
 
     with Client(processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None) as client:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), get_task_stream(client) as stream:
             warnings.simplefilter("ignore")
             ingest(screen.load_data, tmp_path / "s.zarr", platemap=screen.platemap, scheduler=client, progress=False)
+    keys = sorted(task["key"] for task in stream.data if task["key"].startswith("ingest"))
+    assert keys == sorted(f"ingest-well-P0{p}-{w}" for p in (1, 2) for w in screen.wells)
     got, ref = _store_arrays(tmp_path / "s.zarr"), _store_arrays(ingested)
     np.testing.assert_array_equal(got["images"], ref["images"])
     np.testing.assert_array_equal(got["present"], ref["present"])
