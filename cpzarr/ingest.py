@@ -522,13 +522,20 @@ def _wells_to_write(store: Path, plan: IngestPlan) -> list:
     import zarr
 
     present = zarr.open_array(store / "present", mode="r", zarr_format=3)
+    try:
+        whole = np.asarray(present[...])
+    except Exception:  # some marker is damaged: find it well by well below
+        whole = None
     todo = []
     for p, w in plan.wells_with_sites:
-        try:
-            stored = np.asarray(present[p, w])
-        except Exception:  # a damaged marker means the well must be written again
-            todo.append((p, w))
-            continue
+        if whole is not None:
+            stored = whole[p, w]
+        else:
+            try:
+                stored = np.asarray(present[p, w])
+            except Exception:  # a damaged marker means the well must be written again
+                todo.append((p, w))
+                continue
         if not np.array_equal(stored, plan.expected_present(p, w)):
             todo.append((p, w))
     return todo
