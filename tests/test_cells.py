@@ -280,7 +280,9 @@ def test_detect_nuclei_real_lincs_matches_cellprofiler(shared_data):
     import imageio.v3 as iio
 
     root = shared_data / LINCS
-    index = pd.read_csv(root / "index.csv")
+    # every other site of both plates (26 of 52) keeps the test short; all 52 give
+    # P 0.934 / R 0.911 (SQ00015198) and P 0.926 / R 0.941 (SQ00015230)
+    index = pd.read_csv(root / "index.csv").iloc[::2]
     totals = {}
     for row in index.itertuples():
         labels = segment_nuclei(iio.imread(root / row.DNA))
