@@ -64,8 +64,8 @@ def aggregate(features, strata=("plate", "well"), operation="mean", block_bytes=
     order, lengths, to_key_order = segments_in_input_order(codes)
     x = as_dask(cells)
 
-    def reduce(block, lens):
-        return _reduce(block, lens, operation)
+    def reduce(block, lengths):
+        return _reduce(block, lengths, operation)
 
     data = segment_reduce(x, lengths, reduce, x.shape[1], order=order, block_bytes=block_bytes)
     if not np.array_equal(to_key_order, np.arange(len(to_key_order))):

@@ -24,6 +24,7 @@ def consensus(
     min_weight=0.01,
     precision=4,
     block_bytes=BLOCK_BYTES,
+    sort=True,
 ):
     """Collapse replicate profiles into one consensus profile per treatment.
 
@@ -42,6 +43,10 @@ def consensus(
     precision : int, default 4
     block_bytes : int
         Target size of a block of replicate groups (memory knob; results do not depend on it).
+    sort : bool, default True
+        Order treatments by the replicate columns (as Pycytominer). False keeps the order in which
+        treatments first appear, which lets a large result stream to disk block by block
+        (sorting a lazy result is a shuffle that holds all of it).
 
     Returns
     -------
@@ -69,13 +74,17 @@ def consensus(
     x = as_dask(p)
     d = x.shape[1]
 
-    def reduce(block, lens):
-        return _reduce(block, lens, operation, method, min_weight, precision)
+    def reduce(block, lengths):
+        return _reduce(block, lengths, operation, method, min_weight, precision)
 
-    data = segment_reduce(x, lengths, reduce, d, order=order, block_bytes=block_bytes)[to_key_order]
-    lengths = lengths[to_key_order]
-    order = np.argsort(codes, kind="stable")
-
+    data = segment_reduce(x, lengths, reduce, d, order=order, block_bytes=block_bytes)
+    if sort:
+        data, lengths = data[to_key_order], lengths[to_key_order]
+        order = np.argsort(codes, kind="stable")
+    else:
+        # Renumber groups by appearance so that keys and constant coordinates follow the data.
+        keys = keys.iloc[np.argsort(to_key_order)].reset_index(drop=True)
+        codes = to_key_order[codes]
     coords = {c: ("sample", keys[c].to_numpy()) for c in columns}
     coords.update(constant_coords(p, codes, order, lengths, exclude=columns))
     coords["replicate_count"] = ("sample", lengths.astype(np.int64))
@@ -83,7 +92,7 @@ def consensus(
     out = xr.DataArray(data, dims=("sample", "feature"), coords=coords, name="profiles", attrs=dict(p.attrs))
     record_step(out, "consensus", {
         "replicate_columns": columns, "operation": operation, "method": method,
-        "min_weight": min_weight, "precision": precision,
+        "min_weight": min_weight, "precision": precision, "sort": sort,
     })
     return like_input(profiles, out)
 

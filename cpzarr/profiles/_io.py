@@ -170,7 +170,7 @@ def read_profiles(path, node=None, features="infer"):
             frame[column] = frame[column].where(frame[column].notna(), np.nan)
         return from_pycytominer(frame, features=features)
     if kind == "csv":
-        return from_pycytominer(pd.read_csv(path), features=features)
+        return from_pycytominer(pd.read_csv(path, float_precision="round_trip"), features=features)
     try:
         dataset = xr.open_zarr(path, group=node, zarr_format=3, consolidated=False)
     except Exception as error:  # zarr raises several types for a missing group
@@ -216,6 +216,10 @@ def write_profiles(profiles, path, node=None, mode="w"):
         to_pycytominer(profiles).to_csv(path, index=False)
     else:
         profiles = profiles.rename("profiles")
+        chunks = profiles.chunks
+        if chunks is not None and any(len(set(c[:-1])) > 1 or (len(c) > 1 and c[-1] > c[0]) for c in chunks):
+            # Zarr needs a regular chunk grid; operations on groups leave irregular dask chunks.
+            profiles = profiles.chunk({dim: max(c) for dim, c in zip(profiles.dims, chunks)})
         for name, coord in profiles.coords.items():
             if coord.dtype == object:
                 # Zarr v3 variable-length strings cannot hold NaN; missing metadata becomes "".

@@ -89,7 +89,7 @@ def normalize(
     fit_rows = np.flatnonzero(mask)
     order, lengths = segments_of(codes[fit_rows])
     stats = segment_reduce(
-        x, lengths, lambda block, lens: _fit(block, lens, method), 2 * d, order=fit_rows[order]
+        x, lengths, lambda block, lengths: _fit(block, lengths, method), 2 * d, order=fit_rows[order]
     ).compute()
     center, scale = stats[:, :d], stats[:, d:]
 

@@ -5,6 +5,9 @@ re-chunked at segment boundaries so that every chunk holds whole segments; each 
 on its own. Memory is bounded by one chunk: ``max(block_bytes, the largest segment)``.
 """
 
+from functools import partial
+
+import dask.array as da
 import numpy as np
 
 BLOCK_BYTES = 32 * 2**20
@@ -50,7 +53,7 @@ def pack(lengths, row_bytes, block_bytes=BLOCK_BYTES):
 
 
 def segment_reduce(x, lengths, func, width, order=None, dtype=np.float64, block_bytes=BLOCK_BYTES):
-    """Apply ``func(block, block_lengths) -> (n_segments_in_block, width)`` to whole segments.
+    """Apply ``func(block, lengths=...) -> (n_segments_in_block, width)`` to whole segments.
 
     Parameters
     ----------
@@ -60,7 +63,7 @@ def segment_reduce(x, lengths, func, width, order=None, dtype=np.float64, block_
         Length of each segment, in the row order after ``order`` (segments of length 0 are kept
         and get a row from ``func``).
     func : callable
-        Reduces a block holding whole segments.
+        ``func(block, lengths=...)`` reduces a block holding whole segments.
     width : int
         Columns of the output.
     order : ndarray of int, optional
@@ -70,30 +73,31 @@ def segment_reduce(x, lengths, func, width, order=None, dtype=np.float64, block_
     -------
     dask.array.Array (segment, width)
     """
-    if order is not None and not np.array_equal(order, np.arange(len(order))):
-        x = x[order]
     lengths = np.asarray(lengths, dtype=np.int64)
+    n_rows = int(lengths.sum())
+    order = np.arange(n_rows) if order is None else np.asarray(order)
     per_block = pack(lengths, x.shape[1] * x.dtype.itemsize, block_bytes)
     bounds = np.concatenate([[0], np.cumsum(per_block)])
-    block_lengths = [lengths[bounds[i]:bounds[i + 1]] for i in range(len(per_block))]
-    rows = tuple(int(b.sum()) for b in block_lengths)
-    # Segments of length 0 make blocks with no rows, which dask keeps as empty chunks.
-    x = x.rechunk({0: rows, 1: -1})
-
-    def reduce_block(block, block_info=None):
-        index = block_info[0]["chunk-location"][0]
-        return func(block, block_lengths[index])
-
-    return x.map_blocks(
-        reduce_block, chunks=(tuple(per_block), (width,)), dtype=dtype, meta=np.empty((0, 0), dtype)
-    )
-
-
-def split_rows(block, lengths):
-    """Views of a block's segments."""
-    ends = np.cumsum(lengths)
-    return [block[e - n:e] for n, e in zip(lengths, ends)]
-
+    row_bounds = np.concatenate([[0], np.cumsum(lengths)])[bounds]
+    meta = np.empty((0, 0), dtype)
+    blocks = []
+    for i in range(len(per_block)):
+        block_lengths = lengths[bounds[i]:bounds[i + 1]]
+        rows = order[row_bounds[i]:row_bounds[i + 1]]
+        # Each output block gathers only its own rows, so it depends on the few input chunks
+        # holding them and dask can release those chunks once it is done (a global take would
+        # make every output wait on every input).
+        if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
+            piece = x[int(rows[0]):int(rows[0]) + len(rows)]
+        else:
+            piece = x[rows]
+        piece = piece.rechunk({0: -1, 1: -1})
+        blocks.append(piece.map_blocks(
+            partial(func, lengths=block_lengths), chunks=((len(block_lengths),), (width,)), dtype=dtype, meta=meta,
+        ))
+    if not blocks:
+        return da.empty((0, width), dtype=dtype)
+    return da.concatenate(blocks, axis=0)
 
 
 def by_length(lengths, max_rows=None):

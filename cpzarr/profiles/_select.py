@@ -270,12 +270,12 @@ def _noisy(fit_profiles, sub, groups, cutoff):
     codes, _ = group_codes(fit_profiles, groups)
     order, lengths = segments_of(codes)
 
-    def stds(block, lens):
-        out = np.empty((len(lens), block.shape[1]))
+    def stds(block, lengths):
+        out = np.empty((len(lengths), block.shape[1]))
         start = 0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN features: NaN, as pandas
-            for i, n in enumerate(lens):
+            for i, n in enumerate(lengths):
                 out[i] = np.nanstd(np.asarray(block[start:start + n], dtype=np.float64), axis=0)
                 start += n
         return out

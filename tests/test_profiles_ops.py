@@ -1,0 +1,310 @@
+"""Profiles operations on synthetic data: closed forms, numpy references over chunkings, errors."""
+
+import json
+import tracemalloc
+import warnings
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from cpzarr.errors import InputError
+from cpzarr.profiles import (
+    RECIPES, SpherizeWarning, ZeroScaleWarning, aggregate, consensus, correlation_matrix,
+    default_blocklist, feature_select, from_pycytominer, modz_weights, normalize, pipeline,
+    read_profiles, spherize, to_pycytominer, write_profiles,
+)
+from cpzarr.synthetic import make_profiles
+from cpzarr.testing import assert_profiles_equal
+
+
+@pytest.fixture(scope="module")
+def small():
+    return make_profiles(n_plates=6, n_batches=2, n_negcon=10, n_compounds=20, n_replicates=3,
+                         n_moas=5, n_features=24, n_samples=None, dtype="float64")
+
+
+def test_make_profiles_layout_and_determinism():
+    p = make_profiles(n_plates=10, n_batches=2, n_negcon=4, n_compounds=12, n_replicates=5, n_moas=4,
+                      n_features=8, n_samples=96)
+    assert p.shape == (96, 8) and p.dtype == np.float32
+    assert (p.control == "negcon").sum() == 40
+    counts = pd.Series(p.compound.values[p.control.values == "trt"]).value_counts()
+    assert counts.sum() == 56 and counts.min() == 4 and counts.max() == 5
+    for compound in counts.index:  # replicates on distinct plates
+        plates = p.plate.values[p.compound.values == compound]
+        assert len(set(plates)) == len(plates)
+    assert not pd.DataFrame({"p": p.plate.values, "w": p.well.values}).duplicated().any()
+    assert_profiles_equal(p, make_profiles(n_plates=10, n_batches=2, n_negcon=4, n_compounds=12,
+                                           n_replicates=5, n_moas=4, n_features=8, n_samples=96), rtol=0)
+    with pytest.raises(InputError, match="n_replicates"):
+        make_profiles(n_plates=2, n_replicates=3, n_compounds=4, n_moas=2, n_features=4, n_samples=None)
+
+
+def test_io_roundtrip_all_formats(tmp_path, small):
+    frame = to_pycytominer(small)
+    assert frame.columns[0] == "Metadata_plate"
+    for name, node in [("p.parquet", None), ("p.csv.gz", None), ("p.zarr", "profiles/demo/well")]:
+        write_profiles(small, tmp_path / name, node=node)
+        back = read_profiles(tmp_path / name, node=node)
+        if name.endswith(".csv.gz"):  # CSV cannot tell an empty string from a missing value
+            back = back.assign_coords(moa=("sample", pd.Series(back.moa.values).fillna("").to_numpy()))
+        assert_profiles_equal(back, small, rtol=0)
+    assert isinstance(read_profiles(tmp_path / "p.zarr", node="profiles/demo/well").data, da.Array)
+
+
+def test_conversion_keeps_dtypes_order_index_and_nan():
+    frame = pd.DataFrame({
+        "Cells_a": np.array([1, 2, 3], dtype=np.int64),
+        "Metadata_Well": ["A01", None, "A03"],
+        "Nuclei_b": np.array([0.5, np.nan, 1.5], dtype=np.float32),
+        "Image_Text": ["x", "y", "z"],
+        "Metadata_dose": [np.nan, 1.0, 2.0],
+    }, index=[10, 11, 12])
+    profiles = from_pycytominer(frame)
+    assert list(profiles["feature"].values) == ["Cells_a", "Nuclei_b"]
+    assert "Image_Text" in profiles.coords and "Well" in profiles.coords
+    pd.testing.assert_frame_equal(to_pycytominer(profiles), frame)
+
+
+def test_conversion_errors():
+    with pytest.raises(InputError, match="not in the profile table"):
+        from_pycytominer(pd.DataFrame({"Cells_a": [1.0]}), features=["Cells_a", "Cells_b"])
+    with pytest.raises(InputError, match="already taken"):
+        from_pycytominer(pd.DataFrame({"Metadata_Well": ["A"], "Well": ["B"], "Cells_a": [1.0]}))
+
+
+def _reference_normalize(values, codes, fit, method):
+    out = np.empty_like(values)
+    for g in np.unique(codes):
+        rows = values[(codes == g) & fit]
+        if method == "standardize":
+            center, scale = rows.mean(0), rows.std(0)
+        elif method == "robustize":
+            center = np.median(rows, 0)
+            scale = np.percentile(rows, 75, axis=0) - np.percentile(rows, 25, axis=0)
+        else:
+            center = np.median(rows, 0)
+            scale = 1.4826 * np.median(np.abs(rows - center), 0)
+        out[codes == g] = (values[codes == g] - center) / scale
+    return out
+
+
+@pytest.mark.parametrize("method", ["standardize", "robustize", "mad_robustize"])
+@pytest.mark.parametrize("chunks", [None, 7, 50])
+def test_normalize_per_plate_matches_numpy(small, method, chunks):
+    profiles = small if chunks is None else small.chunk({"sample": chunks})
+    actual = normalize(profiles, method=method, by="plate", samples='control == "negcon"')
+    codes = pd.factorize(small.plate.values)[0]
+    expected = _reference_normalize(small.values, codes, small.control.values == "negcon", method)
+    np.testing.assert_allclose(actual.values, expected, rtol=1e-10)
+    assert isinstance(actual.data, da.Array) == (chunks is not None)
+    assert json.loads(actual.attrs["cpzarr_steps"])[-1]["method"] == method
+
+
+def test_normalize_mask_equals_query_and_by_groups(small):
+    mask = small.control.values == "negcon"
+    a = normalize(small, samples=mask, by=["batch", "plate"])
+    b = normalize(small, samples='control == "negcon"', by="plate")
+    assert_profiles_equal(a, b, rtol=1e-12, check_coords=False)
+
+
+def test_normalize_errors_name_the_offenders(small):
+    with pytest.raises(InputError, match="no fitting samples") as info:
+        normalize(small, samples=small.plate.values != "P002")
+    assert any("P002" in p for p in info.value.problems)
+    with pytest.raises(InputError, match="grouping coordinates not found"):
+        normalize(small, by="Metadata_Plate")
+    with pytest.raises(InputError, match="not one of"):
+        normalize(small, method="zscore")
+    with pytest.raises(InputError, match="cannot evaluate"):
+        normalize(small, samples="nonexistent == 1")
+
+
+def test_normalize_zero_scale_rule(small):
+    data = small.copy(data=small.values.copy())
+    data[:, 3] = 7.0
+    with pytest.warns(ZeroScaleWarning, match="24|1 features"):
+        out = normalize(data, method="mad_robustize")
+    assert np.isfinite(out.values).all()
+    np.testing.assert_array_equal(out.values[:, 3], 0.0)
+    report = json.loads(out.attrs["zero_scale_features"])
+    assert set(report) == set(np.unique(small.plate.values))
+
+
+@pytest.mark.parametrize("method", ["PCA", "ZCA", "PCA-cor", "ZCA-cor"])
+@pytest.mark.parametrize("chunks", [None, 9])
+def test_spherize_whitens_controls(method, chunks):
+    """Covariance of the transformed controls is the identity for every method."""
+    p = make_profiles(n_plates=10, n_batches=2, n_negcon=12, n_compounds=10, n_replicates=2, n_moas=5,
+                      n_features=16, n_samples=None, dtype="float64")
+    p = p if chunks is None else p.chunk({"sample": chunks})
+    negcon = p.control.values == "negcon"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SpherizeWarning)
+        out = spherize(p, method=method, samples=negcon, epsilon=1e-12)
+    cov = np.cov(np.asarray(out.values)[negcon], rowvar=False)
+    np.testing.assert_allclose(cov, np.eye(16), atol=1e-8)
+    if method.startswith("ZCA"):
+        assert list(out.feature.values) == list(p.feature.values)
+    else:
+        assert out.feature.values[0] == "PC1"
+
+
+def test_spherize_zca_closed_form():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(200, 5)) @ rng.normal(size=(5, 5))
+    p = xr.DataArray(x, dims=("sample", "feature"))
+    xc = x - x.mean(0)
+    eigval, eigvec = np.linalg.eigh(np.cov(xc, rowvar=False))
+    expected = xc @ eigvec @ np.diag(eigval**-0.5) @ eigvec.T
+    np.testing.assert_allclose(spherize(p, method="ZCA", epsilon=0).values, expected, rtol=1e-8)
+
+
+def test_spherize_rank_deficient_and_constant_features_stay_finite():
+    p = make_profiles(n_plates=2, n_batches=1, n_negcon=6, n_compounds=4, n_replicates=2, n_moas=2,
+                      n_features=30, n_samples=None, dtype="float64")
+    data = p.copy(data=p.values.copy())
+    data[:, 0] = 1.0  # constant in the controls
+    for method in ("ZCA-cor", "PCA"):
+        with pytest.warns(SpherizeWarning, match="span"):
+            out = spherize(data, method=method, samples='control == "negcon"')
+        assert np.isfinite(out.values).all()
+    with pytest.raises(InputError, match="NaN"):
+        bad = p.copy(data=p.values.copy())
+        bad[0, 2] = np.nan
+        spherize(bad)
+
+
+def _reference_consensus(p, operation):
+    frame = pd.DataFrame(p.values)
+    keys = pd.Series(p.compound.values)
+    if operation == "median":
+        return frame.groupby(keys).median().to_numpy()
+    out = []
+    for _, rows in frame.groupby(keys):
+        r = rows.to_numpy()
+        if len(r) == 1:
+            out.append(r[0])
+            continue
+        corr = pd.DataFrame(r.T).corr(method="spearman").to_numpy()
+        np.fill_diagonal(corr, np.nan)
+        w = np.clip(np.nanmean(np.clip(corr, 0, None), axis=1), 0.01, None)
+        out.append((np.round(w / w.sum(), 4)[:, None] * r).sum(0))
+    return np.array(out)
+
+
+def test_consensus_unsorted_keeps_keys_with_data(small):
+    sorted_ = consensus(small, replicate_columns="compound")
+    unsorted = consensus(small.chunk({"sample": 13}), replicate_columns="compound", block_bytes=3000, sort=False)
+    assert list(unsorted.compound.values) != list(sorted_.compound.values)
+    assert_profiles_equal(unsorted, sorted_, rtol=1e-12, check_order=False)
+
+
+@pytest.mark.parametrize("operation", ["median", "modz"])
+@pytest.mark.parametrize("chunks", [None, 5, 64])
+def test_consensus_matches_pandas(small, operation, chunks):
+    profiles = small if chunks is None else small.chunk({"sample": chunks})
+    out = consensus(profiles, replicate_columns="compound", operation=operation, block_bytes=2000)
+    np.testing.assert_allclose(out.values, _reference_consensus(small, operation), rtol=1e-10)
+    assert list(out.compound.values) == sorted(set(small.compound.values))
+    assert "moa" in out.coords and "plate" not in out.coords
+    dmso = out.sel(sample=out.compound == "DMSO")
+    assert dmso.replicate_count.values.tolist() == [60]
+
+
+def test_modz_weights_hand_worked():
+    # Spearman: replicates 1 and 2 agree (ρ = 1), 3 is reversed (ρ = -1 → 0).
+    rows = np.array([[1.0, 2, 3], [1, 2, 4], [3, 2, 1]])
+    assert modz_weights(rows).tolist() == [0.495, 0.495, 0.0099]
+
+
+def test_correlation_matrix_with_nan_is_pairwise_complete():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 5))
+    x[rng.random(x.shape) < 0.1] = np.nan
+    expected = pd.DataFrame(x).corr().to_numpy()
+    np.testing.assert_allclose(correlation_matrix(da.from_array(x, chunks=13)), expected, rtol=1e-10)
+
+
+def test_feature_select_records_and_validates(small):
+    data = small.copy(data=small.values.copy())
+    data[:, 5] = 1.0
+    data = data.assign_coords(feature=[("Nuclei_Granularity_14_DNA" if i == 7 else f) for i, f in
+                                       enumerate(small.feature.values)])
+    out = feature_select(data.chunk({"sample": 11}), operation=["variance_threshold", "blocklist"])
+    dropped = json.loads(out.attrs["cpzarr_steps"])[-1]["dropped"]
+    assert dropped == {"variance_threshold": ["f0005"], "blocklist": ["Nuclei_Granularity_14_DNA"]}
+    assert len(default_blocklist()) == 55
+    with pytest.raises(InputError, match="operations must be among"):
+        feature_select(small, operation="pca")
+    with pytest.raises(InputError, match="noise_removal needs"):
+        feature_select(small, operation="noise_removal")
+
+
+def test_aggregate_from_features_node_and_bounded_blocks():
+    rng = np.random.default_rng(0)
+    counts = [3, 40, 1, 7]
+    n = sum(counts)
+    well = np.repeat(["A01", "A02", "B01", "B02"], counts)
+    values = rng.normal(size=(n, 4)).astype("float32")
+    node = xr.Dataset({"features": (("cell", "feature"), values)},
+                      coords={"plate": ("cell", ["P"] * n), "well": ("cell", well),
+                              "site": ("cell", np.ones(n, int))}).chunk({"cell": 5})
+    out = aggregate(node, block_bytes=64)  # smaller than one well: blocks still hold whole wells
+    assert max(out.data.chunks[0]) >= 1
+    expected = [values[well == w].mean(0) for w in ["A01", "A02", "B01", "B02"]]
+    np.testing.assert_allclose(out.values, expected, rtol=1e-6)
+    assert out.cell_count.values.tolist() == counts
+    assert "site" in out.coords  # constant within each well here
+    with pytest.raises(InputError, match="dims"):
+        aggregate(xr.DataArray(values, dims=("x", "feature")))
+
+
+def test_pipeline_recipes_and_validation(small):
+    out = pipeline(small, "mad_robustize_select_outliers")
+    steps = json.loads(out.attrs["cpzarr_steps"])
+    assert [s["step"] for s in steps] == ["normalize", "feature_select", "feature_select"]
+    assert json.loads(out.attrs["cpzarr_pipeline"]) == RECIPES["mad_robustize_select_outliers"]
+    manual = feature_select(feature_select(normalize(small, method="mad_robustize", samples='control == "negcon"'),
+                                           operation=RECIPES["mad_robustize_select_outliers"][1]["operation"]),
+                            operation="drop_outliers", outlier_cutoff=40)
+    assert_profiles_equal(out, manual, rtol=0)
+    with pytest.raises(InputError, match="invalid pipeline steps") as info:
+        pipeline(small, ["normalize", ("spherize", {"methd": "ZCA"}), "bogus"])
+    assert len(info.value.problems) == 2
+
+
+@pytest.mark.slow
+def test_out_of_core_normalize_spherize_consensus(tmp_path):
+    """normalize → spherize → consensus on 200 MB of lazily made data holding < 40 % of it at once."""
+    n_plates, wells, d = 256, 384, 512
+    n = n_plates * wells
+    plate = np.repeat(np.arange(n_plates), wells)
+    well = np.tile(np.arange(wells), n_plates)
+    negcon = well < 24
+    compound = np.where(negcon, -1 - plate, (plate // 4) * 1000 + well)
+    control = np.array(["trt", "negcon"], dtype=object)[negcon.astype(int)]
+    # Generated chunk by chunk on demand: the whole array never exists in memory.
+    x = da.random.default_rng(1).standard_normal((n, d), chunks=(1024, d), dtype=np.float32) + 3.0
+    p = xr.DataArray(x, dims=("sample", "feature"), coords={
+        "plate": ("sample", plate), "compound": ("sample", compound), "control": ("sample", control)})
+    # tracemalloc sees numpy's buffers: the peak of live data, free of allocator caching.
+    tracemalloc.start()
+    try:
+        with dask.config.set(scheduler="threads", num_workers=2):
+            z = normalize(p, method="mad_robustize", samples='control == "negcon"')
+            w = spherize(z, method="ZCA", samples='control == "negcon"')
+            c = consensus(w, replicate_columns="compound", block_bytes=2**20, sort=False)
+            # Streamed to the store block by block, as a real run writes /profiles/<model>/consensus.
+            write_profiles(c, tmp_path / "store.zarr", node="profiles/demo/consensus")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    c = read_profiles(tmp_path / "store.zarr", node="profiles/demo/consensus")
+    assert c.shape == (len(np.unique(compound)), d)
+    assert np.isfinite(c.values).all()
+    assert peak < x.nbytes / 2.5, (peak, x.nbytes)
