@@ -22,7 +22,6 @@ name, and ``batch_number`` (or ``batch_id``) becomes ``batch``.
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 
 import numpy as np

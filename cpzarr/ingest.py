@@ -215,8 +215,8 @@ def plan_ingest(table, *, platemap=None, channels=None) -> IngestPlan:
     for (plate, well, site), rows in dups.groupby(["plate", "well", "site"]):
         problems.append(f"{plate}/{well} site {site} appears on several lines: {', '.join(map(str, rows['line']))}")
     for ch in channels:
-        for row in good[good[ch].isna()].itertuples():
-            problems.append(f"line {row.line}: no file for channel {ch}")
+        for line in good.loc[good[ch].isna(), "line"]:
+            problems.append(f"line {line}: no file for channel {ch}")
 
     metadata_frame, platemap_source, notes = _join_metadata(table_meta, good, platemap, problems)
 
@@ -243,9 +243,12 @@ def plan_ingest(table, *, platemap=None, channels=None) -> IngestPlan:
     p_index = {p: i for i, p in enumerate(plates)}
     w_index = {w: i for i, w in enumerate(wells)}
     files: dict = {}
-    for row in good.sort_values(["plate", "well", "site"]).itertuples(index=False):
-        key = (p_index[row.plate], w_index[row.well])
-        files.setdefault(key, []).append((int(row.site - site_numbers[0]), [getattr(row, ch) for ch in channels]))
+    ordered = good.sort_values(["plate", "well", "site"])
+    # channel names need not be identifiers ("488nm"), so rows are zipped, not itertuples'd
+    paths = zip(*(ordered[ch] for ch in channels))
+    for plate, well, site, site_paths in zip(ordered["plate"], ordered["well"], ordered["site"], paths):
+        key = (p_index[plate], w_index[well])
+        files.setdefault(key, []).append((int(site - site_numbers[0]), list(site_paths)))
     metadata = _metadata_dataset(metadata_frame, plates, wells, site_numbers, channels)
     plan = IngestPlan(
         source=source,
@@ -363,8 +366,8 @@ def _join_metadata(table_meta, sites, platemap, problems):
 
 def _read_headers(sites, channels) -> dict:
     """(line, channel, path) -> (shape, dtype), or a string saying what is wrong with the file."""
-    jobs = [(row.line, ch, getattr(row, ch)) for row in sites.itertuples(index=False) for ch in channels]
-    jobs = [j for j in jobs if j[2] is not None]
+    rows = zip(sites["line"], *(sites[ch] for ch in channels))
+    jobs = [(line, ch, path) for line, *paths in rows for ch, path in zip(channels, paths) if path is not None]
 
     def check(job):
         path = job[2]
