@@ -392,6 +392,8 @@ def _read_cellprofiler(source):
     else:
         folders = [(_find(d, "Nuclei"), _find(d, "Image")) for d in sorted(source.iterdir()) if d.is_dir()]
         folders = [f for f in folders if f[0] is not None]
+    if not folders:
+        raise InputError(f"no Nuclei.csv (or Nuclei.csv.gz) in {source} or its sub-folders")
     lacking = [str(n) for n, i in folders if i is None]
     if lacking:
         raise InputError("Image.csv must sit beside each Nuclei.csv (it maps ImageNumber to plate, well, site)", lacking)

@@ -206,6 +206,8 @@ def test_unreadable_location_files(tmp_path):
         import_locations(screen, tmp_path)
     with pytest.raises(InputError, match="does not exist"):
         import_locations(screen, tmp_path / "nowhere")
+    with pytest.raises(InputError, match="no Nuclei.csv"):
+        import_locations(screen, tmp_path, kind="cellprofiler")
 
 
 # --- the node in the store ------------------------------------------------------------------
