@@ -120,12 +120,12 @@ def open_screen(path, *, node=None, allow_incomplete=False):
     else:
         groups = [""] + groups
     # Each group is opened on its own and assembled with from_dict: open_datatree drops a child's
-    # variables named like an inherited coordinate (/cells' plate, well and site along cell).
+    # data variables named like an inherited coordinate (/cells' plate, well and site along cell).
     datasets = {}
     for group in groups:
         ds = xr.open_dataset(path, group=group or None, engine="zarr", consolidated=False, chunks={}, zarr_format=3)
-        key = "/" + (group[len(node) + 1:] if node and group != node else "" if node else group)
-        datasets[key] = _tidy_dataset(ds)
+        relative = group[len(node):].lstrip("/") if node else group
+        datasets["/" + relative] = _tidy_dataset(ds)
     return xr.DataTree.from_dict(datasets, name=node.rsplit("/", 1)[-1] if node else None)
 
 

@@ -110,6 +110,7 @@ def test_open_screen_errors_name_the_path(tmp_path, store):
     zarr.open_group(store, mode="r+").attrs["complete"] = False
     with pytest.raises(StoreError, match="did not finish.*Re-run"):
         open_screen(store)
+    assert "INCOMPLETE" in format_info(screen_info(store))
     assert is_store(store) and not is_store(plain)
 
 
@@ -143,6 +144,10 @@ def test_write_node_then_open_it(store):
     write_node(store, "features/cnn", feats, encoding={"features": {"chunks": (2, 2)}})
     tree = open_screen(store)
     np.testing.assert_array_equal(tree["features/cnn"]["features"].values, feats["features"].values)
+    assert tree["features/cnn"]["channel"].values.tolist() == ["DNA", "ER", "RNA", "AGP", "Mito"]  # inherited
+    alone = open_screen(store, node="features")
+    assert alone.name == "features" and "channel" not in alone["cnn"].coords
+    np.testing.assert_array_equal(alone["cnn"]["features"].values, feats["features"].values)
     assert zarr.open_array(store / "features" / "cnn" / "features", mode="r").chunks == (2, 2)
     assert screen_info(store)["nodes"] == ["cells", "features", "features/cnn"]
     record = read_provenance(store)["cells"]
