@@ -70,18 +70,22 @@ class CNNFeatures:
         self._run(store, model, batch_size, mixed_precision)
 
 
-class Preprocess:
-    """Min-max scaling and plane replication of one LINCS-like site's crops (230 cells)."""
+class Scaling:
+    """The per-pixel pass of ``extract`` over one LINCS-like site's crops (230 cells, 5 channels).
+
+    Min-max per crop and channel and the model's input range in one multiply-add; the three
+    planes are replicated later, one batch at a time.
+    """
 
     def setup(self):
         import numpy as np
 
         self.crops = np.random.default_rng(0).integers(0, 255, (230, 5, BOX, BOX)).astype(np.uint8)
 
-    def time_preprocess_site(self):
-        from cpzarr.features.cnn import preprocess
+    def time_scale_site(self):
+        from cpzarr.features.cnn import _scaled
 
-        preprocess(self.crops)
+        _scaled(self.crops, "efficientnet-lite0")
 
 
 def teardown_cache(path):
