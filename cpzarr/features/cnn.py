@@ -245,7 +245,7 @@ def preprocess(crops, model="efficientnet-lite0"):
     --------
     >>> x = np.arange(4, dtype="uint16").reshape(1, 1, 2, 2)
     >>> preprocess(x)[0, 0, :, :, 0].tolist()
-    [[-0.9921875, -0.3359375], [0.3203125, 0.9921875]]
+    [[-0.9921875, -0.328125], [0.3359375, 1.0]]
     """
     _check_name(model)
     return _to_planes(_scaled(crops, model), model)
