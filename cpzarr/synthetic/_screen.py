@@ -37,8 +37,9 @@ The model:
 - Plates are named ``P01``, ``P02``, ... and split into contiguous blocks of batches ``B1``,
   ``B2``, ...: plate ``i`` (from 0) of ``n`` belongs to batch ``i * batches // n``, as plates
   stained and imaged together are. A batch multiplies each channel's stain by its own factor
-  (``batch_effects.csv``) and applies a smooth illumination field (tilt and vignetting, mean 1
-  over the field of view) shared by its plates, visible in the DMSO wells.
+  (``batch_effects.csv``), applies a smooth illumination field (tilt and vignetting, mean 1
+  over the field of view) and its own focus (a Gaussian blur of 0.3–1.5 px, ``focus_sigma``)
+  shared by its plates, visible in the DMSO wells.
 
 Conventions:
 
@@ -293,6 +294,10 @@ def make_screen(
         for b in batch_names
     }
     illumination = {b: _illumination(design_rng, shape) for b in batch_names}
+    # Focus differs between imaging sessions: unlike stain scale and illumination, which per-crop
+    # intensity scaling removes, blur changes texture, so the batch shows in image features too.
+    spread = design_rng.permutation(len(batch_names)) / max(len(batch_names) - 1, 1)
+    focus = {b: float(0.3 + 1.2 * f) for b, f in zip(batch_names, spread)}
 
     annotation = pd.concat(
         [layout.assign(plate=p, batch=plate_batch[p]) for p in plate_names], ignore_index=True
@@ -319,6 +324,7 @@ def make_screen(
         rng = np.random.default_rng(np.random.SeedSequence([seed, 1, pi, wi, site]))
         cells = _draw_cells(rng, well_effect, cells_per_site, nucleus_radius, shape)
         signal, label, cell_label = _render_site(rng, cells, shape, channels)
+        signal = [ndi.gaussian_filter(c, focus[batch]) for c in signal]
         images = _camera(rng, signal, channels, batch_scale[batch], illumination[batch], dtype)
 
         folder = image_root / plate
@@ -380,7 +386,7 @@ def make_screen(
     truth_all.to_csv(paths["truth"], index=False)
     pd.DataFrame(
         [
-            {"batch": b, "channel": c, "scale": batch_scale[b][c]}
+            {"batch": b, "channel": c, "scale": batch_scale[b][c], "focus_sigma": focus[b]}
             for b in batch_names
             for c in channels
         ]
