@@ -29,7 +29,7 @@ class DetectNuclei:
     repeat = 3
 
     def setup_cache(self):
-        folder = Path(tempfile.mkdtemp(prefix="cpzarr-bench-cells-"))
+        folder = Path.cwd()  # asv runs setup_cache in a folder it deletes afterwards
         store = folder / "screen.zarr"
         write_lincs_like_store(store, plates=1, wells=2, dtype="uint8")
         return str(store)

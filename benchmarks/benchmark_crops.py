@@ -10,7 +10,6 @@ access across a multi-plate store, on 2 cores.
 """
 
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -124,7 +123,7 @@ class CropsSequential:
     repeat = 3
 
     def setup_cache(self):
-        folder = Path(tempfile.mkdtemp(prefix="cpzarr-bench-crops-"))
+        folder = Path.cwd()  # asv runs setup_cache in a folder it deletes afterwards
         return {d: (str(folder / f"{d}.zarr"), write_lincs_like_store(folder / f"{d}.zarr", dtype=d))
                 for d in self.params[0]}
 
@@ -160,7 +159,7 @@ class SampleRandom:
     repeat = 5
 
     def setup_cache(self):
-        folder = Path(tempfile.mkdtemp(prefix="cpzarr-bench-sample-"))
+        folder = Path.cwd()  # asv runs setup_cache in a folder it deletes afterwards
         store = folder / "screen.zarr"
         write_lincs_like_store(store, plates=4, wells=8, dtype="uint8")
         return str(store)
