@@ -173,6 +173,113 @@ def train_command(config, resume, overrides, progress):
 
 # --- profiles ---
 
+
+def _profiles_io(source, target, node, out_node, operation):
+    """Read SOURCE (a file, or a store with --node), apply ``operation``, write TARGET."""
+    from cpzarr.profiles import read_profiles, write_profiles
+
+    result = operation(read_profiles(source, node=node))
+    write_profiles(result, target, node=out_node)
+    click.echo(f"wrote {result.sizes['sample']} samples x {result.sizes['feature']} features to {target}"
+               + (f" node {out_node}" if out_node else ""))
+
+
+_IN_OUT = [
+    click.argument("source", type=click.Path(exists=True)),
+    click.argument("target", type=click.Path()),
+    click.option("--node", default=None, help="Input node of a Zarr store, e.g. profiles/efficientnet/well."),
+    click.option("--out-node", default=None, help="Output node when TARGET is a Zarr store."),
+]
+
+
+def _in_out(function):
+    for decorator in reversed(_IN_OUT):
+        function = decorator(function)
+    return function
+
+
+@main.group("profiles")
+def profiles_group():
+    """Profile operations (Pycytominer's conventions) on Parquet, CSV(.gz) or store nodes."""
+
+
+@profiles_group.command("normalize")
+@_in_out
+@click.option("--method", type=click.Choice(["standardize", "robustize", "mad_robustize"]), default="mad_robustize",
+              show_default=True)
+@click.option("--by", default="plate", show_default=True, help="Coordinate(s), comma-separated; 'none' for one group.")
+@click.option("--samples", default="all", show_default=True, help='Fitting samples, e.g. \'control == "negcon"\'.')
+@click.option("--match-pycytominer", is_flag=True, help="Divide zero-MAD features by epsilon, as Pycytominer.")
+def profiles_normalize(source, target, node, out_node, method, by, samples, match_pycytominer):
+    """Normalize SOURCE per group and write TARGET."""
+    from cpzarr.profiles import normalize
+
+    groups = None if by.lower() == "none" else by.split(",")
+    _profiles_io(source, target, node, out_node, lambda p: normalize(
+        p, method=method, by=groups, samples=samples, match_pycytominer=match_pycytominer))
+
+
+@profiles_group.command("feature-select")
+@_in_out
+@click.option("--operation", "operations", multiple=True,
+              default=("variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist"),
+              show_default=True, help="Repeat for several operations, applied in order.")
+@click.option("--samples", default="all", show_default=True)
+@click.option("--corr-threshold", type=float, default=0.9, show_default=True)
+@click.option("--outlier-cutoff", type=float, default=500, show_default=True)
+def profiles_feature_select(source, target, node, out_node, operations, samples, corr_threshold, outlier_cutoff):
+    """Drop features of SOURCE by Pycytominer's rules and write TARGET."""
+    from cpzarr.profiles import feature_select
+
+    _profiles_io(source, target, node, out_node, lambda p: feature_select(
+        p, operation=list(operations), samples=samples, corr_threshold=corr_threshold,
+        outlier_cutoff=outlier_cutoff))
+
+
+@profiles_group.command("spherize")
+@_in_out
+@click.option("--method", type=click.Choice(["ZCA-cor", "ZCA", "PCA-cor", "PCA"]), default="ZCA-cor",
+              show_default=True)
+@click.option("--samples", default='control == "negcon"', show_default=True)
+@click.option("--epsilon", type=float, default=1e-6, show_default=True)
+def profiles_spherize(source, target, node, out_node, method, samples, epsilon):
+    """Whiten SOURCE with a transform fitted on SAMPLES and write TARGET."""
+    from cpzarr.profiles import spherize
+
+    _profiles_io(source, target, node, out_node, lambda p: spherize(p, method=method, samples=samples,
+                                                                     epsilon=epsilon))
+
+
+@profiles_group.command("consensus")
+@_in_out
+@click.option("--operation", type=click.Choice(["median", "mean", "modz"]), default="median", show_default=True)
+@click.option("--replicate-columns", default="compound,dose", show_default=True)
+def profiles_consensus(source, target, node, out_node, operation, replicate_columns):
+    """Collapse the replicates of SOURCE into one profile per treatment and write TARGET."""
+    from cpzarr.profiles import consensus
+
+    _profiles_io(source, target, node, out_node, lambda p: consensus(
+        p, replicate_columns=replicate_columns.split(","), operation=operation))
+
+
+@profiles_group.command("pipeline")
+@_in_out
+@click.option("--recipe", required=True, help="spherize_only, mad_robustize_select_spherize, "
+              "mad_robustize_select_outliers, or a YAML file with a list of steps.")
+def profiles_pipeline(source, target, node, out_node, recipe):
+    """Apply a recipe of profile steps to SOURCE and write TARGET."""
+    from pathlib import Path
+
+    from cpzarr.profiles import pipeline
+
+    steps = recipe
+    if Path(recipe).is_file():
+        import yaml
+
+        steps = yaml.safe_load(Path(recipe).read_text())
+    _profiles_io(source, target, node, out_node, lambda p: pipeline(p, steps))
+
+
 # --- evaluate ---
 
 
