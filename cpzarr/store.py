@@ -429,7 +429,7 @@ def _tidy_dataset(ds):
     if "images" in out.data_vars:
         small = [n for n in out.data_vars if n not in ("images", "present")]
         first = [n for n in ("images", "present", "compound", "dose", "moa", "control", "batch") if n in out.data_vars]
-        out = out.assign({n: out[n].load() for n in small})
+        out = out.assign(out[small].compute().data_vars)  # one pass for all the small variables
         out = out[first + sorted(n for n in small if n not in first)]
     return out
 
