@@ -442,7 +442,7 @@ def extract(
     if not hasattr(data, "dask"):
         import dask.array as da
 
-        data = da.from_array(data, chunks=(min(len(crops.cell) or 1, 256), -1, -1, -1))
+        data = da.from_array(data, chunks=(min(crops.sizes["cell"] or 1, 256), -1, -1, -1))
     data = data.rechunk({1: -1, 2: -1, 3: -1})
     channels = [str(c) for c in crops["channel"].values] if "channel" in crops.coords else [
         f"ch{i}" for i in range(crops.sizes["channel"])
@@ -515,7 +515,7 @@ def _node_skeleton(features, chunk_cells, n_units):
 
 def _same_node(existing, skeleton):
     """Why an existing node cannot be resumed with these features, or None when it can."""
-    for key in ("model", "weights", "weights_sha256", "layer", "chunk_cells"):
+    for key in ("model", "weights", "weights_sha256", "layer", "mixed_precision", "box", "chunk_cells"):
         if existing.attrs.get(key) != skeleton.attrs.get(key):
             return f"its {key} is {existing.attrs.get(key)!r}, not {skeleton.attrs.get(key)!r}"
     if existing.sizes.get("feature") != skeleton.sizes["feature"]:
