@@ -9,8 +9,6 @@ Target (issue 4): >= 100 cells/s for EfficientNet-Lite0 on 2 cores. Reference me
 machine: a plain single-process TensorFlow loop at batch 64 runs Lite0 at ~65 cells/s.
 """
 
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,8 +18,7 @@ BOX = 128
 def _store():
     from .benchmark_crops import write_lincs_like_store
 
-    folder = Path(tempfile.mkdtemp(prefix="cpzarr-bench-features-"))
-    path = folder / "screen.zarr"
+    path = Path.cwd() / "screen.zarr"  # asv runs setup_cache in a folder it deletes afterwards
     write_lincs_like_store(path, plates=1, wells=2, sites=1, dtype="uint8")
     return str(path)
 
@@ -87,6 +84,3 @@ class Scaling:
 
         _scaled(self.crops, "efficientnet-lite0")
 
-
-def teardown_cache(path):
-    shutil.rmtree(Path(path).parent, ignore_errors=True)
