@@ -251,3 +251,19 @@ def test_cli_writes_tables(tmp_path):
     np.testing.assert_allclose(table["average_precision"], expected["average_precision"])
     bad = CliRunner().invoke(main, ["evaluate", str(tmp_path / "profiles.csv"), "-g", "nope"])
     assert bad.exit_code != 0 and "nope" in bad.output
+
+
+@pytest.mark.parametrize("guess", ["none", "wrong"])
+def test_enrichment_second_pass_when_the_guess_misses(guess, monkeypatch):
+    from cpzarr.evaluate import _enrichment
+
+    profiles = make_profiles(n=70, seed=10)
+    expected = ev.enrichment(profiles, "moa", [99, 90, 50])
+    score, medians = ev.replicate_reproducibility(profiles, "moa", 0.9)
+    wrong = np.zeros(_enrichment._SKIP + 1, dtype=bool)
+    wrong[0] = True  # only similarities near -1: misses every quantile
+    monkeypatch.setattr(
+        _enrichment, "_likely_bins", lambda *args: None if guess == "none" else wrong
+    )
+    pd.testing.assert_frame_equal(ev.enrichment(profiles, "moa", [99, 90, 50]), expected)
+    assert ev.replicate_reproducibility(profiles, "moa", 0.9)[0] == score

@@ -9,6 +9,9 @@ The percentile is exact without materialising the n(n − 1) pairs: a first pass
 upper-triangle similarities (each unordered pair stands for two ordered pairs) by group equality
 on a fine grid; a second pass collects only the values in the bins that hold the needed order
 statistics. Both passes compute the same blocks in the same way, so the values agree bit for bit.
+Usually one pass suffices: the quantiles are first estimated from the pairs of a few random rows,
+and the histogram pass already keeps the values of the bins around them; the second pass runs
+only when the estimate missed.
 float64 similarities are rounded to multiples of 2**-40 (~1e-12) first, as for ranking, so that
 equal similarities compare equal.
 """
@@ -68,6 +71,40 @@ def _quantile(lower, upper, fraction):
     return lower + diff * fraction
 
 
+# Pairs sampled to guess where the quantiles lie, and the most pairs a guess may keep.
+_SAMPLE_PAIRS = 2**22
+_KEEP_LIMIT = 20_000_000
+
+
+def _likely_bins(z, codes, quantiles, population, seed=0):
+    """Bins that very likely hold the wanted quantiles, from the pairs of random rows.
+
+    With them the histogram pass also keeps the values of those bins, and Enrichment needs one
+    pass instead of two; a wrong guess only costs the second pass, never exactness. None when
+    the guess would keep more than _KEEP_LIMIT pairs.
+    """
+    n = z.shape[0]
+    rows = np.random.default_rng(seed).choice(n, min(n, max(16, _SAMPLE_PAIRS // n)), replace=False)
+    sims = z[rows] @ z.T
+    sims[np.arange(rows.size), rows] = np.nan
+    if population == "different":
+        sims[codes[rows][:, None] == codes[None, :]] = np.nan
+    values = sims[~np.isnan(sims)]
+    if values.size < 100:
+        return None
+    quantiles = np.asarray(quantiles, dtype=np.float64)
+    # Ten binomial standard deviations of the sampled quantile, plus a floor for row clustering.
+    spread = 10 * np.sqrt(quantiles * (1 - quantiles) / values.size) + 2e-4
+    if 2 * spread.sum() * n * (n - 1) / 2 > _KEEP_LIMIT:
+        return None
+    guess = np.zeros(_SKIP + 1, dtype=bool)
+    for q, d in zip(quantiles, spread):
+        low, high = np.quantile(values, [max(q - d, 0.0), min(q + d, 1.0)])
+        first, last = _bin_of(np.array([low, high]))
+        guess[first : last + 1] = True
+    return guess
+
+
 def _pair_thresholds(z, codes, quantiles, population, block_size, progress):
     """Exact quantiles of pair similarities, and how many pairs lie strictly above each.
 
@@ -78,13 +115,24 @@ def _pair_thresholds(z, codes, quantiles, population, block_size, progress):
     """
     n = z.shape[0]
     block_size = _block_rows(block_size, n)
+    guess = _likely_bins(z, codes, quantiles, population)
+
     def histogram(sims, bins, same):
+        picked = None
+        if guess is not None:
+            pick = guess[bins]
+            picked = sims[pick], bins[pick], same[pick]
         np.add(bins, _BINS, out=bins, where=same)
-        return np.bincount(bins.ravel(), minlength=4 * _BINS)[: 2 * _BINS]
+        return np.bincount(bins.ravel(), minlength=4 * _BINS)[: 2 * _BINS], picked
 
     counts = np.zeros(2 * _BINS, dtype=np.int64)  # [different bins | same bins]
-    for part in _upper_blocks(z, codes, block_size, progress, "pairs histogram", histogram):
+    kept_values, kept_bins, kept_same = [], [], []
+    for part, picked in _upper_blocks(z, codes, block_size, progress, "pairs histogram", histogram):
         counts += part
+        if picked is not None:
+            kept_values.append(picked[0])
+            kept_bins.append(picked[1])
+            kept_same.append(picked[2])
     different, same_counts = counts[:_BINS], counts[_BINS:]
     if population == "all":
         ranked_counts, size = different + same_counts, n * (n - 1)
@@ -107,19 +155,23 @@ def _pair_thresholds(z, codes, quantiles, population, block_size, progress):
     for m1, m2, _ in plans:
         first, last = np.searchsorted(cumulative, [m1, m2], side="right")
         in_boundary[first : last + 1] = True
+
+    if guess is None or (in_boundary & ~guess).any():
+        # The sample missed a boundary bin (or was not taken): a second pass collects them.
+        def boundary_pairs(sims, bins, same):
+            pick = in_boundary[bins]
+            return sims[pick], bins[pick], same[pick]
+
+        kept_values, kept_bins, kept_same = [], [], []
+        for values, bins, same in _upper_blocks(
+            z, codes, block_size, progress, "pairs boundary", boundary_pairs
+        ):
+            kept_values.append(values)
+            kept_bins.append(bins)
+            kept_same.append(same)
+    else:
+        in_boundary = guess
     boundary = np.flatnonzero(in_boundary)
-
-    def boundary_pairs(sims, bins, same):
-        pick = in_boundary[bins]
-        return sims[pick], bins[pick], same[pick]
-
-    kept_values, kept_bins, kept_same = [], [], []
-    for values, bins, same in _upper_blocks(
-        z, codes, block_size, progress, "pairs boundary", boundary_pairs
-    ):
-        kept_values.append(values)
-        kept_bins.append(bins)
-        kept_same.append(same)
     # Bins come from the similarities as computed, values are then put on the ranking grid;
     # rounding is monotone, so (bin, value) order is similarity order.
     kept_values = _on_grid(np.concatenate(kept_values).astype(np.float64))
