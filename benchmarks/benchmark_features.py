@@ -77,10 +77,11 @@ class Scaling:
     def setup(self):
         import numpy as np
 
+        from cpzarr.features.cnn import _scaled
+
+        self.scaled = _scaled
         self.crops = np.random.default_rng(0).integers(0, 255, (230, 5, BOX, BOX)).astype(np.uint8)
 
     def time_scale_site(self):
-        from cpzarr.features.cnn import _scaled
-
-        _scaled(self.crops, "efficientnet-lite0")
+        self.scaled(self.crops, "efficientnet-lite0")
 
