@@ -292,3 +292,33 @@ def test_load_trained_gives_profiles(trained, crops):
     np.testing.assert_allclose(want / want.sum(1, keepdims=True), np.asarray(model(x)), atol=1e-5)
     with pytest.raises(Exception, match="no layer 'nope'"):
         load_trained(trained.best, layer="nope")
+
+
+# --- from a store, on a Dask cluster's GPU worker ------------------------------------------------
+
+@pytest.mark.slow
+def test_train_on_a_store_through_a_gpu_worker(tmp_path):
+    """The real path: make_screen → ingest → import locations → train, submitted to a worker that
+    advertises a GPU resource (a thread here); the well metadata gives the labels."""
+    from cpzarr.cells import import_locations, write_cells
+    from cpzarr.cluster import get_client
+    from cpzarr.ingest import ingest
+    from cpzarr.store import open_screen
+    from cpzarr.synthetic import make_screen
+
+    info = make_screen(tmp_path / "raw", plates=2, sites=1, image_size=128, cells_per_site=12,
+                       moas=2, compounds_per_moa=1, dmso_wells=1, labels=False, seed=5)
+    store = tmp_path / "screen.zarr"
+    ingest(info.load_data, store, platemap=info.platemap, progress=False, scheduler="synchronous")
+    write_cells(store, import_locations(open_screen(store, allow_incomplete=True), info.locations))
+    screen = open_screen(store)
+    options = dict(OPTIONS, epochs=1, batch_size=8, augment=False)
+    with get_client(n_workers=1, processes=False, gpu=1, dashboard_address=None) as client:
+        result = train(screen, tmp_path / "train", options, box=32, client=client, progress=False)
+        assert any(key.startswith("train-tiny") for key in client.run_on_scheduler(
+            lambda dask_scheduler: list(dask_scheduler.tasks)))
+    assert result.classes == ["DMSO", "cpd01_1", "cpd02_1"]
+    split = pd.read_csv(result.output / "split.csv")
+    # One replicate well per compound validates: the well on one of the two plates.
+    assert split[split.split == "val"].groupby("compound").plate.nunique().tolist() == [1, 1, 1]
+    assert load_trained(result.best).output.shape == (None, 64)

@@ -235,7 +235,9 @@ def _cell_batches_class():
             """Scaled crops ``(n, y, x, channel)`` float32 of the cells at ``positions``."""
             index = self.cells[positions]
             unique, inverse = np.unique(index, return_inverse=True)
-            block = np.asarray(self.crops.isel(cell=unique).values)[inverse]
+            # Local threads, never a distributed client: on a Dask worker the training task holds
+            # the worker, so crop reads sent back to the cluster would wait on it forever.
+            block = self.crops.isel(cell=unique).compute(scheduler="threads").values[inverse]
             return np.moveaxis(minmax_scale(block, channel_axis=1), 1, -1)
 
         def __getitem__(self, i):
