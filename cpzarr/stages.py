@@ -359,7 +359,7 @@ def stage_evaluate(ctx: Context) -> dict:
         if "enrichment" in e["metrics"]:
             en = ev.enrichment(prof, groups, percentiles=tuple(e["percentiles"]))
             res["enrichment"] = en
-            top = en.sort_values("percentile", ascending=False).iloc[0]
+            top = _headline_percentile(en)
             rows.append((label, f"enrichment@{top['percentile']:g}", float(top["odds_ratio"])))
         if "hitk" in e["metrics"]:
             hits, scores = ev.hitk(prof, groups)
@@ -373,7 +373,7 @@ def stage_evaluate(ctx: Context) -> dict:
                 continue
             be = ev.batch_enrichment(prof.load(), batch=e["batch"], percentiles=tuple(e["percentiles"]))
             results.setdefault(label, {})["batch_enrichment"] = be
-            top = be.sort_values("percentile", ascending=False).iloc[0]
+            top = _headline_percentile(be)
             rows.append((label, f"DMSO batch enrichment@{top['percentile']:g}", float(top["odds_ratio"])))
     for label, res in results.items():
         for metric, table in res.items():
@@ -382,6 +382,18 @@ def stage_evaluate(ctx: Context) -> dict:
     headline.to_csv(ctx.tables_dir / "headline.csv", index=False)
     (ctx.tables_dir / "sets.json").write_text(json.dumps({_slug(k): k for k in results}))
     return {}
+
+
+def _headline_percentile(table: pd.DataFrame, min_pairs: int = 20) -> pd.Series:
+    """The row of the highest percentile whose "similar" side holds at least ``min_pairs`` pairs.
+
+    On a small screen the top 0.5 % of pairs can be a handful, whose odds ratio is noise (often
+    infinite); the full curve is in the tables and the report.
+    """
+    ordered = table.sort_values("percentile", ascending=False)
+    above = ordered["same_above"] + ordered["different_above"]
+    enough = ordered[above >= min_pairs]
+    return enough.iloc[0] if len(enough) else ordered.iloc[-1]
 
 
 def _slug(label: str) -> str:
