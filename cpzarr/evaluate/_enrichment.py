@@ -84,7 +84,11 @@ def _likely_bins(z, codes, quantiles, population, seed=0):
     the guess would keep more than _KEEP_LIMIT pairs.
     """
     n = z.shape[0]
-    rows = np.random.default_rng(seed).choice(n, min(n, max(16, _SAMPLE_PAIRS // n)), replace=False)
+    # At most an eighth of the rows, so that the guess costs at most an eighth of a pass.
+    n_rows = min(n // 8, max(16, _SAMPLE_PAIRS // n))
+    if n_rows < 16:
+        return None
+    rows = np.random.default_rng(seed).choice(n, n_rows, replace=False)
     sims = z[rows] @ z.T
     sims[np.arange(rows.size), rows] = np.nan
     if population == "different":
@@ -182,7 +186,7 @@ def _pair_thresholds(z, codes, quantiles, population, block_size, progress):
     ranked_kept, ranked_bins = kept_values[ranked][order], kept_bins[ranked][order]
     # Order statistic m: skip the ranked pairs of earlier bins, then index the collected ones.
     before = cumulative - ranked_counts
-    offset = {b: np.searchsorted(ranked_bins, b) for b in boundary}
+    offset = dict(zip(boundary, np.searchsorted(ranked_bins, boundary)))
 
     def statistic(m):
         b = int(np.searchsorted(cumulative, m, side="right"))
