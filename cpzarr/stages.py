@@ -173,8 +173,16 @@ def stage_features(ctx: Context) -> dict:
     if model in ("deepprofiler", "cellprofiler"):
         from cpzarr.features import import_cellprofiler, import_deepprofiler
 
+        from cpzarr.store import is_store
+
         importer = import_deepprofiler if model == "deepprofiler" else import_cellprofiler
-        ds = importer(f["path"], store=ctx.store, name=f["name"] or model)
+        name = f["name"] or model
+        if is_store(ctx.store):
+            ds = importer(f["path"], store=ctx.store, name=name)
+        else:
+            # No images: the features are the first thing this run stores.
+            ds = importer(f["path"])
+            _write_plain_node(ctx.store, f"features/{name}", ds)
         return {"cells": int(ds.sizes["cell"])}
 
     from cpzarr.crops import crops as make_crops
@@ -204,6 +212,31 @@ def stage_features(ctx: Context) -> dict:
         write_features(ctx.store, name, feats, overwrite=True, scheduler=ctx.client, progress=ctx.progress)
         n_cells = int(feats.sizes["cell"])
     return {"cells": n_cells}
+
+
+def _write_plain_node(store: Path, group: str, dataset) -> None:
+    """Write a node of a store that has no images (imported features), atomically by rename."""
+    import os
+    import shutil
+    import tempfile
+
+    import zarr
+
+    store.mkdir(parents=True, exist_ok=True)
+    parent = store
+    zarr.open_group(parent, mode="a", zarr_format=3)
+    for part in group.split("/")[:-1]:
+        parent = parent / part
+        zarr.open_group(parent, mode="a", zarr_format=3)
+    tmp = Path(tempfile.mkdtemp(dir=store, prefix=".tmp-"))
+    try:
+        dataset.to_zarr(tmp / "node", mode="w", zarr_format=3, consolidated=False)
+        target = store / group
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp / "node", target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --- profiles -------------------------------------------------------------------------------
