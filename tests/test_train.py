@@ -300,6 +300,8 @@ def test_load_trained_gives_profiles(trained, crops):
 def test_train_on_a_store_through_a_gpu_worker(tmp_path):
     """The real path: make_screen → ingest → import locations → train, submitted to a worker that
     advertises a GPU resource (a thread here); the well metadata gives the labels."""
+    from distributed import get_task_stream
+
     from cpzarr.cells import import_locations, write_cells
     from cpzarr.cluster import get_client
     from cpzarr.ingest import ingest
@@ -314,9 +316,10 @@ def test_train_on_a_store_through_a_gpu_worker(tmp_path):
     screen = open_screen(store)
     options = dict(OPTIONS, epochs=1, batch_size=8, augment=False)
     with get_client(n_workers=1, processes=False, gpu=1, dashboard_address=None) as client:
-        result = train(screen, tmp_path / "train", options, box=32, client=client, progress=False)
-        assert any(key.startswith("train-tiny") for key in client.run_on_scheduler(
-            lambda dask_scheduler: list(dask_scheduler.tasks)))
+        with get_task_stream(client) as stream:
+            result = train(screen, tmp_path / "train", options, box=32, client=client,
+                           progress=False)
+    assert "train-tiny-train" in [str(task["key"]) for task in stream.data]
     assert result.classes == ["DMSO", "cpd01_1", "cpd02_1"]
     split = pd.read_csv(result.output / "split.csv")
     # One replicate well per compound validates: the well on one of the two plates.
