@@ -215,7 +215,8 @@ def test_validate_train_config_reports_every_problem():
 # --- training ------------------------------------------------------------------------------------
 
 def test_training_learns_visibly_different_compounds(trained):
-    """Measured: validation accuracy 0.98–1.0 after 4 epochs (chance 0.25); assert ≥ 3× chance."""
+    """Measured: validation accuracy 0.979 (seed 3) and 0.984 (seed 4) after 4 epochs, chance
+    0.25; the assertion asks for 3× chance."""
     history = trained.history
     assert list(history.epoch) == [1, 2, 3, 4]
     assert history.val_accuracy.iloc[-1] >= 3 / N_COMPOUNDS

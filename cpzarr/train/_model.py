@@ -11,6 +11,8 @@ per-channel mean and variance replaced by their RGB mean.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from cpzarr.errors import ConfigError, WeightsError
 
 __all__ = ["ARCHITECTURES", "build_model", "load_trained"]
@@ -209,7 +211,6 @@ def load_trained(checkpoint, layer: str = "profile"):
 
     # Importing the schedule registers it, so the optimizer of a checkpoint deserialises.
     from cpzarr.train._schedules import EpochSchedule  # noqa: F401
-    from pathlib import Path
 
     path = Path(checkpoint)
     if not path.is_file():
