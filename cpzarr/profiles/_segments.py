@@ -7,6 +7,7 @@ on its own. Memory is bounded by one chunk: ``max(block_bytes, the largest segme
 
 from functools import partial
 
+import dask
 import dask.array as da
 import numpy as np
 
@@ -115,3 +116,22 @@ def by_length(lengths, max_rows=None):
         for i in range(0, len(segments), step):
             batch = segments[i:i + step]
             yield int(length), batch, starts[batch][:, None] + np.arange(length)
+
+
+def sum_over_row_blocks(func, *arrays):
+    """``Σ func(*blocks)`` over the row blocks of aligned dask arrays, one block at a time.
+
+    Used for d × d cross-products: a dask tree reduction would keep several d × d partial sums
+    alive at once (328 MB each at 6,400 features); this keeps one accumulator and one partial.
+    """
+    first = arrays[0]
+    arrays = [a.rechunk({0: first.chunks[0], 1: -1}) for a in arrays]
+    total = None
+    for i in range(first.numblocks[0]):
+        blocks = dask.compute(*[a.blocks[i] for a in arrays])
+        part = func(*blocks)
+        if total is None:
+            total = part
+        else:
+            total += part
+    return total

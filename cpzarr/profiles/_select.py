@@ -13,7 +13,7 @@ from cpzarr.errors import InputError
 from cpzarr.profiles._samples import (
     as_dask, check_profiles, group_codes, like_input, record_step, sample_mask,
 )
-from cpzarr.profiles._segments import BLOCK_BYTES, segment_reduce, segments_of
+from cpzarr.profiles._segments import BLOCK_BYTES, segment_reduce, segments_of, sum_over_row_blocks
 
 OPERATIONS = (
     "variance_threshold", "frequency_threshold", "correlation_threshold", "drop_na_columns",
@@ -223,9 +223,8 @@ def correlation_matrix(sub, method="pearson"):
     # Pairwise-complete sums: every statistic of a pair only over rows where both are present.
     present = (~da.isnan(centred)).astype(np.float64)
     zeroed = da.nan_to_num(centred)
-    count, sum_xy, sum_x, sum_xx = da.compute(
-        _cross_lazy(present, present), _cross_lazy(zeroed, zeroed),
-        _cross_lazy(zeroed, present), _cross_lazy(zeroed**2, present),
+    count, sum_xy, sum_x, sum_xx = (
+        _cross(present, present), _cross(zeroed, zeroed), _cross(zeroed, present), _cross(zeroed**2, present),
     )
     with np.errstate(invalid="ignore", divide="ignore"):
         cov = count * sum_xy - sum_x * sum_x.T
@@ -235,19 +234,8 @@ def correlation_matrix(sub, method="pearson"):
     return corr
 
 
-def _cross_lazy(a, b):
-    d_a, d_b = a.shape[1], b.shape[1]
-    a = a.rechunk({1: -1})
-    b = b.rechunk({0: a.chunks[0], 1: -1})
-    parts = da.map_blocks(
-        lambda u, v: (u.T @ v)[None], a, b, chunks=((1,) * a.numblocks[0], (d_a,), (d_b,)),
-        new_axis=2, dtype=np.float64,
-    )
-    return parts.sum(axis=0)
-
-
 def _cross(a, b):
-    return _cross_lazy(a, b).compute()
+    return sum_over_row_blocks(lambda u, v: u.T @ v, a, b)
 
 
 def _correlated(sub, threshold, method):

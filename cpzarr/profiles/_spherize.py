@@ -8,6 +8,7 @@ import xarray as xr
 
 from cpzarr.errors import InputError
 from cpzarr.profiles._samples import as_dask, check_profiles, like_input, record_step, sample_mask
+from cpzarr.profiles._segments import sum_over_row_blocks
 
 METHODS = ("PCA", "ZCA", "PCA-cor", "ZCA-cor")
 _EPS = np.finfo(np.float64).eps
@@ -100,10 +101,7 @@ def spherize(profiles, method="ZCA-cor", samples="all", epsilon=1e-6, center=Tru
         # the cancellation in "scatter - n·mean·meanᵀ" small without a separate pass for the mean.
         shift = np.asarray(fit[:1].compute(), dtype=np.float64)[0]
         shifted = fit.astype(np.float64) - shift
-        parts = shifted.map_blocks(
-            _moments, chunks=((1,) * shifted.numblocks[0], (d + 2,), (d,)), new_axis=2, dtype=np.float64,
-        )
-        moments = parts.sum(axis=0).compute()
+        moments = sum_over_row_blocks(_moments, shifted)
         _check_finite(moments[d + 1] > 0, features)
         total, cross = moments[d], moments[:d]
         shifted_mean = total / n
@@ -176,7 +174,7 @@ def _moments(block):
     """Cross-products, column sums and NaN counts of one block, stacked as (d + 2, d)."""
     nan = np.isnan(block)
     zeroed = np.where(nan, 0.0, block)
-    return np.vstack([zeroed.T @ zeroed, zeroed.sum(axis=0), nan.sum(axis=0)])[None]
+    return np.vstack([zeroed.T @ zeroed, zeroed.sum(axis=0), nan.sum(axis=0)])
 
 
 def _check_finite(nan_features, features):
