@@ -190,7 +190,7 @@ def _reference_consensus(p, operation):
         if len(r) == 1:
             out.append(r[0])
             continue
-        corr = pd.DataFrame(r.T).corr(method="spearman").to_numpy()
+        corr = pd.DataFrame(r.T).corr(method="spearman").to_numpy().copy()  # read-only under copy-on-write
         np.fill_diagonal(corr, np.nan)
         w = np.clip(np.nanmean(np.clip(corr, 0, None), axis=1), 0.01, None)
         out.append((np.round(w / w.sum(), 4)[:, None] * r).sum(0))
