@@ -140,7 +140,7 @@ def spherize(profiles, method="ZCA-cor", samples="all", epsilon=1e-6, center=Tru
         if rank < d:
             weights[np.diag_indices(d)] += null_scale
         names = features
-    weights = weights / sd[:, None]
+    weights /= sd[:, None]
     offset = mean @ weights
     compute_dtype = out_dtype if out_dtype == np.float32 else np.float64
     w = da.from_array(weights.astype(compute_dtype), chunks=-1)
