@@ -66,7 +66,7 @@ class IngestPlate:
     repeat = 3
 
     def setup_cache(self):
-        folder = Path(tempfile.mkdtemp(prefix="cpzarr-bench-ingest-"))
+        folder = Path.cwd()  # asv runs setup_cache in a folder it deletes afterwards
         return {"folder": str(folder), "tables": _plate(folder)}
 
     def setup(self, cache, fmt, workers):
@@ -122,7 +122,7 @@ class ReadOneSite:
     repeat = 5
 
     def setup_cache(self):
-        folder = Path(tempfile.mkdtemp(prefix="cpzarr-bench-open-"))
+        folder = Path.cwd()
         info = make_screen(folder / "raw", plates=1, batches=1, sites=3, image_size=512, cells_per_site=30)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
