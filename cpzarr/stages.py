@@ -269,31 +269,15 @@ def _platemap_metadata(ctx: Context, profiles):
     table = pd.read_csv(path, sep=None, engine="python")
     table.columns = [c.removeprefix("Metadata_").lower() for c in table.columns]
     keys = [k for k in ("plate", "well") if k in table.columns]
+    # Keep what describes a well (constant within it), not per-site columns such as image paths.
+    constant = table.groupby(keys).nunique(dropna=False).le(1).all()
+    wanted = [c for c in constant.index[constant] if c != "site"]
     table = table.drop_duplicates(keys).set_index(keys)
-    wanted = [c for c in table.columns if c not in ("site",) and table[c].dtype != object or c in
-              ("compound", "treatment", "moa", "control", "split")]
     index = pd.MultiIndex.from_arrays([profiles[k].values for k in keys]) if len(keys) > 1 \
         else pd.Index(profiles[keys[0]].values)
     picked = table.reindex(index)
     coords = {c: ("sample", picked[c].values) for c in wanted if c not in profiles.coords}
     return profiles.assign_coords(coords)
-
-
-def open_node(store: Path, group: str):
-    """A store node as a standalone Dataset, keeping its per-cell ``plate``/``well``/``site``.
-
-    Inside the DataTree these coordinates clash with the root's ``plate``/``well``/``site``
-    dimensions, so a node is opened on its own here.
-    """
-    import xarray as xr
-
-    from cpzarr.store import node_exists
-
-    if not node_exists(store, group):
-        raise StoreError(f"the store {store} has no node {group!r}; run the stage that makes it")
-    ds = xr.open_zarr(store, group=group, zarr_format=3, consolidated=False)
-    strings = {k: v.astype(object) for k, v in ds.variables.items() if v.dtype.kind == "T"}
-    return ds.assign_coords({k: v for k, v in strings.items() if k in ds.coords})
 
 
 def _steps(spec: list) -> list:
@@ -311,6 +295,7 @@ def stage_profiles(ctx: Context) -> dict:
 
 def _profiles(ctx: Context) -> dict:
     from cpzarr.profiles import aggregate, consensus, pipeline, write_profiles
+    from cpzarr.store import open_node
 
     p = ctx.cfg["profiles"]
     summary: dict[str, Any] = {}
@@ -328,8 +313,8 @@ def _profiles(ctx: Context) -> dict:
         if "compound" in well.coords:
             summary["treatments"] = int(np.unique(well["compound"].values.astype(str)).size)
         for pname, spec in p["pipelines"].items():
-            out = pipeline(well, _steps(spec)) if spec else well
-            write_profiles(out.compute(), ctx.store, node=f"profiles/{name}/{pname}")
+            out = (pipeline(well, _steps(spec)) if spec else well).compute()
+            write_profiles(out, ctx.store, node=f"profiles/{name}/{pname}")
             if p["consensus"]:
                 cons = consensus(out, **p["consensus"])
                 write_profiles(cons.compute(), ctx.store, node=f"profiles/{name}/{pname}_consensus")
@@ -354,16 +339,6 @@ def profile_sets(ctx: Context, level: str | None = None) -> dict[str, Any]:
     return sets
 
 
-def _mask(profiles, query: str | None):
-    """Boolean mask of the samples kept for MOA metrics (``query`` names samples to exclude)."""
-    if not query:
-        return None
-    table = pd.DataFrame({k: np.asarray(v.values) for k, v in profiles.coords.items()
-                          if v.dims == ("sample",)})
-    excluded = table.eval(query).to_numpy(dtype=bool)
-    return ~excluded
-
-
 def stage_evaluate(ctx: Context) -> dict:
     from cpzarr import evaluate as ev
 
@@ -374,8 +349,8 @@ def stage_evaluate(ctx: Context) -> dict:
     results: dict[str, dict[str, pd.DataFrame]] = {}
     for label, prof in profile_sets(ctx).items():
         prof = prof.load()
-        if e["exclude"] and all(c in prof.coords for c in ("control",)):
-            prof = prof.isel(sample=_mask(prof, e["exclude"]))
+        if e["exclude"]:
+            prof = prof.isel(sample=~ev.sample_table(prof).eval(e["exclude"]).to_numpy(dtype=bool))
         res = results.setdefault(label, {})
         if "precision_recall" in e["metrics"]:
             pr = ev.precision_recall(prof, groups, k=tuple(e["k"]))
@@ -514,7 +489,7 @@ def _cells_per_well(ctx: Context):
     """Cells per (plate, well) over every well of the store (0 where a well has no cell)."""
     import xarray as xr
 
-    from cpzarr.store import node_exists, open_screen
+    from cpzarr.store import node_exists, open_node, open_screen
 
     if not node_exists(ctx.store, "cells"):
         return None

@@ -36,6 +36,7 @@ from cpzarr.errors import StoreError
 
 __all__ = [
     "open_screen",
+    "open_node",
     "is_store",
     "node_exists",
     "write_node",
@@ -127,6 +128,39 @@ def open_screen(path, *, node=None, allow_incomplete=False):
         relative = group[len(node):].lstrip("/") if node else group
         datasets["/" + relative] = _tidy_dataset(ds)
     return xr.DataTree.from_dict(datasets, name=node.rsplit("/", 1)[-1] if node else None)
+
+
+def open_node(store, group):
+    """One node of a store as a standalone, lazy ``xarray.Dataset`` with its own variables.
+
+    Unlike a node of :func:`open_screen`'s tree, the node's per-cell or per-sample ``plate``,
+    ``well`` and ``site`` are kept as they are, not shadowed by the root's coordinates; strings
+    come back as object arrays of ``str``.
+
+    Parameters
+    ----------
+    store : str or Path
+        A store (with or without images).
+    group : str
+        Node path, e.g. ``"features/efficientnet-lite0"`` or ``"cells"``.
+
+    Returns
+    -------
+    xarray.Dataset
+
+    Examples
+    --------
+    >>> feats = open_node("screen.zarr", "features/efficientnet-lite0")  # doctest: +SKIP
+    >>> feats["features"].coords["well"]  # doctest: +SKIP
+    """
+    import xarray as xr
+
+    group = str(group).strip("/")
+    if not node_exists(store, group):
+        raise StoreError(f"The store {store} has no node {group!r}; run the stage that makes it.")
+    ds = xr.open_zarr(store, group=group, zarr_format=3, consolidated=False)
+    strings = {k: v.astype(object) for k, v in ds.coords.items() if v.dtype.kind == "T"}
+    return ds.assign_coords(strings)
 
 
 def node_exists(store, group) -> bool:

@@ -24,3 +24,16 @@ def shared_models():
     if not path.is_dir():
         pytest.skip("../shared/models is absent")
     return path
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A private cpzarr cache (``CPZARR_CACHE``), so tests neither read nor write the user's."""
+    path = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("CPZARR_CACHE")
+    os.environ["CPZARR_CACHE"] = str(path)
+    yield path
+    if old is None:
+        del os.environ["CPZARR_CACHE"]
+    else:
+        os.environ["CPZARR_CACHE"] = old

@@ -1,7 +1,6 @@
 """CNN features over crops: equality with direct Keras calls, chunking, weights, the store node."""
 
 import json
-import os
 
 import dask.array as da
 import numpy as np
@@ -14,16 +13,7 @@ from cpzarr.features import _lite0, cnn
 CHANNELS = ["DNA", "RNA", "Mito"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cache(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("CPZARR_CACHE")
-    os.environ["CPZARR_CACHE"] = str(path)
-    yield path
-    if old is None:
-        del os.environ["CPZARR_CACHE"]
-    else:
-        os.environ["CPZARR_CACHE"] = old
+pytestmark = pytest.mark.usefixtures("cache")
 
 
 def make_crops(n=7, box=32, chunks=(3, 4), seed=0):

@@ -1,7 +1,6 @@
 """EfficientNet-Lite0: the torch-free checkpoint reader, the Keras build, ImageNet sanity."""
 
 import io
-import os
 import pickle
 import struct
 import sys
@@ -15,17 +14,7 @@ from cpzarr.errors import WeightsError
 from cpzarr.features import _lite0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def cache(tmp_path_factory):
-    """A private cpzarr cache, so tests neither read nor write the user's."""
-    path = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("CPZARR_CACHE")
-    os.environ["CPZARR_CACHE"] = str(path)
-    yield path
-    if old is None:
-        del os.environ["CPZARR_CACHE"]
-    else:
-        os.environ["CPZARR_CACHE"] = old
+pytestmark = pytest.mark.usefixtures("cache")
 
 
 @pytest.fixture(scope="module")

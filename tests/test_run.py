@@ -62,7 +62,7 @@ def test_run_end_to_end_then_resume(tmp_path):
     json.loads((tmp_path / "out" / "report" / "metrics.json").read_text())
 
     # Cells in the store equal the generator's location files, well by well.
-    from cpzarr.stages import open_node
+    from cpzarr.store import open_node
 
     feats = open_node(tmp_path / "out" / "screen.zarr", "features/efficientnet-lite0")
     assert feats.sizes["feature"] == 5 * 1280
