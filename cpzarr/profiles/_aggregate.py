@@ -1,6 +1,21 @@
-"""aggregate: single-cell features → site or well profiles, chunk by chunk."""
+"""aggregate: single-cell features → site or well profiles, chunk by chunk.
+
+Each dask task reduces a block of whole wells (or sites). Its temporaries are kept to about
+``block_bytes`` by working through the block's features a column block at a time, so memory per
+task is one block of cells (at most ``max(block_bytes, the largest well)``) plus ``block_bytes``.
+
+Means sum float32 rows into float64 one well at a time (``np.sum`` along the cell axis streams
+rows, several times faster than ``np.add.reduceat`` with a float64 accumulator). Medians of
+wells without NaN select the middle values in float32 (selection is exact) and average the two
+middle ones in float64, as pandas does on its float64 copy: small wells, stacked by size, go
+through a median-selecting comparator network (Knuth's merge exchange, pruned to the comparators
+that reach the middle outputs), vectorized across wells and features; larger wells through a
+sort of each feature's cells made contiguous (numpy's vectorized sort beats ``np.partition``
+there). Wells with NaN take the plain ``np.nanmedian`` path.
+"""
 
 import warnings
+from functools import lru_cache
 
 import numpy as np
 import xarray as xr
@@ -26,7 +41,8 @@ def aggregate(features, strata=("plate", "well"), operation="mean", block_bytes=
         Per feature, NaN ignored (as pandas in Pycytominer).
     block_bytes : int
         Target size of a block of cells; a block always holds whole strata, so memory is bounded
-        by ``max(block_bytes, one stratum's cells)``, never by the screen.
+        by ``max(block_bytes, one stratum's cells)`` plus ``block_bytes`` of temporaries per
+        worker, never by the screen.
 
     Returns
     -------
@@ -37,8 +53,9 @@ def aggregate(features, strata=("plate", "well"), operation="mean", block_bytes=
     Notes
     -----
     Cells are re-chunked so that every chunk ends at a stratum boundary, then each chunk is
-    reduced on its own (``np.add.reduceat`` for the mean, per-stratum medians). Cells that are
-    not sorted by the strata are gathered first (a shuffle; slower, same result).
+    reduced on its own, a column block of features at a time (per-stratum float64 sums for the
+    mean; a comparator network or ``np.partition`` for the median). Cells that are not sorted by
+    the strata are gathered first (a shuffle; slower, same result).
 
     Examples
     --------
@@ -65,7 +82,7 @@ def aggregate(features, strata=("plate", "well"), operation="mean", block_bytes=
     x = as_dask(cells)
 
     def reduce(block, lengths):
-        return _reduce(block, lengths, operation)
+        return _reduce(block, lengths, operation, block_bytes)
 
     data = segment_reduce(x, lengths, reduce, x.shape[1], order=order, block_bytes=block_bytes)
     if not np.array_equal(to_key_order, np.arange(len(to_key_order))):
@@ -81,20 +98,113 @@ def aggregate(features, strata=("plate", "well"), operation="mean", block_bytes=
     return out
 
 
-def _reduce(block, lengths, operation):
-    block = np.asarray(block, dtype=np.float64)
-    if operation == "mean":
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        present = ~np.isnan(block)
-        sums = np.add.reduceat(np.where(present, block, 0.0), starts, axis=0)
-        counts = np.add.reduceat(present, starts, axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return sums / counts
+# Above this many cells a well's median goes through a sort: the network's comparator count
+# grows as n log² n while the sort's per-column overhead stops mattering (crossover measured
+# between 100 and 200 cells at 6,400 features).
+NETWORK_MAX_CELLS = 128
+
+
+def _reduce(block, lengths, operation, block_bytes=BLOCK_BYTES):
+    """Per-segment mean or median of ``block`` (rows = consecutive segments) as float64."""
+    block = np.asarray(block)
+    if block.dtype not in (np.float32, np.float64):
+        block = block.astype(np.float64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     out = np.empty((len(lengths), block.shape[1]))
-    start = 0
+    if not len(lengths):
+        return out
+    # Segments holding a NaN cell, found in one pass: they take the NaN-aware paths.
+    nan_before = np.concatenate([[0], np.cumsum(np.isnan(block).any(axis=1))])
+    has_nan = nan_before[starts + lengths] > nan_before[starts]
+    reducer = _means if operation == "mean" else _medians
+    # Column blocks bound the temporaries (float64 copies, stacked wells) by block_bytes.
+    step = max(1, int(block_bytes) // max(1, 8 * int(lengths.max())))
+    for lo in range(0, block.shape[1], step):
+        columns = slice(lo, lo + step)
+        reducer(block[:, columns], starts, lengths, has_nan, out[:, columns])
+    return out
+
+
+def _means(block, starts, lengths, has_nan, out):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for i, (start, n) in enumerate(zip(starts, lengths)):
+            cells = block[start:start + n]
+            if has_nan[i]:
+                present = ~np.isnan(cells)
+                total = np.where(present, cells, 0).sum(axis=0, dtype=np.float64)
+                np.divide(total, present.sum(axis=0), out=out[i])
+            else:
+                np.sum(cells, axis=0, dtype=np.float64, out=out[i])
+                out[i] /= n
+
+
+def _medians(block, starts, lengths, has_nan, out):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN features give NaN, as pandas
-        for i, n in enumerate(lengths):
-            out[i] = np.nanmedian(block[start:start + n], axis=0)
-            start += n
-    return out
+        for i in np.flatnonzero(has_nan | (lengths == 0)):
+            out[i] = np.nanmedian(block[starts[i]:starts[i] + lengths[i]].astype(np.float64), axis=0)
+    clean = ~has_nan & (lengths > 0)
+    for n in np.unique(lengths[clean]):
+        n = int(n)
+        segments = np.flatnonzero(clean & (lengths == n))
+        # The wells of this size stacked as a (cell, well, feature) copy.
+        rows = starts[segments][None, :] + np.arange(n)[:, None]
+        median = _network_median if n <= NETWORK_MAX_CELLS else _sort_median
+        out[segments] = median(block[rows])
+
+
+def _middle(low, high):
+    """(low + high) / 2 in float64, as pandas averages the two middle values."""
+    return (low.astype(np.float64) + high) / 2
+
+
+def _sort_median(stacked):
+    """Median along axis 0 of a NaN-free (cell, well, feature) array."""
+    n = len(stacked)
+    # Each feature's cells made contiguous first: sorting along a strided axis is much slower.
+    columns = np.ascontiguousarray(np.moveaxis(stacked, 0, -1))
+    columns.sort(axis=-1)
+    return _middle(columns[..., (n - 1) // 2], columns[..., n // 2])
+
+
+def _network_median(stacked):
+    """Median along axis 0 of a NaN-free (cell, ...) array, by the pruned comparator network.
+
+    Overwrites ``stacked`` (its rows are the network's wires).
+    """
+    n = len(stacked)
+    wires = list(stacked)
+    spare = np.empty_like(wires[0])
+    for i, j in _median_network(n):
+        low = np.minimum(wires[i], wires[j], out=spare)
+        np.maximum(wires[i], wires[j], out=wires[j])
+        spare, wires[i] = wires[i], low
+    return _middle(wires[(n - 1) // 2], wires[n // 2])
+
+
+@lru_cache(maxsize=None)
+def _median_network(n):
+    """Comparators ``(i, j)`` (i < j, swap when ``wire[i] > wire[j]``) leaving the middle wires sorted.
+
+    Knuth's merge exchange (TAOCP vol. 3, 5.2.2, algorithm M) sorts any ``n``; walking it
+    backwards keeps only the comparators that can still change a middle wire.
+    """
+    pairs = []
+    if n > 1:
+        t = (n - 1).bit_length()
+        p = 1 << (t - 1)
+        while p > 0:
+            q, r, d = 1 << (t - 1), 0, p
+            while True:
+                pairs.extend((i, i + d) for i in range(n - d) if i & p == r)
+                if q == p:
+                    break
+                d, q, r = q - p, q // 2, p
+            p //= 2
+    needed, kept = {(n - 1) // 2, n // 2}, []
+    for i, j in reversed(pairs):
+        if i in needed or j in needed:
+            kept.append((i, j))
+            needed.update((i, j))
+    return tuple(kept[::-1])
