@@ -267,7 +267,7 @@ def plan_ingest(table, *, platemap=None, channels=None) -> IngestPlan:
     return plan
 
 
-def read_image(path, shape=None, dtype=None) -> np.ndarray:
+def read_image(path, shape=None, dtype=None, out=None) -> np.ndarray:
     """Decode one single-channel image (TIFF with tifffile, PNG with Pillow), read-only.
 
     Parameters
@@ -277,10 +277,14 @@ def read_image(path, shape=None, dtype=None) -> np.ndarray:
     shape, dtype : optional
         When given, the decoded image must have them (the files may have changed since
         validation).
+    out : ndarray (y, x), optional
+        Decode into this array (of the image's shape and dtype) instead of a new one; a TIFF's
+        pixels are then read straight into it.
 
     Returns
     -------
     ndarray (y, x)
+        ``out`` when given.
 
     Examples
     --------
@@ -288,22 +292,28 @@ def read_image(path, shape=None, dtype=None) -> np.ndarray:
     (1080, 1080)
     """
     path = str(path)
-    if path.lower().endswith((".tif", ".tiff")):
+    if out is not None:
+        shape, dtype = out.shape, out.dtype
+    if _is_tiff(path):
         import tifffile
 
-        image = tifffile.imread(path)
+        with tifffile.TiffFile(path) as tif:
+            page, found = _tiff_page(tif)
+            _check_decoded(path, found, shape, dtype)
+            if page is not None and out is not None:
+                page.asarray(out=out.reshape(page.shape))
+                return out
+            image = np.squeeze(tif.asarray() if page is None else page.asarray())
     else:
         from PIL import Image
 
         with Image.open(path) as im:
-            image = np.asarray(im)
-    image = np.squeeze(image)
-    if shape is not None and (tuple(image.shape) != tuple(shape) or str(image.dtype) != str(dtype)):
-        raise InputError(
-            f"{path} decodes to {_fmt((image.shape, str(image.dtype)))}, not {_fmt((tuple(shape), str(dtype)))}; "
-            "did it change since the ingest started?"
-        )
-    return image
+            image = np.squeeze(np.asarray(im))
+    _check_decoded(path, (image.shape, str(image.dtype)), shape, dtype)
+    if out is None:
+        return image
+    out[...] = image
+    return out
 
 
 def image_header(path) -> tuple[tuple, str]:
@@ -317,20 +327,42 @@ def image_header(path) -> tuple[tuple, str]:
     ((256, 256), 'uint16')
     """
     path = str(path)
-    if path.lower().endswith((".tif", ".tiff")):
+    if _is_tiff(path):
         import tifffile
 
         with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            shape, dtype = tuple(s for s in series.shape if s != 1), str(series.dtype)
-    else:
-        from PIL import Image
+            return _tiff_page(tif)[1]
+    from PIL import Image
 
-        with Image.open(path) as im:
-            if im.mode not in _PIL_DTYPES:
-                return (im.size[1], im.size[0], len(im.getbands())), f"PIL mode {im.mode}"
-            shape, dtype = (im.size[1], im.size[0]), _PIL_DTYPES[im.mode]
-    return shape, dtype
+    with Image.open(path) as im:
+        if im.mode not in _PIL_DTYPES:
+            return (im.size[1], im.size[0], len(im.getbands())), f"PIL mode {im.mode}"
+        return (im.size[1], im.size[0]), _PIL_DTYPES[im.mode]
+
+
+def _is_tiff(path: str) -> bool:
+    return path.lower().endswith((".tif", ".tiff"))
+
+
+def _tiff_page(tif):
+    """A one-page TIFF's page (None for a multi-page file) and the image's ``(shape, dtype)``.
+
+    Parsing only the first page's tags costs about half of building tifffile's series; a
+    multi-page file (a stack, not one image) gets the series' shape, so validation rejects it.
+    """
+    if len(tif.pages) > 1:
+        series = tif.series[0]
+        return None, (tuple(s for s in series.shape if s != 1), str(series.dtype))
+    page = tif.pages.first
+    return page, (tuple(s for s in page.shape if s != 1), str(page.dtype))
+
+
+def _check_decoded(path, found, shape, dtype):
+    if shape is not None and (tuple(found[0]) != tuple(shape) or str(found[1]) != str(np.dtype(dtype))):
+        raise InputError(
+            f"{path} decodes to {_fmt(found)}, not {_fmt((tuple(shape), str(np.dtype(dtype))))}; "
+            "did it change since the ingest started?"
+        )
 
 
 # --- validation helpers ----------------------------------------------------------------------
@@ -568,20 +600,34 @@ def write_well(store, p, w, n_sites, site_files, shape, dtype) -> int:
     int
         Sites written.
     """
-    import zarr
-
     n_channels = len(site_files[0][1])
-    block = np.zeros((n_sites, n_channels) + tuple(shape), dtype=dtype)
-    mask = np.zeros(n_sites, dtype=bool)
+    block = np.zeros((1, 1, n_sites, n_channels) + tuple(shape), dtype=dtype)
+    mask = np.zeros((1, 1, n_sites), dtype=bool)
     for s, paths in site_files:
         for c, path in enumerate(paths):
-            block[s, c] = read_image(path, shape, dtype)
-        mask[s] = True
-    images = zarr.open_array(Path(store) / "images", mode="r+", zarr_format=3)
-    images[p, w] = block
-    present = zarr.open_array(Path(store) / "present", mode="r+", zarr_format=3)
-    present[p, w] = mask
+            read_image(path, shape, dtype, out=block[0, 0, s, c])
+        mask[0, 0, s] = True
+    _write_block(Path(store) / "images", (p, w, 0, 0, 0, 0), block)
+    _write_block(Path(store) / "present", (p, w, 0), mask)
     return len(site_files)
+
+
+def _write_block(path: Path, index: tuple, block: np.ndarray):
+    """Write one whole shard (or chunk) ``index`` of the array at ``path``.
+
+    Directly when :class:`~cpzarr._direct.DirectWriter` knows the array's layout (the store's own
+    layout), through zarr otherwise (the tests check both write the same bytes).
+    """
+    from cpzarr._direct import DirectWriter
+
+    writer = DirectWriter.open(path)
+    if writer is not None and writer.block_shape == block.shape:
+        writer.write(index, block)
+        return
+    import zarr
+
+    array = zarr.open_array(path, mode="r+", zarr_format=3)
+    array[tuple(slice(i * n, (i + 1) * n) for i, n in zip(index, block.shape))] = block
 
 
 def _run_wells(store, plan, todo, *, scheduler, n_workers, batch_size, progress):

@@ -198,6 +198,38 @@ def test_distributed_client_gives_the_same_store(screen, ingested, tmp_path):
     np.testing.assert_array_equal(got["present"], ref["present"])
 
 
+def _chunk_files(path):
+    return {f.relative_to(path): f.read_bytes() for name in ("images", "present") for f in (path / name / "c").rglob("*") if f.is_file()}
+
+
+def test_well_writes_are_byte_identical_to_zarrs_own(ingested, tmp_path):
+    # ingest writes whole shards itself (cpzarr._direct); zarr writing the same arrays into the
+    # same metadata must give the same objects, byte for byte (empty sites left out of a shard)
+    path = tmp_path / "by_zarr.zarr"
+    shutil.copytree(ingested, path)
+    arrays = _store_arrays(ingested)
+    for name in ("images", "present"):
+        shutil.rmtree(path / name / "c")
+        zarr.open_array(path / name, mode="r+")[...] = arrays[name]
+    by_zarr, by_ingest = _chunk_files(path), _chunk_files(ingested)
+    assert by_zarr.keys() == by_ingest.keys() and len(by_zarr) > 0
+    for key in by_zarr:
+        assert by_ingest[key] == by_zarr[key], key
+
+
+def test_arrays_of_other_layouts_are_written_through_zarr(tmp_path):
+    from zarr.codecs import ZstdCodec
+
+    from cpzarr._direct import DirectWriter
+
+    array = zarr.create_array(tmp_path / "a", shape=(2, 3, 4), chunks=(1, 3, 4), dtype="uint16",
+                              compressors=ZstdCodec(level=1), fill_value=0)
+    assert DirectWriter.open(tmp_path / "a") is None
+    block = np.arange(12, dtype=np.uint16).reshape(1, 3, 4)
+    ingest_module._write_block(tmp_path / "a", (1, 0, 0), block)
+    np.testing.assert_array_equal(array[...], np.concatenate([np.zeros_like(block), block]))
+
+
 # --- resume -------------------------------------------------------------------------------
 
 
@@ -351,7 +383,7 @@ def test_every_bad_input_is_reported_at_once_and_nothing_is_written(screen, tmp_
     assert not list(tmp_path.glob(".*cpzarr-tmp*"))
 
 
-@pytest.mark.parametrize("case", ["missing", "unreadable", "shape", "dtype", "duplicate", "platemap", "channel"])
+@pytest.mark.parametrize("case", ["missing", "unreadable", "shape", "dtype", "stack", "duplicate", "platemap", "channel"])
 def test_each_bad_input_alone_gives_its_error(screen, tmp_path, case):
     table = pd.read_csv(screen.load_data)
     platemap = pd.read_csv(screen.platemap)
@@ -359,14 +391,17 @@ def test_each_bad_input_alone_gives_its_error(screen, tmp_path, case):
     if case == "missing":
         table.loc[4, "FileName_OrigDNA"] = "nowhere.tif"
         match = "line 6, channel DNA: .*nowhere.tif does not exist"
-    elif case in ("unreadable", "shape", "dtype"):
+    elif case in ("unreadable", "shape", "dtype", "stack"):
         name = tmp_path / f"{case}.tif"
         if case == "unreadable":
             name.write_bytes(b"\x00" * 100)
+        elif case == "stack":  # three 40 x 40 pages: a stack, not one image
+            tifffile.imwrite(name, np.zeros((3, 40, 40), np.uint16))
         else:
             tifffile.imwrite(name, np.zeros((40, 39) if case == "shape" else (40, 40), np.uint16 if case == "shape" else np.float32))
         table.loc[4, "PathName_OrigDNA"], table.loc[4, "FileName_OrigDNA"] = str(tmp_path), name.name
-        match = {"unreadable": "cannot be read as an image", "shape": "is 40 x 39 uint16", "dtype": "is 40 x 40 float32"}[case]
+        match = {"unreadable": "cannot be read as an image", "shape": "is 40 x 39 uint16", "dtype": "is 40 x 40 float32",
+                 "stack": "is 3 x 40 x 40 uint16"}[case]
     elif case == "duplicate":
         table.loc[1, "Metadata_Site"] = table.loc[0, "Metadata_Site"]
         match = "site 1 appears on several lines: 2, 3"
