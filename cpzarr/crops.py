@@ -23,13 +23,16 @@ Sizes
     The box size is an argument and the image size is read from the store, never from a config.
 """
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from cpzarr.cells import cells_table, screen_parts, site_positions
 from cpzarr.errors import InputError, StoreError
 
-__all__ = ["crops", "sample"]
+__all__ = ["Sampler", "crops", "sample"]
 
 EDGES = ("skip", "pad")
 SCALES = (None, "minmax", "deepprofiler")
@@ -93,26 +96,36 @@ def _inside(rows, columns, box, height, width):
     return (rows >= 0) & (columns >= 0) & (rows + box <= height) & (columns + box <= width)
 
 
-def _cut(sites, which, rows, columns, box, channel_index, scale):
-    """Cut the boxes of cells out of site images (the body of one dask task).
-
-    ``sites`` is a list of image blocks of shape (1, 1, 1, channel, y, x); ``which[i]`` names the
-    block of cell ``i``.
-    """
-    planes = [s[0, 0, 0][channel_index] for s in sites]
-    n_channels, height, width = planes[0].shape if planes else (0, 0, 0)
+def _cut_site(planes, rows, columns, box):
+    """Cut the boxes at ``rows, columns`` out of one site's ``planes`` (channel, y, x); zeros outside."""
+    n_channels, height, width = planes.shape
     inside = _inside(rows, columns, box, height, width)
-    dtype = planes[0].dtype if planes else np.uint8
-    out = (np.empty if inside.all() else np.zeros)((len(rows), n_channels, box, box), dtype=dtype)
-    for i, (b, r, c) in enumerate(zip(which, rows, columns)):
+    out = (np.empty if inside.all() else np.zeros)((len(rows), n_channels, box, box), dtype=planes.dtype)
+    for i, (r, c) in enumerate(zip(rows, columns)):
         if inside[i]:
-            out[i] = planes[b][:, r : r + box, c : c + box]
+            out[i] = planes[:, r : r + box, c : c + box]
             continue
         r0, r1 = max(r, 0), min(r + box, height)
         c0, c1 = max(c, 0), min(c + box, width)
         if r0 < r1 and c0 < c1:
-            out[i, :, r0 - r : r1 - r, c0 - c : c1 - c] = planes[b][:, r0:r1, c0:c1]
-    return _scale(out, scale)
+            out[i, :, r0 - r : r1 - r, c0 - c : c1 - c] = planes[:, r0:r1, c0:c1]
+    return out
+
+
+def _cut(sites, which, rows, columns, box, channel_index, scale):
+    """Cut the boxes of cells out of site images (the body of one dask task).
+
+    ``sites`` is a list of image blocks of shape (1, 1, 1, channel, y, x); ``which[i]`` names the
+    block of cell ``i``; cells of one block are consecutive.
+    """
+    if not sites:
+        return _scale(np.zeros((0, 0, box, box), np.uint8), scale)
+    bounds = np.r_[0, np.flatnonzero(np.diff(which)) + 1, len(which)]
+    parts = [
+        _cut_site(sites[which[lo]][0, 0, 0][channel_index], rows[lo:hi], columns[lo:hi], box)
+        for lo, hi in zip(bounds[:-1], bounds[1:])
+    ]
+    return _scale(_joined(parts), scale)
 
 
 def _scale(out, scale):
@@ -165,8 +178,28 @@ def _check_present(root, images, pos):
         )
 
 
-def _crop_array(images, rows, columns, pos, box, channel_index, n_channels, scale, chunks):
-    """Dask array (cell, channel, y, x) over cells already sorted by site; one task per site or well."""
+def _read_and_cut(read, sites, which, rows, columns, box, channel_index, scale):
+    """Read ``sites`` (positions, one row each) with ``read`` and cut their cells (one dask task)."""
+    planes = [read(*(int(v) for v in site))[channel_index] for site in sites]
+    if not planes:
+        return _scale(np.zeros((0, 0, box, box), np.uint8), scale)
+    bounds = np.r_[0, np.flatnonzero(np.diff(which)) + 1, len(which)]
+    parts = [_cut_site(planes[which[lo]], rows[lo:hi], columns[lo:hi], box) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    return _scale(_joined(parts), scale)
+
+
+def _joined(parts):
+    # one site's crops (the usual task) need no second copy
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _crop_array(images, rows, columns, pos, box, channel_index, n_channels, scale, chunks, read=None):
+    """Dask array (cell, channel, y, x) over cells already sorted by site; one task per site or well.
+
+    With ``read`` (a :class:`_StoreSites` of the store's own array) each task reads its sites
+    itself, so a site's pixels live only inside the task that cuts them; otherwise the tasks
+    depend on the blocks of the images' dask array.
+    """
     import dask.array as da
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
@@ -185,14 +218,19 @@ def _crop_array(images, rows, columns, pos, box, channel_index, n_channels, scal
     layer = {}
     for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
         first_cells = site_starts[np.searchsorted(site_starts, lo) : np.searchsorted(site_starts, hi)]
-        site_keys = [(data.name, *map(int, pos[i]), 0, 0, 0) for i in first_cells]
         which = np.searchsorted(first_cells, np.arange(lo, hi), side="right") - 1
+        if read is not None:
+            layer[(name, k, 0, 0, 0)] = (
+                _read_and_cut, read, pos[first_cells], which, rows[lo:hi], columns[lo:hi], box, channel_index, scale,
+            )
+            continue
+        site_keys = [(data.name, *map(int, pos[i]), 0, 0, 0) for i in first_cells]
         layer[(name, k, 0, 0, 0)] = (
             _cut, site_keys, which, rows[lo:hi], columns[lo:hi], box, channel_index, scale,
         )
     sizes = np.diff(bounds).tolist()
     dtype = np.dtype(np.float32) if scale else data.dtype
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=[data])
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[] if read is not None else [data])
     return da.Array(
         graph, name, chunks=(tuple(sizes) or (0,), (n_channels,), (box,), (box,)),
         dtype=dtype, meta=np.empty((0, 0, 0, 0), dtype=dtype),
@@ -206,22 +244,6 @@ def _prepared(screen, cells, box, edge, channels):
     keep, rows, columns = _eligible(table, images, box, edge)
     pos = site_positions(table, images)
     return images, root, table, keep, rows, columns, pos, channel_index, channel_names
-
-
-# The last screen's cell table, reused by consecutive sample() calls (a training loop) so that a
-# batch costs its site reads only; the objects themselves are kept, so an id is never reused.
-_SAMPLE_CACHE = {}
-
-
-def _prepared_for_sampling(screen, cells, box, edge, channels):
-    key = (id(screen), id(cells), box, edge, None if channels is None else tuple(np.atleast_1d(channels)))
-    hit = _SAMPLE_CACHE.get(key)
-    if hit is not None and hit[0] is screen and hit[1] is cells:
-        return hit[2]
-    prepared = _prepared(screen, cells, box, edge, channels)
-    _SAMPLE_CACHE.clear()
-    _SAMPLE_CACHE[key] = (screen, cells, (*prepared, _well_labels(prepared[1])))
-    return _SAMPLE_CACHE[key][2]
 
 
 def crops(screen, box=128, channels=None, edge="skip", scale=None, chunks="site", *, cells=None):
@@ -265,9 +287,10 @@ def crops(screen, box=128, channels=None, edge="skip", scale=None, chunks="site"
     index = np.flatnonzero(keep)
     index = index[np.lexsort((index, pos[index, 2], pos[index, 1], pos[index, 0]))]
     _check_present(root, images, pos[index])
+    read = _StoreSites(images, root)
     array = _crop_array(
         images, rows[index], columns[index], pos[index], box, channel_index,
-        len(channel_names), scale, chunks,
+        len(channel_names), scale, chunks, read=read if read.array is not None else None,
     )
     picked = table.iloc[index]
     coords = {
@@ -285,8 +308,208 @@ def crops(screen, box=128, channels=None, edge="skip", scale=None, chunks="site"
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# Random access: sample() and Sampler read whole sites in a thread pool (the zstd decode releases
+# the GIL) and cut the drawn cells out of them, without building a dask graph per batch.
+
+
+class _StoreSites:
+    """Whole site images ``(channel, y, x)`` by positional (plate, well, site); safe across threads.
+
+    The store's own Zarr array is read when ``images`` is the store's ``images`` variable as
+    opened (no selection, no computation on it); anything else (an in-memory Dataset, a subset, a
+    computed array) is read block by block through its dask or numpy array. A store in the
+    contract's layout on a local disk is read straight from its shard files: a site costs one
+    read of its chunk's bytes and its decode, where a call of the Zarr array also re-reads and
+    checks the shard index and hands the chunk through Zarr's event-loop thread and buffers
+    (about 40 % more CPU time per site, ``benchmarks/benchmark_crops.py``).
+    """
+
+    def __init__(self, images, root):
+        array = _opened_store_array(images, root)
+        self.shards = None if array is None else _ShardFiles.of(array)
+        self.array = array
+        # kept only when needed: a task graph that carries this reader stays small to ship
+        self.data = images.data if array is None else None
+
+    def __call__(self, p, w, s):
+        if self.shards is not None:
+            return self.shards.site(p, w, s)
+        if self.array is not None:
+            return self.array[p, w, s]
+        block = self.data[p, w, s]
+        return np.asarray(block.compute(scheduler="sync") if hasattr(block, "compute") else block)
+
+
+def _opened_store_array(images, root):
+    source = root.encoding.get("source")
+    # xarray names the lazily opened variable "open_dataset-<name>-<token>"; any selection or
+    # computation on it renames the dask array, and must then be honoured by reading through it.
+    name = getattr(images.data, "name", "")
+    if not source or not isinstance(name, str) or not name.startswith("open_dataset-images-"):
+        return None
+    import zarr
+
+    try:
+        array = zarr.open_array(f"{source}/images", mode="r")
+    except Exception:  # not a Zarr store zarr can open by path: dask reads it as well
+        return None
+    return array if array.shape == images.shape and array.dtype == images.dtype else None
+
+
+class _ShardFiles:
+    """Sites read from the shard files of a local store: one chunk per site, one shard per well.
+
+    Follows the Zarr v3 sharding specification: a shard ends (or starts) with an index of
+    ``(offset, nbytes)`` uint64 pairs, one per inner chunk in C order, followed by its CRC32C;
+    ``2**64 - 1`` marks a chunk never written. Only the layouts the ingest writes are read this
+    way (bytes then Blosc or zstd inside the shard); ``of`` returns None for any other.
+    """
+
+    EMPTY = np.uint64(2**64 - 1)
+
+    def __init__(self, array, decoder, dtype, sites_per_shard, index_at_end, crc):
+        self.metadata = array.metadata
+        self.root = Path(array.store.root) / array.path
+        self.shape = array.shape[3:]
+        self.fill_value = array.fill_value
+        self.decoder, self.dtype = decoder, dtype
+        self.sites_per_shard, self.index_at_end = sites_per_shard, index_at_end
+        self.index_bytes = 16 * sites_per_shard + (4 if crc else 0)
+        self._indexes = {}
+
+    @classmethod
+    def of(cls, array):
+        import numcodecs
+        from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
+        from zarr.storage import LocalStore
+
+        codecs = array.metadata.codecs
+        if not (isinstance(array.store, LocalStore) and len(codecs) == 1 and isinstance(codecs[0], ShardingCodec)):
+            return None
+        sharding = codecs[0]
+        inner, index = sharding.codecs, sharding.index_codecs
+        site = (1, 1, 1) + array.shape[3:]
+        shard = array.shards
+        if tuple(sharding.chunk_shape) != site or tuple(shard[:2]) != (1, 1) or tuple(shard[3:]) != site[3:]:
+            return None
+        if not (1 <= len(inner) <= 2 and isinstance(inner[0], BytesCodec)):
+            return None
+        if len(inner) == 2 and not isinstance(inner[1], (BloscCodec, ZstdCodec)):
+            return None
+        little_index = isinstance(index[0], BytesCodec) and getattr(index[0].endian, "value", "little") == "little"
+        if not (little_index and len(index) <= 2 and all(isinstance(c, Crc32cCodec) for c in index[1:])):
+            return None
+        dtype = np.dtype(array.dtype)
+        if dtype.itemsize > 1:
+            dtype = dtype.newbyteorder("<" if getattr(inner[0].endian, "value", "little") == "little" else ">")
+        decoder = None
+        if len(inner) == 2:
+            decoder = numcodecs.Blosc() if isinstance(inner[1], BloscCodec) else numcodecs.Zstd()
+        return cls(array, decoder, dtype, shard[2], sharding.index_location.value == "end", len(index) == 2)
+
+    def site(self, p, w, s):
+        shard, j = divmod(int(s), self.sites_per_shard)
+        path = self.root / self.metadata.encode_chunk_key((int(p), int(w), shard, 0, 0, 0))
+        try:
+            with open(path, "rb") as f:
+                index = self._indexes.get(path)
+                if index is None:
+                    f.seek(-self.index_bytes if self.index_at_end else 0, 2 if self.index_at_end else 0)
+                    raw = f.read(self.index_bytes)[: 16 * self.sites_per_shard]
+                    index = self._indexes[path] = np.frombuffer(raw, "<u8").reshape(-1, 2)
+                offset, nbytes = index[j]
+                if offset == self.EMPTY:
+                    return np.full(self.shape, self.fill_value, self.dtype)
+                f.seek(int(offset))
+                raw = f.read(int(nbytes))
+        except FileNotFoundError:  # a shard never written
+            return np.full(self.shape, self.fill_value, self.dtype)
+        if self.decoder is None:
+            return np.frombuffer(raw, self.dtype).reshape(self.shape)
+        out = np.empty(self.shape, self.dtype)
+        self.decoder.decode(raw, out=out)
+        return out
+
+
+class _Draws:
+    """A screen prepared for random draws: its cells, their boxes, and the eligible cells by site."""
+
+    def __init__(self, screen, cells, box, edge, channels):
+        (self.images, self.root, self.table, keep, self.rows, self.columns, self.pos,
+         self.channel_index, self.channel_names) = _prepared(screen, cells, box, edge, channels)
+        eligible = np.flatnonzero(keep)
+        if not len(eligible):
+            raise InputError("no cell can be sampled: the screen has no cells whose box fits the image")
+        self.eligible = eligible
+        order = eligible[np.lexsort((eligible, self.pos[eligible, 2], self.pos[eligible, 1], self.pos[eligible, 0]))]
+        changed = np.r_[True, (np.diff(self.pos[order], axis=0) != 0).any(axis=1)]
+        self.members = order  # eligible cells, site after site
+        self.starts = np.flatnonzero(changed)
+        self.counts = np.diff(np.r_[self.starts, len(order)])
+        self.well_labels = _well_labels(self.root)
+        n_wells = self.images.sizes["well"]
+        self.well_row = self.pos[:, 0] * n_wells + self.pos[:, 1]
+        self.read = _StoreSites(self.images, self.root)
+        self.box = box
+        self._cdf = {}
+
+    def site_cdf(self, cells_per_site):
+        """Cumulative site probabilities that make every eligible cell equally likely.
+
+        A site of ``n`` cells gives ``min(k, n)`` of them when drawn, so drawing it with weight
+        ``n / min(k, n)`` gives each of its cells the probability ``weight * min(k, n) / n = 1``
+        (up to the common normalisation): uniform over cells, whatever the sites' sizes.
+        """
+        cdf = self._cdf.get(cells_per_site)
+        if cdf is None:
+            cdf = np.cumsum(self.counts / np.minimum(self.counts, cells_per_site))
+            cdf = self._cdf[cells_per_site] = cdf / cdf[-1]
+        return cdf
+
+    def draw_sites(self, rng, n_sites, cells_per_site):
+        """``n_sites`` sites (indices into the eligible sites) and, for each, its drawn cells."""
+        sites = np.minimum(np.searchsorted(self.site_cdf(cells_per_site), rng.random(n_sites), side="right"),
+                           len(self.counts) - 1)
+        cells = [
+            self.members[self.starts[s] + rng.choice(self.counts[s], size=min(cells_per_site, self.counts[s]),
+                                                     replace=False)]
+            for s in sites
+        ]
+        return sites, cells
+
+    def labels(self, drawn):
+        """The table rows of ``drawn`` cells with their well's metadata (the sampler's labels)."""
+        labels = self.table.iloc[drawn].reset_index()
+        if self.well_labels is None:
+            return labels
+        extra = self.well_labels.iloc[self.well_row[drawn]].drop(columns=["plate", "well"])
+        return pd.concat([labels, extra.reset_index(drop=True)], axis=1)
+
+    def crops_of_site(self, cells, scale):
+        """Crops ``(cell, channel, box, box)`` of ``cells``, all in one site (one task of the pool)."""
+        planes = self.read(*(int(v) for v in self.pos[cells[0]]))[self.channel_index]
+        return _scale(_cut_site(planes, self.rows[cells], self.columns[cells], self.box), scale)
+
+
+# The last screen prepared for drawing, reused by consecutive sample() calls (a training loop) so
+# that a batch costs its site reads only; the objects themselves are kept, so an id is never reused.
+_SAMPLE_CACHE = {}
+
+
+def _draws_for(screen, cells, box, edge, channels):
+    key = (id(screen), id(cells), box, edge, None if channels is None else tuple(np.atleast_1d(channels)))
+    hit = _SAMPLE_CACHE.get(key)
+    if hit is not None and hit[0] is screen and hit[1] is cells:
+        return hit[2]
+    draws = _Draws(screen, cells, box, edge, channels)
+    _SAMPLE_CACHE.clear()
+    _SAMPLE_CACHE[key] = (screen, cells, draws)
+    return draws
+
+
 def _well_labels(root):
-    """Per-(plate, well) metadata of the root node as a frame keyed by plate and well."""
+    """Per-(plate, well) metadata of the root node, one row per well in (plate, well) order."""
     names = [
         n for n, v in root.data_vars.items()
         if set(v.dims) == {"plate", "well"} and n not in ("plate", "well")
@@ -299,41 +522,40 @@ def _well_labels(root):
     return frame
 
 
-def _draw(rng, n, eligible, pos, cells_per_site):
-    if not len(eligible):
-        raise InputError("no cell can be sampled: the screen has no cells whose box fits the image")
-    if cells_per_site == 1:
-        return rng.choice(eligible, size=n, replace=n > len(eligible))
-    site_of = np.ravel_multi_index(pos[eligible].T, pos.max(axis=0) + 1)
-    sites, inverse = np.unique(site_of, return_inverse=True)
-    by_site = np.split(eligible[np.argsort(inverse, kind="stable")], np.cumsum(np.bincount(inverse))[:-1])
-    weights = np.array([len(c) for c in by_site], dtype=np.float64)
-    drawn = []
-    while sum(len(d) for d in drawn) < n:
-        need = n - sum(len(d) for d in drawn)
-        n_sites = -(-need // cells_per_site)
-        for s in rng.choice(len(sites), size=n_sites, p=weights / weights.sum()):
-            pool = by_site[s]
-            drawn.append(rng.choice(pool, size=min(cells_per_site, len(pool)), replace=False))
-    return np.concatenate(drawn)[:n]
+def _check_sampling(box, edge, scale, cells_per_site, workers):
+    _check_options(box, edge, scale)
+    if not isinstance(cells_per_site, (int, np.integer)) or cells_per_site < 1:
+        raise InputError(f"cells_per_site must be a positive integer, not {cells_per_site!r}")
+    if not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise InputError(f"workers must be a positive number of threads, not {workers!r}")
+
+
+def _generator(seed):
+    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
 
 def sample(
     screen, n, *, box=128, seed=None, channels=None, edge="skip", scale=None, cells=None,
-    cells_per_site=1, scheduler="threads",
+    cells_per_site=1, workers=2,
 ):
-    """Random cells of the whole screen, cropped, for training batches.
+    """Random cells of the whole screen, cropped: one batch (see :class:`Sampler` for a stream).
 
-    Only the sites of the drawn cells are read, each once per call. The screen's cell table is
-    prepared on the first call and reused while the same ``screen`` (and ``cells``) objects are
-    passed again, so a training loop pays only for the sites it reads.
+    Only the sites of the drawn cells are read, each once per call, ``workers`` at a time. The
+    screen's cell table is prepared on the first call and reused while the same ``screen`` (and
+    ``cells``) objects are passed again, so a training loop pays only for the sites it reads.
+
+    The draw: with ``cells_per_site=1`` the ``n`` cells are drawn uniformly from the eligible
+    cells, without replacement (with replacement only when the screen has fewer than ``n``).
+    With ``cells_per_site=k`` sites are drawn with replacement and ``k`` cells of each without
+    replacement (all of a site with fewer), the sites weighted so that every eligible cell is
+    equally likely; cells of one site come together, so a batch reads about ``n / k`` sites.
 
     Parameters
     ----------
     screen : DataTree or Dataset
         The store (``open_screen``) or a Dataset with ``images``.
     n : int
-        Number of cells to draw (with replacement only when the screen has fewer cells).
+        Number of cells to draw.
     box : int
         Box side in pixels.
     seed : int or numpy.random.Generator, optional
@@ -347,11 +569,9 @@ def sample(
     cells : Dataset or pandas.DataFrame, optional
         Cells to draw from instead of the store's ``/cells`` node (e.g. a training split).
     cells_per_site : int
-        Cells drawn from each drawn site. 1 draws cells independently; larger values draw sites
-        (weighted by their cell count) and several cells in each, so that a batch reads fewer
-        sites, as DeepProfiler's sampler does.
-    scheduler : str
-        Dask scheduler for reading the sites ("threads" reads them in parallel).
+        Cells drawn from each drawn site (1: cells drawn independently).
+    workers : int
+        Threads reading and cutting sites at once.
 
     Returns
     -------
@@ -367,27 +587,176 @@ def sample(
     >>> batch.shape, labels["compound"].iloc[0]  # doctest: +SKIP
     ((256, 5, 128, 128), 'DMSO')
     """
-    _check_options(box, edge, scale)
+    from concurrent.futures import ThreadPoolExecutor
+
+    _check_sampling(box, edge, scale, cells_per_site, workers)
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise InputError(f"n must be a positive number of cells, not {n!r}")
-    if not isinstance(cells_per_site, (int, np.integer)) or cells_per_site < 1:
-        raise InputError(f"cells_per_site must be a positive integer, not {cells_per_site!r}")
-    images, root, table, keep, rows, columns, pos, channel_index, channel_names, well_labels = (
-        _prepared_for_sampling(screen, cells, box, edge, channels)
-    )
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    drawn = _draw(rng, int(n), np.flatnonzero(keep), pos, int(cells_per_site))
+    draws = _draws_for(screen, cells, box, edge, channels)
+    rng = _generator(seed)
+    if cells_per_site == 1:
+        drawn = rng.choice(draws.eligible, size=n, replace=n > len(draws.eligible))
+    else:
+        drawn, total = [], 0
+        while total < n:
+            _, picked = draws.draw_sites(rng, -(-(n - total) // cells_per_site), int(cells_per_site))
+            drawn += picked
+            total += sum(len(p) for p in picked)
+        drawn = np.concatenate(drawn)[:n]
+    pos = draws.pos
     order = np.lexsort((np.arange(len(drawn)), pos[drawn, 2], pos[drawn, 1], pos[drawn, 0]))
     by_site = drawn[order]
-    _check_present(root, images, pos[by_site])
-    array = _crop_array(
-        images, rows[by_site], columns[by_site], pos[by_site], box, channel_index,
-        len(channel_names), scale, "site",
-    )
-    values = array.compute(scheduler=scheduler)
+    _check_present(draws.root, draws.images, pos[by_site])
+    bounds = np.r_[0, np.flatnonzero((np.diff(pos[by_site], axis=0) != 0).any(axis=1)) + 1, len(by_site)]
+    groups = [by_site[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+    with ThreadPoolExecutor(min(int(workers), len(groups))) as pool:
+        parts = list(pool.map(lambda g: draws.crops_of_site(g, scale), groups))
+    values = np.concatenate(parts)
     out = np.empty_like(values)
     out[order] = values
-    labels = table.iloc[drawn].reset_index()
-    if well_labels is not None:
-        labels = labels.merge(well_labels, on=["plate", "well"], how="left", sort=False)
-    return out, labels
+    return out, draws.labels(drawn)
+
+
+class Sampler:
+    """An endless stream of random training batches of crops drawn across the whole screen.
+
+    Sites are drawn at random and read by a pool of ``workers`` threads ahead of the consumer
+    (the zstd decode releases the GIL, so the reads run beside the training step); each read site
+    gives ``cells_per_site`` random cells, which join a pool of ``pool_batches * batch_size``
+    crops; each batch takes ``batch_size`` crops at random out of the pool, which is topped up
+    again. So consecutive batches mix crops of many sites (about ``pool_batches * batch_size /
+    cells_per_site``), as DeepProfiler trains from a queue of crops of loaded images, while every
+    site read serves several cells.
+
+    The statistics of the draw: sites are drawn independently, with replacement, each with weight
+    ``n / min(k, n)`` for its ``n`` eligible cells, and give ``min(k, n)`` distinct cells: every
+    eligible cell of the screen is equally likely to enter the pool (uniform over cells, not over
+    sites). Cells of a site enter the pool together, and the pool leaves each one in a batch
+    uniformly at random, so a batch is close to, but not exactly, a uniform draw of cells: it may
+    hold several cells of one site, and a cell may come back in a later batch.
+
+    The stream is reproducible for a given ``seed`` whatever the thread timing: draws are made in
+    the calling thread, and site reads join the pool in the order they were drawn.
+
+    Parameters
+    ----------
+    screen : DataTree or Dataset
+        The store (``open_screen``) or a Dataset with ``images``.
+    batch_size : int
+        Crops per batch.
+    box : int
+        Box side in pixels.
+    cells_per_site : int
+        Cells taken from each site read (``k``).
+    pool_batches : int
+        Size of the crop pool in batches (1: a batch is the crops of the sites read just for it).
+    seed : int or numpy.random.Generator, optional
+        Random state of the whole stream.
+    channels : list of str, optional
+        Channels to keep, in this order.
+    edge : {"skip", "pad"}
+        Cells whose box leaves the image are never drawn, or are drawn and zero-padded.
+    scale : {None, "minmax", "deepprofiler"}
+        Per-crop, per-channel scaling, as :func:`crops` (done by the reading threads).
+    cells : Dataset or pandas.DataFrame, optional
+        Cells to draw from instead of the store's ``/cells`` node (e.g. a training split).
+    workers : int
+        Threads reading sites.
+    prefetch_batches : int
+        Batches' worth of sites kept in flight ahead of the consumer.
+
+    Yields
+    ------
+    crops : ndarray (batch_size, channel, box, box)
+        Dtype of the images, float32 when scaled.
+    cells : pandas.DataFrame
+        One row per crop, as :func:`sample` returns.
+
+    Examples
+    --------
+    >>> with Sampler(screen, 256, cells_per_site=8, seed=0, scale="minmax") as batches:  # doctest: +SKIP
+    ...     for step in range(1000):
+    ...         x, labels = next(batches)
+    """
+
+    def __init__(
+        self, screen, batch_size=256, *, box=128, cells_per_site=8, pool_batches=4, seed=None, channels=None,
+        edge="skip", scale=None, cells=None, workers=2, prefetch_batches=2,
+    ):
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        _check_sampling(box, edge, scale, cells_per_site, workers)
+        for name, value in (("batch_size", batch_size), ("pool_batches", pool_batches),
+                            ("prefetch_batches", prefetch_batches)):
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise InputError(f"{name} must be a positive integer, not {value!r}")
+        self.batch_size, self.cells_per_site, self.scale = int(batch_size), int(cells_per_site), scale
+        self._draws = draws = _draws_for(screen, cells, box, edge, channels)
+        _check_present(draws.root, draws.images, draws.pos[draws.members[draws.starts]])
+        # two streams: which sites and cells are read, and how the pool is mixed into batches
+        self._site_rng, self._mix_rng = _generator(seed).spawn(2)
+        self._pool_size = int(pool_batches) * self.batch_size
+        capacity = self._pool_size + self.cells_per_site - 1
+        dtype = np.float32 if scale else draws.images.dtype
+        self._pool = np.empty((capacity, len(draws.channel_names), box, box), dtype=dtype)
+        self._pool_cells = np.empty(capacity, dtype=np.int64)
+        self._n = 0
+        self._ahead = -(-int(prefetch_batches) * self.batch_size // self.cells_per_site)
+        self._futures = deque()
+        self._executor = ThreadPoolExecutor(int(workers), thread_name_prefix="cpzarr-sampler")
+        self._submit(self._ahead + -(-self._pool_size // self.cells_per_site))
+
+    def _submit(self, n_sites):
+        if n_sites <= 0:
+            return
+        _, picked = self._draws.draw_sites(self._site_rng, n_sites, self.cells_per_site)
+        for cells in picked:
+            self._futures.append((cells, self._executor.submit(self._draws.crops_of_site, cells, self.scale)))
+
+    def _fill(self):
+        while self._n < self._pool_size:
+            if len(self._futures) <= self._ahead:
+                self._submit(self._ahead + 1 - len(self._futures))
+            cells, future = self._futures.popleft()
+            crops = future.result()
+            self._pool[self._n : self._n + len(cells)] = crops
+            self._pool_cells[self._n : self._n + len(cells)] = cells
+            self._n += len(cells)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self._fill()
+        n, size = self._n, self.batch_size
+        pick = self._mix_rng.choice(n, size=size, replace=False)
+        crops, cells = self._pool[pick], self._pool_cells[pick]
+        # the crops left at the pool's end fill the holes the batch left, so the pool stays packed
+        left = n - size
+        holes = pick[pick < left]
+        taken = np.zeros(size, dtype=bool)
+        taken[pick[pick >= left] - left] = True
+        tail = left + np.flatnonzero(~taken)
+        self._pool[holes] = self._pool[tail]
+        self._pool_cells[holes] = self._pool_cells[tail]
+        self._n = left
+        if len(self._futures) < self._ahead:
+            self._submit(self._ahead - len(self._futures))
+        return crops, self._draws.labels(cells)
+
+    def close(self):
+        """Stop reading: cancel the site reads not started and let the threads end."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._futures.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        executor = getattr(self, "_executor", None)
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)

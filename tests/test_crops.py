@@ -10,7 +10,7 @@ import pytest
 import xarray as xr
 
 from cpzarr.cells import cells_from_table
-from cpzarr.crops import crops, sample
+from cpzarr.crops import Sampler, crops, sample
 from cpzarr.errors import InputError, StoreError
 
 PLATES, WELLS, SITES, CHANNELS, HEIGHT, WIDTH = ["P1", "P2"], ["A01", "A02", "B03"], [1, 2], ["DNA", "ER", "RNA"], 40, 52
@@ -264,3 +264,159 @@ def test_real_lincs_crops_equal_png_slices(shared_data, tmp_path):
             padded = np.pad(pixels, ((0, 0), (128, 128), (128, 128)))
             cy, cx = (int(np.floor(v + 0.5)) + 64 for v in (view.y.values[i], view.x.values[i]))
             np.testing.assert_array_equal(values[k], padded[:, cy : cy + 128, cx : cx + 128])
+
+
+def _write_store(path, pixels, compressor, *, index_location="end"):
+    """A store in the contract's layout (a chunk per site, a shard per well) with the POINTS cells."""
+    import zarr
+
+    from cpzarr import __version__
+    from cpzarr.cells import write_cells
+
+    screen, _ = _screen()
+    root = screen.drop_vars("images")
+    root.attrs = {"cpzarr_version": __version__, "complete": True}
+    root.to_zarr(path, mode="w", zarr_format=3, consolidated=False)
+    group = zarr.open_group(path, mode="r+", zarr_format=3)
+    shape = pixels.shape
+    site, well = (1, 1, 1) + shape[3:], (1, 1, shape[2]) + shape[3:]
+    sharding = zarr.codecs.ShardingCodec(
+        chunk_shape=site, codecs=[zarr.codecs.BytesCodec()] + ([compressor] if compressor else []),
+        index_location=index_location,
+    )
+    images = group.create_array(
+        "images", shape=shape, dtype=pixels.dtype, chunks=well, serializer=sharding, compressors=None,
+        fill_value=0, dimension_names=["plate", "well", "site", "channel", "y", "x"],
+    )
+    images[...] = pixels
+    opened = xr.open_zarr(path, consolidated=False, zarr_format=3)
+    write_cells(path, _cells(opened))
+
+
+def _store_cases():
+    import zarr
+
+    bit = zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
+    byte = zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
+    return [(np.uint8, bit, "end"), (np.uint16, byte, "end"), (np.uint16, zarr.codecs.ZstdCodec(level=1), "end"),
+            (np.uint16, None, "end"), (np.uint8, bit, "start")]
+
+
+@pytest.fixture(params=range(5), ids=["uint8-blosc", "uint16-blosc", "uint16-zstd", "uint16-raw", "index-first"])
+def store(request, tmp_path):
+    from cpzarr.store import open_screen
+
+    dtype, compressor, index_location = _store_cases()[request.param]
+    _, pixels = _screen(dtype, seed=request.param)
+    pixels[1, 2, 0] = 0  # a site of zeros is never written: the shard marks its chunk empty
+    _write_store(tmp_path / "screen.zarr", pixels, compressor, index_location=index_location)
+    return open_screen(tmp_path / "screen.zarr"), pixels
+
+
+def _check_against_pixels(values, labels, pixels, box=BOX, channels=slice(None)):
+    for k, row in enumerate(labels.itertuples()):
+        ref = _reference(pixels, row.plate, row.well, row.site, row.x, row.y, box, channels)
+        np.testing.assert_array_equal(values[k], ref)
+
+
+def test_store_crops_are_read_from_shard_files_and_equal_numpy_slices(store):
+    from cpzarr.cells import screen_parts
+    from cpzarr.crops import _StoreSites
+
+    screen, pixels = store
+    images, _, root = screen_parts(screen)
+    assert _StoreSites(images, root).shards is not None  # the direct path, not a fallback
+    # the Zarr array itself agrees with the pixels written, empty chunk included
+    np.testing.assert_array_equal(screen["images"].values, pixels)
+    for edge in ("skip", "pad"):
+        view = crops(screen, box=BOX, edge=edge, channels=["RNA", "DNA"])
+        labels = view.coords.to_dataset().drop_vars(["channel", "cell"]).to_dataframe()
+        _check_against_pixels(view.values, labels, pixels, channels=[2, 0])
+        assert len(labels) == (len(POINTS) if edge == "pad" else sum(_fits(x, y, BOX) for x, y in POINTS)) * 12
+
+
+def test_store_sample_equals_in_memory_sample(store):
+    screen, pixels = store
+    batch, labels = sample(screen, 30, box=BOX, seed=5, edge="pad", cells_per_site=3)
+    _check_against_pixels(batch, labels, pixels)
+    # the same draw through dask blocks of an in-memory copy (the fallback reader)
+    memory = screen.to_dataset(inherit=False).load()
+    memory_batch, memory_labels = sample(memory, 30, box=BOX, seed=5, edge="pad", cells_per_site=3,
+                                         cells=screen["cells"].to_dataset(inherit=False))
+    np.testing.assert_array_equal(batch, memory_batch)
+    assert labels["cell"].tolist() == memory_labels["cell"].tolist()
+
+
+def test_sampler_batches_equal_numpy_slices_and_are_reproducible(store):
+    screen, pixels = store
+    with Sampler(screen, 16, box=BOX, cells_per_site=3, pool_batches=2, seed=11, edge="pad") as first, \
+            Sampler(screen, 16, box=BOX, cells_per_site=3, pool_batches=2, seed=11, edge="pad", workers=1) as again:
+        for _ in range(4):
+            batch, labels = next(first)
+            assert batch.shape == (16, 3, BOX, BOX) and batch.dtype == pixels.dtype
+            _check_against_pixels(batch, labels, pixels)
+            expected = {"A01": "DMSO", "A02": "drugA", "B03": "drugB"}
+            assert (labels["compound"] == labels["well"].map(expected)).all()
+            # one thread or two, the stream is the same
+            batch_again, labels_again = next(again)
+            np.testing.assert_array_equal(batch, batch_again)
+            assert labels.equals(labels_again)
+    with Sampler(screen, 16, box=BOX, cells_per_site=3, seed=12, edge="pad") as other:
+        assert next(other)[1]["cell"].tolist() != labels["cell"].tolist()
+
+
+def test_sampler_scales_and_selects_channels():
+    screen, pixels = _screen()
+    cells = _cells(screen)
+    with Sampler(screen, 8, box=BOX, channels=["ER"], scale="minmax", cells=cells, seed=0) as batches:
+        batch, labels = next(batches)
+    assert batch.dtype == np.float32 and batch.shape == (8, 1, BOX, BOX)
+    for k, row in enumerate(labels.itertuples()):
+        raw = _reference(pixels, row.plate, row.well, row.site, row.x, row.y, BOX, [1]).astype(np.float64)
+        np.testing.assert_allclose(batch[k], (raw - raw.min()) / (raw.max() - raw.min()), rtol=1e-6)
+
+
+def test_sampler_spreads_cells_over_plates_and_sites():
+    screen, _ = _screen()
+    cells = _cells(screen)
+    with Sampler(screen, 24, box=BOX, cells_per_site=4, pool_batches=3, cells=cells, seed=1) as batches:
+        labels = pd.concat([next(batches)[1] for _ in range(20)])
+    sites = labels.groupby(["plate", "well", "site"]).size()
+    assert set(labels["plate"]) == set(PLATES) and len(sites) == len(PLATES) * len(WELLS) * len(SITES)
+    # consecutive batches mix the pool: a batch holds cells of more sites than it reads (24 / 4)
+    with Sampler(screen, 24, box=BOX, cells_per_site=4, pool_batches=3, cells=cells, seed=1) as batches:
+        next(batches)
+        assert next(batches)[1].groupby(["plate", "well", "site"]).ngroups > 6
+
+
+def test_site_draws_are_uniform_over_cells():
+    from cpzarr.crops import _Draws
+
+    screen, _ = _screen()
+    # sites of 1, 2, 6 and 13 eligible cells: drawn by cell count alone, 4 cells a site would
+    # under-draw the small sites' cells; the weights n / min(k, n) make every cell equally likely
+    counts = {("P1", "A01", 1): 1, ("P1", "A02", 2): 2, ("P2", "A01", 1): 6, ("P2", "B03", 2): 13}
+    rows = [(p, w, s, 10.0 + i, 20.0) for (p, w, s), n in counts.items() for i in range(n)]
+    table = pd.DataFrame(rows, columns=["plate", "well", "site", "x", "y"])
+    draws = _Draws(screen, table, BOX, "skip", None)
+    rng = np.random.default_rng(0)
+    _, picked = draws.draw_sites(rng, 40_000, 4)
+    hits = np.bincount(np.concatenate(picked), minlength=len(table))
+    expected = hits.sum() / len(table)
+    # binomial spread of each cell's count is about sqrt(expected) ~ 100; allow 5 of them
+    assert np.abs(hits - expected).max() < 5 * np.sqrt(expected)
+    assert all(len(set(p)) == len(p) for p in picked[:100])  # cells of one draw are distinct
+
+
+def test_sampler_bad_options():
+    screen, _ = _screen()
+    cells = _cells(screen)
+    with pytest.raises(InputError, match="batch_size"):
+        Sampler(screen, 0, cells=cells)
+    with pytest.raises(InputError, match="workers"):
+        Sampler(screen, 4, cells=cells, workers=0)
+    with pytest.raises(InputError, match="cells_per_site"):
+        sample(screen, 4, cells=cells, cells_per_site=0)
+    screen["present"][0, 0, 0] = False
+    with pytest.raises(StoreError, match="present is False"):
+        Sampler(screen, 4, box=BOX, cells=cells)
