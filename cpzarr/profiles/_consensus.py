@@ -77,7 +77,8 @@ def consensus(
     def reduce(block, lengths):
         return _reduce(block, lengths, operation, method, min_weight, precision)
 
-    data = segment_reduce(x, lengths, reduce, d, order=order, block_bytes=block_bytes)
+    data = segment_reduce(x, lengths, reduce, d, order=order, block_bytes=block_bytes,
+                          columnwise=operation != "modz")
     if sort:
         data, lengths = data[to_key_order], lengths[to_key_order]
         order = np.argsort(codes, kind="stable")
@@ -98,9 +99,12 @@ def consensus(
 
 
 def _reduce(block, lengths, operation, method, min_weight, precision):
-    block = np.asarray(block, dtype=np.float64)
-    out = np.empty((len(lengths), block.shape[1]))
+    block = np.asarray(block)
     has_nan = bool(np.isnan(block).any())
+    if operation == "median" and not has_nan:
+        return _median(block, lengths)
+    block = block.astype(np.float64, copy=False)
+    out = np.empty((len(lengths), block.shape[1]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN features give NaN, as pandas
         # About 8 MB of float64 per temporary stack.
@@ -120,6 +124,49 @@ def _reduce(block, lengths, operation, method, min_weight, precision):
                 weights = _stacked_weights(stack, method, min_weight, precision)
                 out[segments] = np.matmul(weights[:, None, :], stack)[:, 0]
     return out
+
+
+# Above this many replicates a selection (np.partition) beats a sorting network.
+_NETWORK_MAX = 8
+
+
+def _median(block, lengths):
+    """Median of each run of rows (no NaN) in the block's dtype, as float64.
+
+    Medians are order statistics, so they are selected in the input dtype (float32 profiles are
+    not copied to float64) and only the mean of the two middle values of an even run is taken in
+    float64, which gives the same numbers as the median of the float64 cast.
+    """
+    out = np.empty((len(lengths), block.shape[1]))
+    for length, segments, rows in by_length(lengths, max_rows=2**22 // max(block.shape[1], 1)):
+        if length == 0:
+            out[segments] = np.nan
+        elif length <= _NETWORK_MAX:
+            # Odd-even transposition sort across the replicate axis: elementwise min/max over whole
+            # (segment, feature) planes, no per-value Python or per-lane selection overhead.
+            stack = block[rows]
+            low = np.empty_like(stack[:, 0])
+            for step in range(length):
+                for i in range(step % 2, length - 1, 2):
+                    np.minimum(stack[:, i], stack[:, i + 1], out=low)
+                    np.maximum(stack[:, i], stack[:, i + 1], out=stack[:, i + 1])
+                    stack[:, i] = low
+            out[segments] = _middle(stack[:, (length - 1) // 2], stack[:, length // 2], length)
+        else:
+            for segment, first in zip(segments, rows[:, 0]):
+                # One contiguous lane per feature: partition selects along the last axis fastest.
+                lanes = block[first:first + length].T.copy()
+                k = (length - 1) // 2
+                lanes.partition(k, axis=1)
+                upper = lanes[:, k] if length % 2 else lanes[:, k + 1:].min(axis=1)
+                out[segment] = _middle(lanes[:, k], upper, length)
+    return out
+
+
+def _middle(lower, upper, length):
+    if length % 2:
+        return lower
+    return (lower.astype(np.float64) + upper.astype(np.float64)) / 2
 
 
 def _stacked_weights(stack, method, min_weight, precision):

@@ -53,7 +53,8 @@ def pack(lengths, row_bytes, block_bytes=BLOCK_BYTES):
     return per_block
 
 
-def segment_reduce(x, lengths, func, width, order=None, dtype=np.float64, block_bytes=BLOCK_BYTES):
+def segment_reduce(x, lengths, func, width, order=None, dtype=np.float64, block_bytes=BLOCK_BYTES,
+                   columnwise=False):
     """Apply ``func(block, lengths=...) -> (n_segments_in_block, width)`` to whole segments.
 
     Parameters
@@ -69,6 +70,10 @@ def segment_reduce(x, lengths, func, width, order=None, dtype=np.float64, block_
         Columns of the output.
     order : ndarray of int, optional
         Row order that makes the segments contiguous.
+    columnwise : bool, default False
+        ``func`` treats every feature on its own (a median, a mean): blocks larger than
+        ``block_bytes`` (one large segment) are also split along ``feature``, so that they use
+        bounded memory and several workers; ``width`` must then be ``x.shape[1]``.
 
     Returns
     -------
@@ -92,9 +97,13 @@ def segment_reduce(x, lengths, func, width, order=None, dtype=np.float64, block_
             piece = x[int(rows[0]):int(rows[0]) + len(rows)]
         else:
             piece = x[rows]
-        piece = piece.rechunk({0: -1, 1: -1})
+        columns = -1
+        if columnwise:
+            columns = max(1, int(block_bytes // max(len(rows) * x.dtype.itemsize, 1)))
+        piece = piece.rechunk({0: -1, 1: columns})
         blocks.append(piece.map_blocks(
-            partial(func, lengths=block_lengths), chunks=((len(block_lengths),), (width,)), dtype=dtype, meta=meta,
+            partial(func, lengths=block_lengths), dtype=dtype, meta=meta,
+            chunks=((len(block_lengths),), piece.chunks[1] if columnwise else (width,)),
         ))
     if not blocks:
         return da.empty((0, width), dtype=dtype)
