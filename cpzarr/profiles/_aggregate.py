@@ -5,7 +5,8 @@ Each dask task reduces a block of whole wells (or sites). Its temporaries are ke
 task is one block of cells (at most ``max(block_bytes, the largest well)``) plus ``block_bytes``.
 
 Means sum float32 rows into float64 one well at a time (``np.sum`` along the cell axis streams
-rows, several times faster than ``np.add.reduceat`` with a float64 accumulator). Medians of
+rows, several times faster than ``np.add.reduceat`` with a float64 accumulator), reading cells
+sorted by well straight from the input chunks, without a contiguous copy of each block. Medians of
 wells without NaN select the middle values in float32 (selection is exact) and average the two
 middle ones in float64, as pandas does on its float64 copy: small wells, stacked by size, go
 through a median-selecting comparator network (Knuth's merge exchange, pruned to the comparators
@@ -17,12 +18,14 @@ there). Wells with NaN take the plain ``np.nanmedian`` path.
 import warnings
 from functools import lru_cache
 
+import dask
+import dask.array as da
 import numpy as np
 import xarray as xr
 
 from cpzarr.errors import InputError
 from cpzarr.profiles._samples import as_dask, constant_coords, group_codes, record_step
-from cpzarr.profiles._segments import BLOCK_BYTES, segment_reduce, segments_in_input_order
+from cpzarr.profiles._segments import BLOCK_BYTES, pack, segment_reduce, segments_in_input_order
 
 OPERATIONS = ("mean", "median")
 
@@ -84,7 +87,10 @@ def aggregate(features, strata=("plate", "well"), operation="mean", block_bytes=
     def reduce(block, lengths):
         return _reduce(block, lengths, operation, block_bytes)
 
-    data = segment_reduce(x, lengths, reduce, x.shape[1], order=order, block_bytes=block_bytes)
+    if operation == "mean" and np.array_equal(order, np.arange(len(order))):
+        data = _means_by_chunk(x, lengths, block_bytes)
+    else:
+        data = segment_reduce(x, lengths, reduce, x.shape[1], order=order, block_bytes=block_bytes)
     if not np.array_equal(to_key_order, np.arange(len(to_key_order))):
         data = data[to_key_order]
     lengths = lengths[to_key_order]
@@ -110,33 +116,79 @@ def _reduce(block, lengths, operation, block_bytes=BLOCK_BYTES):
     if block.dtype not in (np.float32, np.float64):
         block = block.astype(np.float64)
     lengths = np.asarray(lengths, dtype=np.int64)
+    if operation == "mean":
+        return _piece_means([block], 0, lengths)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     out = np.empty((len(lengths), block.shape[1]))
     if not len(lengths):
         return out
-    # Segments holding a NaN cell, found in one pass: they take the NaN-aware paths.
+    # Segments holding a NaN cell, found in one pass: they take the NaN-aware path.
     nan_before = np.concatenate([[0], np.cumsum(np.isnan(block).any(axis=1))])
     has_nan = nan_before[starts + lengths] > nan_before[starts]
-    reducer = _means if operation == "mean" else _medians
     # Column blocks bound the temporaries (float64 copies, stacked wells) by block_bytes.
     step = max(1, int(block_bytes) // max(1, 8 * int(lengths.max())))
     for lo in range(0, block.shape[1], step):
         columns = slice(lo, lo + step)
-        reducer(block[:, columns], starts, lengths, has_nan, out[:, columns])
+        _medians(block[:, columns], starts, lengths, has_nan, out[:, columns])
     return out
 
 
-def _means(block, starts, lengths, has_nan, out):
+def _means_by_chunk(x, lengths, block_bytes):
+    """Means of consecutive segments of ``x``, each task reading its rows from the input chunks.
+
+    Segments are packed into blocks as by ``segment_reduce``, but a block's task takes the
+    input chunks it overlaps as they are: sums need no contiguous copy of the block.
+    """
+    per_block = pack(lengths, x.shape[1] * x.dtype.itemsize, block_bytes)
+    segment_bounds = np.concatenate([[0], np.cumsum(per_block)]).astype(np.int64)
+    row_bounds = np.concatenate([[0], np.cumsum(lengths)])[segment_bounds]
+    chunk_bounds = np.concatenate([[0], np.cumsum(x.chunks[0])])
+    chunks = x.to_delayed()[:, 0]
+    blocks = []
+    for b in range(len(per_block)):
+        lo, hi = row_bounds[b], row_bounds[b + 1]
+        first = int(np.searchsorted(chunk_bounds, lo, side="right")) - 1
+        last = max(first + 1, int(np.searchsorted(chunk_bounds, hi, side="left")))
+        block_lengths = lengths[segment_bounds[b]:segment_bounds[b + 1]]
+        task = dask.delayed(_piece_means, pure=True)(
+            list(chunks[first:last]), int(lo - chunk_bounds[first]), block_lengths)
+        blocks.append(da.from_delayed(task, shape=(len(block_lengths), x.shape[1]), dtype=np.float64,
+                                      meta=np.empty((0, 0))))
+    if not blocks:
+        return da.empty((0, x.shape[1]), dtype=np.float64)
+    return da.concatenate(blocks, axis=0)
+
+
+def _piece_means(pieces, offset, lengths):
+    """Means of consecutive segments starting ``offset`` rows into the row-wise join of ``pieces``.
+
+    Each segment's rows are summed in float64 where they lie (one or more pieces); a segment
+    whose sum is NaN is summed again without its NaN cells, so the common case reads its cells
+    once.
+    """
+    bounds = np.concatenate([[0], np.cumsum([len(p) for p in pieces])])
+    out = np.zeros((len(lengths), pieces[0].shape[1] if pieces else 0))
+    start = offset
     with np.errstate(invalid="ignore", divide="ignore"):
-        for i, (start, n) in enumerate(zip(starts, lengths)):
-            cells = block[start:start + n]
-            if has_nan[i]:
-                present = ~np.isnan(cells)
-                total = np.where(present, cells, 0).sum(axis=0, dtype=np.float64)
-                np.divide(total, present.sum(axis=0), out=out[i])
+        for i, n in enumerate(lengths):
+            parts = [
+                pieces[k][max(start - bounds[k], 0):start + n - bounds[k]]
+                for k in range(len(pieces)) if bounds[k] < start + n and start < bounds[k + 1]
+            ]
+            for part in parts:
+                out[i] += part.sum(axis=0, dtype=np.float64)
+            if np.isnan(out[i]).any():
+                count = np.zeros(out.shape[1], dtype=np.int64)
+                out[i] = 0
+                for part in parts:
+                    present = ~np.isnan(part)
+                    out[i] += np.where(present, part, 0).sum(axis=0, dtype=np.float64)
+                    count += present.sum(axis=0)
+                out[i] /= count
             else:
-                np.sum(cells, axis=0, dtype=np.float64, out=out[i])
                 out[i] /= n
+            start += n
+    return out
 
 
 def _medians(block, starts, lengths, has_nan, out):
