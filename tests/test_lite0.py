@@ -177,3 +177,15 @@ def test_folded_batch_norm_computes_the_same_function():
     x = np.random.default_rng(2).uniform(-1, 1, (3, 48, 48, 3)).astype("float32")
     np.testing.assert_allclose(np.asarray(folded(x, training=False)), np.asarray(model(x, training=False)),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_one_plane_fold_equals_three_copied_planes():
+    model = _lite0.build_lite0((48, 48, 3), weights="imagenet")
+    grey = _lite0.fold_batch_norm(model, planes=1)
+    assert grey.input_shape[-1] == 1
+    plane = np.random.default_rng(3).uniform(-1, 1, (3, 48, 48, 1)).astype("float32")
+    np.testing.assert_allclose(
+        np.asarray(grey(plane, training=False)),
+        np.asarray(model(np.repeat(plane, 3, axis=-1), training=False)),
+        rtol=1e-4, atol=1e-4,
+    )

@@ -248,7 +248,7 @@ def _bn_of(conv_name):
     return conv_name[: -len("_conv")] + "_bn"
 
 
-def fold_batch_norm(model):
+def fold_batch_norm(model, planes=None):
     """Fold every batch normalisation of a Lite0 into the convolution before it (inference).
 
     ``y = γ (conv(x) − μ) / √(σ² + ε) + β`` is the convolution with its kernel scaled by
@@ -259,11 +259,17 @@ def fold_batch_norm(model):
     ----------
     model : keras.Model
         From :func:`build_lite0` (any input shape, top or pooling).
+    planes : int, optional
+        Input planes of the folded model when they differ from ``model``'s: a three-plane model
+        whose planes are always identical copies of one grey plane (how crops are fed, one
+        channel at a time) folds into a one-plane model with the stem kernel summed over RGB
+        (:func:`adapt_stem_kernel`), which skips the copies and two thirds of the stem.
 
     Returns
     -------
     keras.Model
-        Same inputs and outputs, no ``BatchNormalization`` layers; not trainable as Lite0.
+        Same outputs, no ``BatchNormalization`` layers; not trainable as Lite0. Its input has
+        ``planes`` planes when given.
 
     Examples
     --------
@@ -275,8 +281,11 @@ def fold_batch_norm(model):
     pooling = "avg" if "avg_pool" in [layer.name for layer in model.layers] else (
         "max" if "max_pool" in [layer.name for layer in model.layers] else None
     )
+    shape = tuple(model.input_shape[1:])
+    if planes is not None:
+        shape = (*shape[:2], int(planes))
     folded = build_lite0(
-        tuple(model.input_shape[1:]), include_top=top, pooling=pooling, weights=None,
+        shape, include_top=top, pooling=pooling, weights=None,
         name=model.name, batch_norm=False,
     )
     for layer in folded.layers:
@@ -292,6 +301,8 @@ def fold_batch_norm(model):
             kernel = kernel * scale[None, None, :, None]
         else:
             kernel = kernel * scale
+        if layer.name == "stem_conv" and kernel.shape[2] != shape[2]:
+            kernel = adapt_stem_kernel(kernel, shape[2])
         layer.set_weights([kernel, beta - mean * scale])
     return folded
 

@@ -170,7 +170,9 @@ def load_model(
         Name of a layer whose output (spatially averaged when it has spatial dimensions) is
         returned instead of the global-average-pooled last block.
     input_shape : tuple
-        ``(height, width, 3)``; ``None`` sizes are left free.
+        ``(height, width, 3)``; ``None`` sizes are left free. Lite0 with ``fold_batch_norm``
+        also takes ``(height, width, 1)``: the one grey plane that the three would copy, with
+        the stem kernel summed over RGB (the same function, cheaper).
     fold_batch_norm : bool
         Lite0 only: fold the batch normalisations into the convolutions
         (:func:`cpzarr.features._lite0.fold_batch_norm`), the same function in about 30 % less
@@ -198,11 +200,18 @@ def load_model(
     if name == "efficientnet-lite0":
         from cpzarr.features._lite0 import build_lite0
 
-        base = build_lite0(input_shape, weights="imagenet" if weights == "imagenet" else info["path"])
+        planes = input_shape[2]
+        if planes not in (1, 3) or (planes == 1 and not fold_batch_norm):
+            raise InputError(
+                f"Lite0 takes 3 input planes, or 1 with fold_batch_norm=True; not {planes}"
+            )
+        base = build_lite0(
+            (*input_shape[:2], 3), weights="imagenet" if weights == "imagenet" else info["path"]
+        )
         if fold_batch_norm:
             from cpzarr.features._lite0 import fold_batch_norm as fold
 
-            base = fold(base)
+            base = fold(base, planes=planes)
     else:
         app = {
             "efficientnet-b0": keras.applications.EfficientNetB0,
@@ -312,7 +321,9 @@ def _cached_model(name, weights, layer, shape, mixed_precision):
             if policy:
                 keras.config.set_dtype_policy(policy)
             try:
-                model = load_model(name, weights, layer, (*shape, 3), fold_batch_norm=fold)
+                # A folded Lite0 takes the grey plane once instead of three copies of it.
+                planes = 1 if fold else 3
+                model = load_model(name, weights, layer, (*shape, planes), fold_batch_norm=fold)
                 if name == "trained" and tuple(model.input_shape[1:3]) != tuple(shape):
                     raise InputError(
                         f"the checkpoint {weights} was trained on {model.input_shape[1:3]} px crops; "
@@ -333,8 +344,11 @@ def _features_block(block, name, weights, layer, batch_size, dtype, mixed_precis
         return _trained_block(model, block, batch_size).astype(dtype, copy=False)
     out = np.empty((n * channels, size), dtype=np.float32)
     planes = _scaled(block, name).reshape(n * channels, height, width)
+    grey = model.input_shape[-1] == 1
     for start in range(0, n * channels, batch_size):
-        batch = _to_planes(planes[start : start + batch_size], name)
+        batch = planes[start : start + batch_size, :, :, None] if grey else _to_planes(
+            planes[start : start + batch_size], name
+        )
         count = len(batch)
         if count < batch_size:  # pad: one input shape, compiled once
             batch = np.concatenate([batch, np.zeros((batch_size - count, *batch.shape[1:]), batch.dtype)])
