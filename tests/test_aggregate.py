@@ -130,3 +130,21 @@ def test_real_deepprofiler_cells(shared_data, operation):
         out = aggregate(cells.chunk({"cell": 128}), strata=strata, operation=operation)
         assert out["cell_count"].values.tolist() == counts.tolist()
         np.testing.assert_allclose(out.values, expected.to_numpy(), rtol=1e-12)
+
+
+def test_coordinates_kept_only_when_constant_per_well():
+    cells = _cells(nan=False)
+    n = cells.sizes["cell"]
+    well = cells["well"].values
+    middle = np.zeros(n)
+    middle[1:-1] = np.arange(1, n - 1) % 2  # equal at each well's ends only in the first/last cells
+    dose = np.where(well == "W03", np.nan, 1.5)
+    cells = cells.assign_coords(
+        compound=("cell", np.char.add("c", well).astype(object)), dose=("cell", dose),
+        x=("cell", np.random.default_rng(0).uniform(0, 9, n)), middle=("cell", middle))
+    out = aggregate(cells)
+    assert {"compound", "dose"} <= set(out.coords)
+    assert not {"x", "site"} & set(out.coords)
+    frame = pd.DataFrame({"well": well, "plate": cells["plate"].values, "middle": middle})
+    assert ("middle" in out.coords) == bool((frame.groupby(["plate", "well"])["middle"].nunique() == 1).all())
+    np.testing.assert_array_equal(np.isnan(out["dose"].values), out["well"].values == "W03")

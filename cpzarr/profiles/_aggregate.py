@@ -96,12 +96,37 @@ def aggregate(features, strata=("plate", "well"), operation="mean", block_bytes=
     lengths = lengths[to_key_order]
     order = np.argsort(codes, kind="stable")
     coords = {c: ("sample", keys[c].to_numpy()) for c in strata}
-    coords.update(constant_coords(cells, codes, order, lengths, exclude=strata))
+    # constant_coords compares every cell's value as text (minutes for millions of cells); cell
+    # positions and sites are told apart by one cell pair per well first.
+    varying = _varying_coords(cells, order, lengths, exclude=strata)
+    coords.update(constant_coords(cells.drop_vars(varying), codes, order, lengths, exclude=strata))
     coords["cell_count"] = ("sample", lengths.astype(np.int64))
     coords["feature"] = cells["feature"]
     out = xr.DataArray(data, dims=("sample", "feature"), coords=coords, name="profiles", attrs=dict(cells.attrs))
     record_step(out, "aggregate", {"strata": strata, "operation": operation})
     return out
+
+
+def _varying_coords(cells, order, lengths, exclude=()):
+    """Coordinates along ``sample`` whose first and last cell differ in some group (never constant)."""
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    first, last = order[starts], order[starts + np.maximum(lengths, 1) - 1]
+    varying = []
+    for name, coord in cells.coords.items():
+        if coord.dims != ("sample",) or name in exclude or not len(first):
+            continue
+        values = np.asarray(coord.values)
+        a, b = values[first], values[last]
+        if values.dtype.kind in "iub":
+            differ = bool(np.any(a != b))
+        elif values.dtype.kind == "f":
+            # Distinct floats print differently; two NaN print alike.
+            differ = bool(np.any((a != b) & ~(np.isnan(a) & np.isnan(b))))
+        else:
+            differ = any(str(x) != str(y) for x, y in zip(a, b))
+        if differ:
+            varying.append(name)
+    return varying
 
 
 # Above this many cells a well's median goes through a sort: the network's comparator count
