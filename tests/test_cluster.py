@@ -1,3 +1,5 @@
+import os
+
 from cpzarr.cluster import batched, get_client, map_batches
 
 
@@ -24,3 +26,11 @@ def test_local_client_names_tasks_and_bounds_batches():
                           batch_size=2, client=client, progress=False)
     assert [v for v, _ in out] == [11, 21, 31]
     assert [k for _, k in out] == ["ingest-well-P1-A01", "ingest-well-P1-A02", "ingest-well-P2-A01"]
+
+
+def test_worker_processes_size_tensorflow_pools_to_their_threads(monkeypatch):
+    monkeypatch.delenv("TF_NUM_INTRAOP_THREADS", raising=False)
+    monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "7")  # the user's own setting wins
+    with get_client(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as client:
+        seen = client.run(lambda: (os.environ.get("TF_NUM_INTRAOP_THREADS"), os.environ.get("TF_NUM_INTEROP_THREADS")))
+    assert list(seen.values()) == [("1", "7")]
