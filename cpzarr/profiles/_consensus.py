@@ -103,27 +103,58 @@ def _reduce(block, lengths, operation, method, min_weight, precision):
     has_nan = bool(np.isnan(block).any())
     if operation == "median" and not has_nan:
         return _median(block, lengths)
-    block = block.astype(np.float64, copy=False)
     out = np.empty((len(lengths), block.shape[1]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN features give NaN, as pandas
         # About 8 MB of float64 per temporary stack.
         for length, segments, rows in by_length(lengths, max_rows=2**20 // max(block.shape[1], 1)):
-            stack = block[rows]  # (segment, replicate, feature)
+            stack = block[rows]  # (segment, replicate, feature), in the input dtype
             if operation == "median":
-                out[segments] = (np.nanmedian if has_nan else np.median)(stack, axis=1)
+                out[segments] = np.nanmedian(stack.astype(np.float64), axis=1)
             elif operation == "mean":
-                out[segments] = (np.nanmean if has_nan else np.mean)(stack, axis=1)
+                out[segments] = (np.nanmean if has_nan else np.mean)(stack, axis=1, dtype=np.float64)
             elif length == 1:
-                out[segments] = np.nan_to_num(stack[:, 0], nan=0.0)
+                out[segments] = np.nan_to_num(stack[:, 0].astype(np.float64), nan=0.0)
             elif has_nan:
                 for i, segment in enumerate(segments):
-                    weights = modz_weights(stack[i], method, min_weight, precision)
-                    out[segment] = np.nansum(stack[i] * weights[:, None], axis=0)
+                    rows64 = stack[i].astype(np.float64)
+                    weights = modz_weights(rows64, method, min_weight, precision)
+                    out[segment] = np.nansum(rows64 * weights[:, None], axis=0)
             else:
+                # Ranks (and so weights) are the same from float32 values as from their float64 cast.
                 weights = _stacked_weights(stack, method, min_weight, precision)
-                out[segments] = np.matmul(weights[:, None, :], stack)[:, 0]
+                out[segments] = np.matmul(weights[:, None, :], stack.astype(np.float64))[:, 0]
     return out
+
+
+def _ranks(values):
+    """Average ranks (1-based, float64) along the last axis, as ``rankdata``; no NaN.
+
+    One unstable sort per row (numpy's quicksort, faster than the stable sort of ``rankdata``);
+    then only the runs of tied values (rare, but float32 rows of thousands of features hold
+    some) are given the mean of their positions.
+    """
+    flat = values.reshape(-1, values.shape[-1])
+    n = flat.shape[1]
+    order = np.argsort(flat, axis=1)
+    ordered = np.take_along_axis(flat, order, axis=1)
+    ranked = np.empty(flat.shape)
+    ranked[:] = np.arange(1.0, n + 1)
+    # Flat positions equal to their left neighbour; the first of a row never is, so no run of
+    # ties crosses rows.
+    tied = np.flatnonzero(ordered[:, 1:] == ordered[:, :-1])
+    if len(tied):
+        tied += tied // (n - 1) + 1  # from (row, n - 1) comparisons to (row, n) positions
+        breaks = np.flatnonzero(np.diff(tied) != 1) + 1
+        first = tied[np.concatenate([[0], breaks])] - 1
+        last = tied[np.concatenate([breaks - 1, [len(tied) - 1]])]
+        lengths = last - first + 1
+        mean = (first % n + last % n) / 2 + 1
+        offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        ranked.flat[np.repeat(first, lengths) + offsets] = np.repeat(mean, lengths)
+    ranks = np.empty(flat.shape)
+    np.put_along_axis(ranks, order, ranked, axis=1)
+    return ranks.reshape(values.shape)
 
 
 # Above this many replicates a selection (np.partition) beats a sorting network.
@@ -171,9 +202,12 @@ def _middle(lower, upper, length):
 
 def _stacked_weights(stack, method, min_weight, precision):
     """MODZ weights of many equal-size replicate groups at once (no NaN)."""
-    values = rankdata(stack, axis=2) if method == "spearman" else stack
+    values = _ranks(stack) if method == "spearman" else stack.astype(np.float64)
     centred = values - values.mean(axis=2, keepdims=True)
-    gram = np.matmul(centred, centred.transpose(0, 2, 1))  # BLAS, unlike einsum
+    if len(centred) == 1:
+        gram = (centred[0] @ centred[0].T)[None]  # one large group: symmetric rank-k update
+    else:
+        gram = np.matmul(centred, centred.transpose(0, 2, 1))  # BLAS, unlike einsum
     norms = np.sqrt(np.diagonal(gram, axis1=1, axis2=2))
     with np.errstate(invalid="ignore", divide="ignore"):
         corr = gram / (norms[:, :, None] * norms[:, None, :])
