@@ -23,6 +23,7 @@ Sizes
     The box size is an argument and the image size is read from the store, never from a config.
 """
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -322,7 +323,8 @@ class _StoreSites:
     contract's layout on a local disk is read straight from its shard files: a site costs one
     read of its chunk's bytes and its decode, where a call of the Zarr array also re-reads and
     checks the shard index and hands the chunk through Zarr's event-loop thread and buffers
-    (about 40 % more CPU time per site, ``benchmarks/benchmark_crops.py``).
+    (about 40 % more CPU time per site, ``benchmarks/benchmark_crops.py``). There a random draw,
+    which needs a few boxes of a site, decodes only the Blosc blocks under them (``need``).
     """
 
     def __init__(self, images, root):
@@ -332,9 +334,10 @@ class _StoreSites:
         # kept only when needed: a task graph that carries this reader stays small to ship
         self.data = images.data if array is None else None
 
-    def __call__(self, p, w, s):
+    def __call__(self, p, w, s, need=None):
+        """The site's pixels; ``need = (rows, box, channels)`` allows leaving every other row unread."""
         if self.shards is not None:
-            return self.shards.site(p, w, s)
+            return self.shards.site(p, w, s, need)
         if self.array is not None:
             return self.array[p, w, s]
         block = self.data[p, w, s]
@@ -369,14 +372,18 @@ class _ShardFiles:
     EMPTY = np.uint64(2**64 - 1)
 
     def __init__(self, array, decoder, dtype, sites_per_shard, index_at_end, crc):
+        import numcodecs
+
         self.metadata = array.metadata
         self.root = Path(array.store.root) / array.path
         self.shape = array.shape[3:]
         self.fill_value = array.fill_value
         self.decoder, self.dtype = decoder, dtype
+        self.blosc = isinstance(decoder, numcodecs.Blosc)  # chunks that decode block by block
         self.sites_per_shard, self.index_at_end = sites_per_shard, index_at_end
         self.index_bytes = 16 * sites_per_shard + (4 if crc else 0)
         self._indexes = {}
+        self._scratch = threading.local()
 
     @classmethod
     def of(cls, array):
@@ -408,7 +415,10 @@ class _ShardFiles:
             decoder = numcodecs.Blosc() if isinstance(inner[1], BloscCodec) else numcodecs.Zstd()
         return cls(array, decoder, dtype, shard[2], sharding.index_location.value == "end", len(index) == 2)
 
-    def site(self, p, w, s):
+    def site(self, p, w, s, need=None):
+        """Pixels ``(channel, y, x)`` of a site; with ``need = (rows, box, channels)`` only the
+        rows ``rows[i] : rows[i] + box`` of those channels are sure to be filled in, and the
+        array may be this thread's scratch buffer, valid until its next call with ``need``."""
         shard, j = divmod(int(s), self.sites_per_shard)
         path = self.root / self.metadata.encode_chunk_key((int(p), int(w), shard, 0, 0, 0))
         try:
@@ -427,9 +437,86 @@ class _ShardFiles:
             return np.full(self.shape, self.fill_value, self.dtype)
         if self.decoder is None:
             return np.frombuffer(raw, self.dtype).reshape(self.shape)
+        if need is not None and self.blosc:
+            scratch = getattr(self._scratch, "buffers", None)
+            if scratch is None:
+                size = int(np.prod(self.shape)) * self.dtype.itemsize
+                scratch = self._scratch.buffers = (np.empty(size, np.uint8), np.empty(size, np.uint8))
+            part = _blosc_blocks(raw, self._byte_ranges(*need), self.decoder, scratch)
+            if part is not None:
+                return part.view(self.dtype).reshape(self.shape)
         out = np.empty(self.shape, self.dtype)
         self.decoder.decode(raw, out=out)
         return out
+
+    def _byte_ranges(self, rows, box, channels):
+        """Byte ranges of the chunk (C order) holding rows ``rows[i] : rows[i] + box`` of ``channels``."""
+        height, width = self.shape[1:]
+        row_bytes = width * self.dtype.itemsize
+        top = np.clip(np.asarray(rows), 0, height)
+        bottom = np.clip(np.asarray(rows) + box, 0, height)
+        base = np.asarray(channels)[:, None] * height
+        return ((base + top) * row_bytes).ravel(), ((base + bottom) * row_bytes).ravel()
+
+
+def _blosc_blocks(raw, ranges, blosc, scratch=None):
+    """Decode only the blocks of a Blosc (c-blosc 1) buffer that hold the byte ``ranges``.
+
+    A Blosc buffer is a 16-byte header (flags, type size, sizes), the offsets of its blocks, then
+    the blocks, each compressed and shuffled on its own: its streams (one, or one per byte of the
+    type when split) each follow their int32 length. A random draw needs a few 128-row bands of a
+    site, a small share of its blocks, so those blocks are copied, still compressed, into a
+    smaller Blosc buffer of the same kind (header sizes and offsets rewritten; the original's
+    short last block, if needed, stays last, where Blosc expects it), which Blosc decodes at its
+    usual speed (un-shuffling included) in one call.
+
+    Returns the whole buffer's bytes with only those blocks filled in, or None (decode it all
+    instead) when they are most of the blocks, or the buffer is not of this kind. ``scratch``, two
+    uint8 arrays of at least the buffer's size, receive the result and the decoded blocks: fresh
+    arrays of a changing size come from fresh memory pages, whose first touch cost more than the
+    decode (1,700 page faults, +5 ms for a LINCS site).
+    """
+    buf = np.frombuffer(raw, np.uint8)
+    if len(buf) < 16 or buf[0] != 2:
+        return None
+    flags, typesize = int(buf[2]), int(buf[3])
+    nbytes, blocksize, _ = (int(v) for v in buf[4:16].view("<i4"))
+    if flags & 0x2:  # stored without compression
+        return buf[16 : 16 + nbytes]
+    if blocksize <= 0 or nbytes <= 0:
+        return None
+    starts, stops = ranges
+    keep = stops > starts
+    first, last = starts[keep] // blocksize, (stops[keep] - 1) // blocksize
+    blocks = np.unique(np.concatenate([np.arange(a, b + 1) for a, b in zip(first, last)] or [np.zeros(0, int)]))
+    n_blocks = -(-nbytes // blocksize)
+    if n_blocks < 2 or len(blocks) > 0.8 * n_blocks:
+        return None
+    out = np.empty(nbytes, np.uint8) if scratch is None else scratch[0][:nbytes]
+    if not len(blocks):
+        return out
+    if len(blocks) == 1 and blocks[0] == n_blocks - 1 and nbytes % blocksize:
+        # Blosc refuses a buffer smaller than its block size: the short last block needs company
+        blocks = np.r_[n_blocks - 2, blocks]
+    offsets = buf[16 : 16 + 4 * n_blocks].view("<i4")
+    split = not flags & 0x10 and typesize <= 16 and blocksize // typesize >= 128
+    sizes = np.minimum(blocksize, nbytes - blocks * blocksize)
+    pieces, new_offsets, at = [], [], 16 + 4 * len(blocks)
+    for j, size in zip(blocks, sizes):
+        begin = end = int(offsets[j])
+        for _ in range(typesize if split and size == blocksize else 1):
+            end += 4 + int(buf[end : end + 4].view("<i4")[0])
+        pieces.append(buf[begin:end])
+        new_offsets.append(at)
+        at += end - begin
+    header = buf[:16].copy()
+    header[4:16].view("<i4")[:] = (int(sizes.sum()), blocksize, at)
+    fake = np.concatenate([header, np.asarray(new_offsets, "<i4").view(np.uint8), *pieces])
+    part = np.empty(sizes.sum(), np.uint8) if scratch is None else scratch[1][: sizes.sum()]
+    blosc.decode(fake, out=part)
+    for k, (j, size) in enumerate(zip(blocks, sizes)):
+        out[j * blocksize : j * blocksize + size] = part[k * blocksize : k * blocksize + size]
+    return out
 
 
 class _Draws:
@@ -451,6 +538,7 @@ class _Draws:
         n_wells = self.images.sizes["well"]
         self.well_row = self.pos[:, 0] * n_wells + self.pos[:, 1]
         self.read = _StoreSites(self.images, self.root)
+        self.channel_list = np.arange(self.images.sizes["channel"])[self.channel_index]
         self.box = box
         self._cdf = {}
 
@@ -488,7 +576,8 @@ class _Draws:
 
     def crops_of_site(self, cells, scale):
         """Crops ``(cell, channel, box, box)`` of ``cells``, all in one site (one task of the pool)."""
-        planes = self.read(*(int(v) for v in self.pos[cells[0]]))[self.channel_index]
+        need = (self.rows[cells], self.box, self.channel_list)
+        planes = self.read(*(int(v) for v in self.pos[cells[0]]), need=need)[self.channel_index]
         return _scale(_cut_site(planes, self.rows[cells], self.columns[cells], self.box), scale)
 
 

@@ -420,3 +420,71 @@ def test_sampler_bad_options():
     screen["present"][0, 0, 0] = False
     with pytest.raises(StoreError, match="present is False"):
         Sampler(screen, 4, box=BOX, cells=cells)
+
+
+@pytest.mark.parametrize("typesize", [1, 2, 4])
+@pytest.mark.parametrize("shuffle", ["noshuffle", "shuffle", "bitshuffle"])
+@pytest.mark.parametrize("cname", ["zstd", "lz4"])
+def test_blosc_blocks_equal_whole_decode(cname, shuffle, typesize):
+    from numcodecs import Blosc
+
+    from cpzarr.crops import _blosc_blocks
+
+    rng = np.random.default_rng(typesize)
+    # smooth, compressible pixels, and a length that leaves a short last block of odd size
+    pixels = (np.cumsum(rng.integers(-2, 3, 300_001)) % 4000).astype(f"u{typesize}")
+    code = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}[shuffle]
+    raw = Blosc(cname, 1, code, blocksize=8192).encode(pixels)
+    whole = np.frombuffer(Blosc().decode(raw), np.uint8)
+    for starts, stops in [
+        (np.array([0, 40_000, 123_457]), np.array([100, 49_000, 123_458])),
+        (np.array([whole.size - 5000, 60_000]), np.array([whole.size, 60_000])),  # the short last block
+    ]:
+        part = _blosc_blocks(raw, (starts, stops), Blosc())
+        assert part is not None and part.size == whole.size
+        for a, b in zip(starts, stops):
+            np.testing.assert_array_equal(part[a:b], whole[a:b])
+    # most of the blocks: a whole decode is cheaper, and is left to the caller
+    assert _blosc_blocks(raw, (np.array([0]), np.array([whole.size])), Blosc()) is None
+
+
+def test_sampler_on_large_sites_reads_blocks_and_equals_numpy_slices(tmp_path):
+    import zarr
+
+    from cpzarr.cells import screen_parts
+    from cpzarr.crops import _StoreSites
+    from cpzarr.store import open_screen
+
+    global HEIGHT, WIDTH
+    saved = HEIGHT, WIDTH
+    HEIGHT, WIDTH = 400, 520  # 3 channels of 400 rows: many Blosc blocks per site
+    try:
+        _, pixels = _screen(np.uint16, seed=3)
+        pixels //= 8  # compressible, as microscope pixels are
+        blosc = zarr.codecs.BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
+        _write_store(tmp_path / "screen.zarr", pixels, blosc)
+        screen = open_screen(tmp_path / "screen.zarr")
+        images, _, root = screen_parts(screen)
+        site = _StoreSites(images, root)
+        decoded = []
+
+        class Counted:
+            def __init__(self, codec):
+                self.codec = codec
+
+            def decode(self, *args, **kwargs):
+                out = self.codec.decode(*args, **kwargs)
+                decoded.append(np.asarray(out).nbytes)
+                return out
+
+        site.shards.decoder = Counted(site.shards.decoder)
+        read = site(1, 2, 0, need=(np.array([100]), 10, np.array([1])))
+        np.testing.assert_array_equal(read[1, 100:110], pixels[1, 2, 0, 1, 100:110])
+        np.testing.assert_array_equal(site(1, 2, 0), pixels[1, 2, 0])
+        # the band alone decoded a small share of the site; the whole site, all of it
+        assert decoded[0] < pixels[1, 2, 0].nbytes / 4 and decoded[1] == pixels[1, 2, 0].nbytes
+        with Sampler(screen, 12, box=BOX, cells_per_site=2, channels=["RNA", "ER"], seed=4, edge="pad") as batches:
+            batch, labels = next(batches)
+        _check_against_pixels(batch, labels, pixels, channels=[2, 1])
+    finally:
+        HEIGHT, WIDTH = saved
