@@ -123,13 +123,15 @@ def feature_select(
         raise InputError(f"corr_method {corr_method!r} is not 'pearson' or 'spearman'")
     p = check_profiles(profiles)
     mask = sample_mask(p, samples)
-    x = as_dask(p)[np.flatnonzero(mask)]
+    x = as_dask(p)
+    if not mask.all():
+        x = x[np.flatnonzero(mask)]
     names = np.asarray([str(f) for f in p["feature"].values], dtype=object)
     keep = np.ones(len(names), dtype=bool)
     dropped = {}
     for op in operations:
         cols = np.flatnonzero(keep)
-        sub = x[:, cols]
+        sub = x if keep.all() else x[:, cols]
         if op == "variance_threshold":
             variance = da.nanvar(sub.astype(np.float64), axis=0).compute()
             drop = ~(variance > min_variance)
@@ -258,12 +260,15 @@ def _correlated(sub, threshold, method):
     return drop
 
 
-def _row_blocks(x):
+def _row_blocks(x, rows=256):
+    """Blocks of at most ``rows`` rows (float64 temporaries of a few MB), one dask chunk at a time."""
     for i in range(x.numblocks[0]):
-        yield np.asarray(x.blocks[i].compute())
+        block = np.asarray(x.blocks[i].compute())
+        for start in range(0, len(block), rows):
+            yield block[start:start + rows]
 
 
-def _pearson_pairs(sub, threshold, margin=1e-3, row_bytes=64 * 2**20):
+def _pearson_pairs(sub, threshold, margin=1e-3, row_bytes=16 * 2**20):
     """Pairs with Pearson correlation above ``threshold``, and the summed |correlation| that ranks them.
 
     The feature × feature Gram matrix is accumulated in float32 (one symmetric rank-k update per
@@ -312,8 +317,9 @@ def _pearson_pairs(sub, threshold, margin=1e-3, row_bytes=64 * 2**20):
         i, j = np.nonzero(strip > threshold - margin)
         pairs.append((i + start, j))
         np.abs(strip, out=strip)
-        sums[start:stop] += np.nansum(strip, axis=1)
-        sums[:stop] += np.nansum(strip, axis=0)
+        np.nan_to_num(strip, copy=False)  # constant features: NaN, skipped by the sums
+        sums[start:stop] += strip.sum(axis=1)
+        sums[:stop] += strip.sum(axis=0)
     sums += np.isfinite(inverse)  # the diagonal's 1
     rows = np.concatenate([p[0] for p in pairs])
     cols = np.concatenate([p[1] for p in pairs])

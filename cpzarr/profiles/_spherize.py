@@ -149,20 +149,28 @@ def _scale(variance, method, features):
     return np.sqrt(np.where(zero, 1.0, variance))
 
 
-def _whiten(block, mean, sd, factors, coef, null, dtype):
-    """One row block through the fitted transform: (x - mean) / sd, then the factors."""
-    z = np.asarray(block, dtype=mean.dtype) - mean
-    z /= sd
-    if coef is None:
-        out = z @ factors
-    else:
+def _whiten(block, mean, sd, factors, coef, null, dtype, rows=256):
+    """One row block through the fitted transform: (x - mean) / sd, then the factors.
+
+    A few hundred rows at a time keep the temporaries small (the products stay BLAS-efficient).
+    """
+    block = np.asarray(block)
+    width = factors.shape[1] if coef is None else factors.shape[0]
+    out = np.empty((len(block), width), dtype=dtype)
+    for start in range(0, len(block), rows):
+        z = block[start:start + rows].astype(mean.dtype) - mean
+        z /= sd
+        if coef is None:
+            out[start:start + rows] = z @ factors
+            continue
         t = z @ factors
         t *= coef
-        out = t @ factors.T
+        part = t @ factors.T
         if null:
             z *= null
-            out += z
-    return out.astype(dtype, copy=False)
+            part += z
+        out[start:start + rows] = part
+    return out
 
 
 def _gather(x, rows):
@@ -207,13 +215,15 @@ def _fit_gram(x, fit_rows, method, center, features, dtype):
         gram = blas.dsyrk(1.0, scaled(c), beta=1.0, c=gram, trans=0, lower=1, overwrite_c=1)
     eigval, u = linalg.eigh(gram, lower=True, overwrite_a=True, check_finite=False, driver="evr")
     del gram
-    eigval, u = eigval[::-1], u[:, ::-1]
-    rank = max(int((eigval > eigval[0] * n * _EPS * 10).sum()), 1)
-    s = np.sqrt(np.clip(eigval, 0, None))
-    u = np.ascontiguousarray(u[:, :rank] / s[:rank])
+    s = np.sqrt(np.clip(eigval[::-1], 0, None))
+    rank = max(int((eigval > eigval[-1] * n * _EPS * 10).sum()), 1)
+    # eigh sorts ascending: the last `rank` columns (a contiguous Fortran slice, scaled in place)
+    # give V's columns, written in descending order.
+    top = u[:, n - rank:]
+    top /= s[:rank][::-1]
     v = np.empty((d, rank), dtype=dtype)
     for c in columns:
-        v[c] = scaled(c).T @ u
+        v[c] = (scaled(c).T @ top)[:, ::-1]
     return mean, sd, s, v, rank
 
 
