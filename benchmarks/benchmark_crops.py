@@ -2,11 +2,16 @@
 
 A LINCS site is 1080 x 1080 pixels, 5 channels, about 230 cells; DeepProfiler's box is 128 px.
 The stores are written directly in the contract's layout (images chunked by site, sharded by
-well, zstd level 1 as cpzarr.ingest writes), from four rendered synthetic sites reused across the store, so that setting up a
-many-site store takes seconds while every chunk still has to be read and decoded.
+well, compressed as cpzarr.ingest compresses them: zstd level 1 inside Blosc with its block size,
+bit shuffle for 8-bit and byte shuffle for 16-bit pixels), from four rendered synthetic sites
+reused across the store, so that setting up a many-site store takes seconds while every chunk
+still has to be read and decoded.
 
 Targets (issue 3): >= 10,000 cells/s sequentially through a plate, >= 1,000 cells/s for random
-access across a multi-plate store, on 2 cores.
+access across a multi-plate store, on 2 cores. Random access is decode-bound: a site read decodes
+the Blosc blocks under the drawn cells' boxes, which with the ingest's 1 MiB blocks is the whole
+site (~7 ms of one core for a uint8 LINCS site here) and with 64 KiB blocks a quarter of it for
+one cell; so the cells served per site read (cells_per_site) and the block size set the ceiling.
 """
 
 import shutil
@@ -17,7 +22,7 @@ import dask
 import numpy as np
 import pandas as pd
 
-from cpzarr.crops import crops, sample
+from cpzarr.crops import Sampler, crops, sample
 from cpzarr.store import open_screen
 
 BOX = 128
@@ -48,7 +53,20 @@ def _render_sites(folder, dtype):
     return sites, list(info.channels)
 
 
-def write_lincs_like_store(path, *, plates=1, wells=8, sites=SITES_PER_WELL, dtype="uint8"):
+def ingest_compressor(dtype, blocksize=None):
+    """The images' compressor as ``cpzarr.ingest`` writes it (zstd level 1 inside Blosc).
+
+    ``blocksize`` (bytes) replaces the ingest's Blosc block size.
+    """
+    from zarr.codecs import BloscCodec
+
+    from cpzarr.ingest import _BLOSC_BLOCK
+
+    shuffle = "shuffle" if np.dtype(dtype).itemsize > 1 else "bitshuffle"
+    return BloscCodec(cname="zstd", clevel=1, shuffle=shuffle, blocksize=blocksize or _BLOSC_BLOCK)
+
+
+def write_lincs_like_store(path, *, plates=1, wells=8, sites=SITES_PER_WELL, dtype="uint8", compressor=None):
     """Write a store of ``plates x wells x sites`` LINCS-like sites with a ``/cells`` node.
 
     Parameters
@@ -59,6 +77,8 @@ def write_lincs_like_store(path, *, plates=1, wells=8, sites=SITES_PER_WELL, dty
         Store size.
     dtype : str
         Pixel type ("uint8" as the LINCS PNGs, "uint16" as raw TIFFs).
+    compressor : zarr codec, optional
+        The images' compressor; the ingest's by default.
 
     Returns
     -------
@@ -88,8 +108,8 @@ def write_lincs_like_store(path, *, plates=1, wells=8, sites=SITES_PER_WELL, dty
     shape = (plates, wells, sites, len(channels), IMAGE, IMAGE)
     images = group.create_array(
         "images", shape=shape, dtype=dtype, chunks=(1, 1, 1) + shape[3:], shards=(1, 1, sites) + shape[3:],
-        compressors=zarr.codecs.ZstdCodec(level=1), dimension_names=["plate", "well", "site", "channel", "y", "x"],
-        fill_value=0,
+        compressors=compressor or ingest_compressor(dtype), fill_value=0,
+        dimension_names=["plate", "well", "site", "channel", "y", "x"],
     )
     rows = []
     k = 0
@@ -149,34 +169,85 @@ class CropsSequential:
         self._materialise()
 
 
+# Blosc block sizes of the random-access stores: the ingest's, and small blocks, of which a random
+# cell's bands are a small share (a trade against whole-site decodes, which large blocks speed up)
+BLOCKS = {"ingest": None, "64KiB": 1 << 16}
+
+
+def _multi_plate_stores(self):
+    """The random-access benchmarks' stores, written once for all of them (one setup_cache)."""
+    stores = {}
+    for name, blocksize in BLOCKS.items():
+        store = Path.cwd() / f"screen-{name}.zarr"  # asv runs setup_cache in a folder it deletes afterwards
+        compressor = ingest_compressor("uint8", blocksize)
+        write_lincs_like_store(store, plates=4, wells=8, dtype="uint8", compressor=compressor)
+        stores[name] = str(store)
+    return stores
+
+
 class SampleRandom:
-    """Random training batches across a 4-plate store (128 sites, about 29,000 cells)."""
+    """One-off random batches across a 4-plate store (128 sites, about 29,000 cells): ``sample``."""
 
     params = ([256], [1, 8])
     param_names = ["batch", "cells_per_site"]
     timeout = 300
     number = 1
     repeat = 5
+    setup_cache = _multi_plate_stores
 
-    def setup_cache(self):
-        folder = Path.cwd()  # asv runs setup_cache in a folder it deletes afterwards
-        store = folder / "screen.zarr"
-        write_lincs_like_store(store, plates=4, wells=8, dtype="uint8")
-        return str(store)
-
-    def setup(self, store, batch, cells_per_site):
-        self.screen = open_screen(store)
+    def setup(self, stores, batch, cells_per_site):
+        self.screen = open_screen(stores["ingest"])
         self.seed = 0
         # the first call prepares the cell table, which later batches of a training loop reuse
         sample(self.screen, 1, box=BOX, seed=0)
 
-    def time_sample(self, store, batch, cells_per_site):
+    def time_sample(self, stores, batch, cells_per_site):
         self.seed += 1
-        sample(self.screen, batch, box=BOX, seed=self.seed, cells_per_site=cells_per_site, scheduler="threads")
+        sample(self.screen, batch, box=BOX, seed=self.seed, cells_per_site=cells_per_site, workers=2)
 
-    def track_cells_per_second(self, store, batch, cells_per_site):
+    def track_cells_per_second(self, stores, batch, cells_per_site):
         start = time.perf_counter()
-        sample(self.screen, batch, box=BOX, seed=12345, cells_per_site=cells_per_site, scheduler="threads")
+        sample(self.screen, batch, box=BOX, seed=12345, cells_per_site=cells_per_site, workers=2)
         return batch / (time.perf_counter() - start)
 
     track_cells_per_second.unit = "cells/s"
+
+
+class SamplerStream:
+    """A training loop's stream across the 4-plate store: ``Sampler`` batches of 256 crops.
+
+    Sites are drawn at random and read by 2 threads; ``cells_per_site`` cells of each join a pool
+    of 4 batches, from which each batch is drawn. The rate is the steady state of a long run: it
+    is timed from the first batch, which fills the pool, over the next ``BATCHES``.
+    """
+
+    BATCHES = 16
+    params = ([1, 4, 8], list(BLOCKS))
+    param_names = ["cells_per_site", "blocks"]
+    timeout = 300
+    number = 1
+    repeat = 3
+    setup_cache = _multi_plate_stores
+
+    def setup(self, stores, cells_per_site, blocks):
+        self.screen = open_screen(stores[blocks])
+        sample(self.screen, 1, box=BOX, seed=0)  # prepares the cell table, as Sampler's first use would
+
+    def _stream(self, cells_per_site, seed):
+        return Sampler(self.screen, 256, box=BOX, cells_per_site=cells_per_site, pool_batches=4, seed=seed,
+                       workers=2)
+
+    def track_cells_per_second(self, stores, cells_per_site, blocks):
+        with self._stream(cells_per_site, 1) as batches:
+            next(batches)
+            start = time.perf_counter()
+            for _ in range(self.BATCHES):
+                next(batches)
+            return self.BATCHES * 256 / (time.perf_counter() - start)
+
+    track_cells_per_second.unit = "cells/s"
+
+    def peakmem_stream(self, stores, cells_per_site, blocks):
+        with self._stream(cells_per_site, 2) as batches:
+            for _ in range(self.BATCHES + 1):
+                next(batches)
