@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from scipy.stats import rankdata
 
 from cpzarr.errors import InputError
 from cpzarr.profiles import (
@@ -214,6 +215,84 @@ def test_consensus_matches_pandas(small, operation, chunks):
     assert "moa" in out.coords and "plate" not in out.coords
     dmso = out.sel(sample=out.compound == "DMSO")
     assert dmso.replicate_count.values.tolist() == [60]
+
+
+def _replicate_groups(sizes, n_features, dtype, seed=0, ties=False):
+    """Profiles with one group per entry of ``sizes`` (group g has sizes[g] replicates), shuffled."""
+    rng = np.random.default_rng(seed)
+    names = np.repeat([f"C{g:02d}" for g in range(len(sizes))], sizes)
+    values = rng.standard_normal((len(names), n_features)) + rng.standard_normal((len(sizes), n_features)).repeat(sizes, 0)
+    if ties:
+        values = np.round(values * 2) / 2  # many equal values within a profile and across replicates
+    order = rng.permutation(len(names))
+    return xr.DataArray(values[order].astype(dtype), dims=("sample", "feature"),
+                        coords={"compound": ("sample", names[order])})
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("chunks, block_bytes", [(None, 2**25), (7, 2000), (40, 600)])
+def test_consensus_median_any_group_size_matches_pandas(dtype, chunks, block_bytes):
+    # Sizes 1-8 go through the sorting network, larger ones through partition (odd and even,
+    # and one group larger than a block, split along features).
+    sizes = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 13, 16, 5, 5, 2, 40]
+    p = _replicate_groups(sizes, 11, dtype, ties=True)
+    profiles = p if chunks is None else p.chunk({"sample": chunks})
+    out = consensus(profiles, replicate_columns="compound", operation="median", block_bytes=block_bytes)
+    expected = pd.DataFrame(p.values.astype(np.float64)).groupby(p.compound.values).median()
+    assert out.dtype == np.float64
+    np.testing.assert_array_equal(out.values, expected.to_numpy())
+    assert out.replicate_count.values.tolist() == [sizes[int(c[1:])] for c in expected.index]
+
+
+def test_consensus_modz_with_tied_values_matches_rankdata():
+    # Rounded values tie within every profile: Spearman needs average ranks, as scipy's rankdata.
+    p = _replicate_groups([3, 4, 5, 5, 2, 30], 200, "float32", seed=1, ties=True)
+    out = consensus(p.chunk({"sample": 9}), replicate_columns="compound", operation="modz", block_bytes=5000)
+    expected = []
+    for _, rows in pd.DataFrame(p.values.astype(np.float64)).groupby(p.compound.values):
+        r = rows.to_numpy()
+        ranks = rankdata(r, axis=1)
+        corr = np.corrcoef(ranks)
+        np.fill_diagonal(corr, np.nan)
+        w = np.clip(np.nanmean(np.clip(corr, 0, None), axis=1), 0.01, None)
+        expected.append((np.round(w / w.sum(), 4)[:, None] * r).sum(0))
+    np.testing.assert_allclose(out.values, np.array(expected), rtol=1e-10)
+
+
+def test_correlation_threshold_near_the_threshold_matches_float64():
+    # Pairs built at correlations 1e-7 above and below 0.9 (closer than float32 resolves
+    # over 4,000 samples) must be decided as Pycytominer decides them in float64.
+    rng = np.random.default_rng(3)
+    n = 4000
+    columns = []
+    for r in (0.9 + 1e-7, 0.9 - 1e-7):  # six pairs each, every pair on its own base
+        base = rng.standard_normal((n, 6))
+        base -= base.mean(0)
+        noise = rng.standard_normal((n, 6))
+        noise -= noise.mean(0)
+        noise -= base * (noise * base).sum(0) / (base * base).sum(0)  # uncorrelated with its base
+        columns += [base, r * base / base.std(0) + np.sqrt(1 - r**2) * noise / noise.std(0)]
+    x = np.hstack(columns + [np.full((n, 1), 2.0)])  # and one constant feature
+    corr = np.corrcoef(x.T)
+    sums = pd.DataFrame(corr).abs().sum().sort_values().index
+    position = {f: i for i, f in enumerate(sums)}
+    rows, cols = np.nonzero(np.tril(corr > 0.9, -1))
+    expected = sorted({int(a) if position[a] > position[b] else int(b) for a, b in zip(rows, cols)})
+    for dtype in (np.float64, np.float32):
+        data = x.astype(dtype)
+        if dtype == np.float32:  # the float64 reference of the float32 values
+            corr = np.corrcoef(data.astype(np.float64).T)
+            sums = pd.DataFrame(corr).abs().sum().sort_values().index
+            position = {f: i for i, f in enumerate(sums)}
+            rows, cols = np.nonzero(np.tril(corr > 0.9, -1))
+            expected = sorted({int(a) if position[a] > position[b] else int(b) for a, b in zip(rows, cols)})
+        profiles = xr.DataArray(data, dims=("sample", "feature"),
+                                coords={"feature": [f"f{j:02d}" for j in range(x.shape[1])]}).chunk({"sample": 700})
+        out = feature_select(profiles, operation="correlation_threshold")
+        dropped = json.loads(out.attrs["cpzarr_steps"])[-1]["dropped"]["correlation_threshold"]
+        assert sorted(int(f[1:]) for f in dropped) == expected
+        # One member of each pair just above the threshold, none of those just below.
+        assert len(expected) == 6 and all(f < 12 for f in expected)
 
 
 def test_modz_weights_hand_worked():
