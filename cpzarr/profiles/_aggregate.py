@@ -4,9 +4,11 @@ Each dask task reduces a block of whole wells (or sites). Its temporaries are ke
 32 MiB by working through the block's features a column block at a time, so memory per task is
 one block of cells (at most ``max(block_bytes, the largest well)``, read in once) plus that.
 
+Cells sorted by well (as a store holds them) go to independent tasks that each read their own
+block of rows, so no input chunk waits in memory for a second task (see ``_reduce_sorted``).
+
 Means sum float32 rows into float64 one well at a time (``np.sum`` along the cell axis streams
-rows, several times faster than ``np.add.reduceat`` with a float64 accumulator), reading cells
-sorted by well straight from the input chunks, without a contiguous copy of each block. Medians of
+rows, several times faster than ``np.add.reduceat`` with a float64 accumulator). Medians of
 wells without NaN select the middle values in float32 (selection is exact) and average the two
 middle ones in float64, as pandas does on its float64 copy: small wells, stacked by size, go
 through a median-selecting comparator network (Knuth's merge exchange, pruned to the comparators
@@ -60,10 +62,10 @@ def aggregate(features, strata=("plate", "well"), operation="mean", block_bytes=
 
     Notes
     -----
-    Cells are re-chunked so that every chunk ends at a stratum boundary, then each chunk is
-    reduced on its own, a column block of features at a time (per-stratum float64 sums for the
-    mean; a comparator network or ``np.partition`` for the median). Cells that are not sorted by
-    the strata are gathered first (a shuffle; slower, same result).
+    Cells are cut into blocks that end at stratum boundaries, and each block is reduced by one
+    task (per-stratum float64 sums for the mean; a comparator network or a sort for the median,
+    a column block of features at a time). Cells sorted by the strata are read block by block;
+    cells that are not are gathered first (a shuffle; slower, same result).
 
     Examples
     --------
