@@ -172,6 +172,8 @@ def _median(block, lengths):
     for length, segments, rows in by_length(lengths, max_rows=2**22 // max(block.shape[1], 1)):
         if length == 0:
             out[segments] = np.nan
+        elif length <= 5:
+            out[segments] = _small_median([block[rows[:, i]] for i in range(length)])
         elif length <= _NETWORK_MAX:
             # Odd-even transposition sort across the replicate axis: elementwise min/max over whole
             # (segment, feature) planes, no per-value Python or per-lane selection overhead.
@@ -192,6 +194,27 @@ def _median(block, lengths):
                 upper = lanes[:, k] if length % 2 else lanes[:, k + 1:].min(axis=1)
                 out[segment] = _middle(lanes[:, k], upper, length)
     return out
+
+
+def _small_median(planes):
+    """Median of 1 to 5 equal-shape arrays by the fewest elementwise min/max (selection networks)."""
+    lo, hi = np.minimum, np.maximum
+    if len(planes) == 1:
+        return planes[0]
+    if len(planes) == 2:
+        return _middle(*planes, 2)
+    if len(planes) == 3:
+        a, b, c = planes
+        return hi(lo(a, b), lo(hi(a, b), c))
+    a, b = lo(planes[0], planes[1]), hi(planes[0], planes[1])
+    c, d = lo(planes[2], planes[3]), hi(planes[2], planes[3])
+    # The smaller of the two pair minima and the larger of the two pair maxima are below
+    # (above) at least two others, so they are never the (upper) median of 4 or the median of 5.
+    low, high = hi(a, c), lo(b, d)
+    if len(planes) == 4:
+        return _middle(low, high, 4)
+    e = planes[4]
+    return hi(lo(low, high), lo(hi(low, high), e))
 
 
 def _middle(lower, upper, length):
