@@ -385,6 +385,16 @@ class _ShardFiles:
         self._indexes = {}
         self._scratch = threading.local()
 
+    def __getstate__(self):
+        # shipped to other processes (a distributed cluster) without per-thread buffers or caches
+        state = self.__dict__.copy()
+        state["_indexes"], state["_scratch"] = {}, None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._scratch = threading.local()
+
     @classmethod
     def of(cls, array):
         import numcodecs

@@ -1,5 +1,6 @@
 """Crops against plain numpy slices of the source images."""
 
+import pickle
 import warnings
 
 import dask
@@ -333,6 +334,9 @@ def test_store_crops_are_read_from_shard_files_and_equal_numpy_slices(store):
         labels = view.coords.to_dataset().drop_vars(["channel", "cell"]).to_dataframe()
         _check_against_pixels(view.values, labels, pixels, channels=[2, 0])
         assert len(labels) == (len(POINTS) if edge == "pad" else sum(_fits(x, y, BOX) for x, y in POINTS)) * 12
+    # the graph ships to other processes (a distributed cluster), shard reader included
+    shipped = pickle.loads(pickle.dumps(view.data))
+    np.testing.assert_array_equal(shipped.compute(scheduler="sync"), view.values)
 
 
 def test_store_sample_equals_in_memory_sample(store):
