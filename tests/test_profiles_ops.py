@@ -259,9 +259,12 @@ def test_consensus_modz_with_tied_values_matches_rankdata():
     np.testing.assert_allclose(out.values, np.array(expected), rtol=1e-10)
 
 
-def test_correlation_threshold_near_the_threshold_matches_float64():
+@pytest.mark.parametrize("independent", [0, 250])
+def test_correlation_threshold_near_the_threshold_matches_float64(independent):
     # Pairs built at correlations 1e-7 above and below 0.9 (closer than float32 resolves
-    # over 4,000 samples) must be decided as Pycytominer decides them in float64.
+    # over 4,000 samples) must be decided as Pycytominer decides them in float64. With 250
+    # more independent features, partial sums rule out all other pairs after a quarter of the
+    # samples (the shortcut); without, the whole Gram matrix is scanned.
     rng = np.random.default_rng(3)
     n = 4000
     columns = []
@@ -272,7 +275,7 @@ def test_correlation_threshold_near_the_threshold_matches_float64():
         noise -= noise.mean(0)
         noise -= base * (noise * base).sum(0) / (base * base).sum(0)  # uncorrelated with its base
         columns += [base, r * base / base.std(0) + np.sqrt(1 - r**2) * noise / noise.std(0)]
-    x = np.hstack(columns + [np.full((n, 1), 2.0)])  # and one constant feature
+    x = np.hstack(columns + [np.full((n, 1), 2.0), rng.standard_normal((n, independent))])  # and a constant
     corr = np.corrcoef(x.T)
     sums = pd.DataFrame(corr).abs().sum().sort_values().index
     position = {f: i for i, f in enumerate(sums)}

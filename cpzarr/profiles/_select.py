@@ -271,19 +271,26 @@ def _row_blocks(x, rows=256):
 def _pearson_pairs(sub, threshold, margin=1e-3, row_bytes=16 * 2**20):
     """Pairs with Pearson correlation above ``threshold``, and the summed |correlation| that ranks them.
 
-    The feature × feature Gram matrix is accumulated in float32 (one symmetric rank-k update per
-    row block, half the work of a matrix product and half the memory of float64); it only finds
-    candidate pairs, within ``margin`` of the threshold, which bounds float32's rounding
+    The feature × feature Gram matrix is accumulated in float32, one symmetric rank-k update
+    per row block (half the work of a matrix product and half the memory of float64); it only
+    finds candidate pairs, within ``margin`` of the threshold, which bounds float32's rounding
     (n · 2⁻²⁴ ≈ 5e-4 at 8,818 samples). The correlations of the features in candidate pairs
     are then recomputed in float64, so the decisions and the sums that rank those features are
-    Pycytominer's float64 numbers. Returns ``None`` when the data hold NaN (the caller uses
-    pairwise-complete correlations instead).
+    Pycytominer's float64 numbers.
+
+    After a quarter and after half of the samples, Cauchy-Schwarz bounds every pair's
+    correlation by its partial cross-product plus the product of the two features' remaining
+    norms; when the pairs that could still pass the threshold involve few features, the rest
+    of the Gram matrix is skipped and those pairs are computed exactly instead (an exact
+    shortcut for data with few highly correlated features; otherwise the full matrix as above).
+
+    Returns ``None`` when the data hold NaN (the caller uses pairwise-complete correlations).
 
     Returns
     -------
     sums : ndarray (feature,)
         Summed |correlation|, in float64 for the features of candidate pairs (the only ones
-        whose rank matters), from the float32 matrix for the others.
+        whose rank matters); from the float32 matrix, or 0 after a shortcut, for the others.
     rows, cols : ndarray of int
         The pairs (rows > cols) whose correlation is above ``threshold``.
     """
@@ -295,37 +302,69 @@ def _pearson_pairs(sub, threshold, margin=1e-3, row_bytes=16 * 2**20):
             return None
         total += block.sum(axis=0, dtype=np.float64)
     mean = total / n
-    gram = np.zeros((d, d), dtype=np.float32, order="F")
     squares = np.zeros(d)
     for block in _row_blocks(x):
         centred = block - mean
         squares += np.einsum("ij,ij->j", centred, centred)
-        # syrk on the transposed (Fortran-ordered) block: the lower triangle of gram += blockᵀ block.
-        gram = blas.ssyrk(1.0, centred.astype(np.float32).T, beta=1.0, c=gram, trans=0, lower=1, overwrite_c=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         inverse = np.where(squares > 0, 1 / np.sqrt(squares), np.nan)
-        inverse32 = np.where(np.diagonal(gram) > 0, 1 / np.sqrt(np.diagonal(gram)), np.nan).astype(np.float32)
+    gram = np.zeros((d, d), dtype=np.float32, order="F")
+    done = np.zeros(d)
+    seen, checks = 0, [n // 4, n // 2]
+    for block in _row_blocks(x, rows=512):
+        centred = block - mean
+        done += np.einsum("ij,ij->j", centred, centred)
+        # syrk on the transposed (Fortran-ordered) block: the lower triangle of gram += blockᵀ block.
+        gram = blas.ssyrk(1.0, centred.astype(np.float32).T, beta=1.0, c=gram, trans=0, lower=1, overwrite_c=1)
+        seen += len(block)
+        if checks and seen >= checks[0] and seen < n:
+            checks = [c for c in checks if c > seen]
+            rest = np.sqrt(np.clip(squares - done, 0, None)) * np.nan_to_num(inverse)
+            rows, cols = _strips(gram, inverse.astype(np.float32), threshold - margin, row_bytes,
+                                 bound=rest.astype(np.float32))
+            if len(np.unique(np.concatenate([rows, cols]))) <= d // 8:
+                del gram
+                return _exact(x, mean, inverse, rows, cols, threshold, np.zeros(d), row_bytes)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        diagonal = np.diagonal(gram)
+        inverse32 = np.where(diagonal > 0, 1 / np.sqrt(diagonal), np.nan).astype(np.float32)
     sums = np.zeros(d)
+    rows, cols = _strips(gram, inverse32, threshold - margin, row_bytes, sums=sums)
+    sums += np.isfinite(inverse)  # the diagonal's 1
+    del gram
+    return _exact(x, mean, inverse, rows, cols, threshold, sums, row_bytes)
+
+
+def _strips(gram, inverse, cut, row_bytes, bound=None, sums=None):
+    """Pairs (i > j) of the lower triangle whose correlation (plus ``bound[i]·bound[j]``) is > cut.
+
+    Scans strips of rows; adds each feature's summed |correlation| to ``sums`` when given.
+    """
+    d = len(gram)
     pairs = []
     step = max(1, int(row_bytes // (8 * d)))
     for start in range(0, d, step):
         stop = min(start + step, d)
-        # Strip of the lower triangle (rows start:stop, columns :stop) as correlations.
         strip = np.tril(gram[start:stop, :stop], k=start - 1)  # below the diagonal only
-        strip *= inverse32[start:stop, None]
-        strip *= inverse32[None, :stop]
-        i, j = np.nonzero(strip > threshold - margin)
+        strip *= inverse[start:stop, None]
+        strip *= inverse[None, :stop]
+        if bound is not None:
+            strip += np.tril(np.outer(bound[start:stop], bound[:stop]), k=start - 1)
+        i, j = np.nonzero(strip > cut)
         pairs.append((i + start, j))
-        np.abs(strip, out=strip)
-        np.nan_to_num(strip, copy=False)  # constant features: NaN, skipped by the sums
-        sums[start:stop] += strip.sum(axis=1)
-        sums[:stop] += strip.sum(axis=0)
-    sums += np.isfinite(inverse)  # the diagonal's 1
-    rows = np.concatenate([p[0] for p in pairs])
-    cols = np.concatenate([p[1] for p in pairs])
-    del gram
+        if sums is not None:
+            np.abs(strip, out=strip)
+            np.nan_to_num(strip, copy=False)  # constant features: NaN, skipped by the sums
+            sums[start:stop] += strip.sum(axis=1)
+            sums[:stop] += strip.sum(axis=0)
+    return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+
+
+def _exact(x, mean, inverse, rows, cols, threshold, sums, row_bytes):
+    """Float64 correlations of the features in the candidate pairs: their sums, the pairs kept."""
     if not len(rows):
         return sums, rows, cols
+    d = x.shape[1]
     involved = np.unique(np.concatenate([rows, cols]))
     exact = np.empty(len(rows), dtype=bool)
     where = np.searchsorted(involved, rows)
