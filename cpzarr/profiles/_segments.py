@@ -93,18 +93,21 @@ def segment_reduce(x, lengths, func, width, order=None, dtype=np.float64, block_
         # Each output block gathers only its own rows, so it depends on the few input chunks
         # holding them and dask can release those chunks once it is done (a global take would
         # make every output wait on every input).
-        if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
-            piece = x[int(rows[0]):int(rows[0]) + len(rows)]
-        else:
-            piece = x[rows]
-        columns = -1
+        contiguous = len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows)))
+        width_of_piece = x.shape[1]
         if columnwise:
-            columns = max(1, int(block_bytes // max(len(rows) * x.dtype.itemsize, 1)))
-        piece = piece.rechunk({0: -1, 1: columns})
-        blocks.append(piece.map_blocks(
-            partial(func, lengths=block_lengths), dtype=dtype, meta=meta,
-            chunks=((len(block_lengths),), piece.chunks[1] if columnwise else (width,)),
-        ))
+            width_of_piece = max(1, int(block_bytes // max(len(rows) * x.dtype.itemsize, 1)))
+        pieces = []
+        for start in range(0, x.shape[1], width_of_piece):
+            # A block too large for the budget is gathered one slice of features at a time.
+            part = x[:, start:start + width_of_piece] if width_of_piece < x.shape[1] else x
+            part = part[int(rows[0]):int(rows[0]) + len(rows)] if contiguous else part[rows]
+            part = part.rechunk({0: -1, 1: -1})
+            pieces.append(part.map_blocks(
+                partial(func, lengths=block_lengths), dtype=dtype, meta=meta,
+                chunks=((len(block_lengths),), (part.shape[1] if columnwise else width,)),
+            ))
+        blocks.append(pieces[0] if len(pieces) == 1 else da.concatenate(pieces, axis=1))
     if not blocks:
         return da.empty((0, width), dtype=dtype)
     return da.concatenate(blocks, axis=0)
