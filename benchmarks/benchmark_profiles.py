@@ -143,7 +143,7 @@ class _Peer:
 class Normalize(_Peer):
     """mad_robustize fitted on DMSO per plate (Pycytominer: one call per plate, as LINCS)."""
 
-    def time_mad_robustize_per_plate(self, folder, engine, scale):
+    def _run(self, engine):
         if engine == "cpzarr":
             _hold(normalize(self.profiles, method="mad_robustize", by="plate", samples=NEGCON))
         else:
@@ -154,6 +154,12 @@ class Normalize(_Peer):
                      method="mad_robustize")
                 for _, plate in self.frame.groupby("Metadata_plate")
             ])
+
+    def time_mad_robustize_per_plate(self, folder, engine, scale):
+        self._run(engine)
+
+    def peakmem_mad_robustize_per_plate(self, folder, engine, scale):
+        self._run(engine)
 
 
 class Spherize(_Peer):
@@ -188,6 +194,9 @@ class Consensus(_Peer):
                  features=self.features)
 
     def time_modz(self, folder, engine, scale):
+        self._run(engine, "modz")
+
+    def peakmem_modz(self, folder, engine, scale):
         self._run(engine, "modz")
 
     def time_median(self, folder, engine, scale):
