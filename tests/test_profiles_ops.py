@@ -246,7 +246,7 @@ def test_consensus_median_any_group_size_matches_pandas(dtype, chunks, block_byt
 
 def test_consensus_modz_with_tied_values_matches_rankdata():
     # Rounded values tie within every profile: Spearman needs average ranks, as scipy's rankdata.
-    p = _replicate_groups([3, 4, 5, 5, 2, 30], 200, "float32", seed=1, ties=True)
+    p = _replicate_groups([3, 4, 5, 5, 2, 30, 100], 200, "float32", seed=1, ties=True)  # 100: the large-group path
     out = consensus(p.chunk({"sample": 9}), replicate_columns="compound", operation="modz", block_bytes=5000)
     expected = []
     for _, rows in pd.DataFrame(p.values.astype(np.float64)).groupby(p.compound.values):

@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import xarray as xr
+from scipy.linalg import blas
 from scipy.stats import rankdata
 
 from cpzarr.errors import InputError
@@ -108,7 +109,8 @@ def _reduce(block, lengths, operation, method, min_weight, precision):
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN features give NaN, as pandas
         # About 8 MB of float64 per temporary stack.
         for length, segments, rows in by_length(lengths, max_rows=2**20 // max(block.shape[1], 1)):
-            stack = block[rows]  # (segment, replicate, feature), in the input dtype
+            large = len(segments) == 1 and length > _LARGE and operation == "modz" and not has_nan
+            stack = None if large else block[rows]  # (segment, replicate, feature), in the input dtype
             if operation == "median":
                 out[segments] = np.nanmedian(stack.astype(np.float64), axis=1)
             elif operation == "mean":
@@ -120,6 +122,13 @@ def _reduce(block, lengths, operation, method, min_weight, precision):
                     rows64 = stack[i].astype(np.float64)
                     weights = modz_weights(rows64, method, min_weight, precision)
                     out[segment] = np.nansum(rows64 * weights[:, None], axis=0)
+            elif large:
+                # One large group (the DMSO wells): its rows are contiguous, so a view, and float64
+                # temporaries exist one slice of features at a time.
+                group = block[rows[0, 0]:rows[0, 0] + length]
+                weights = _weights_from_gram(_large_gram(group, method)[None], min_weight, precision)[0]
+                for c in _feature_slices(length, block.shape[1]):
+                    out[segments[0], c] = weights @ group[:, c].astype(np.float64)
             else:
                 # Ranks (and so weights) are the same from float32 values as from their float64 cast.
                 weights = _stacked_weights(stack, method, min_weight, precision)
@@ -223,20 +232,54 @@ def _middle(lower, upper, length):
     return (lower.astype(np.float64) + upper.astype(np.float64)) / 2
 
 
+# Replicates above which one group's MODZ weights are computed a slice of features at a time.
+_LARGE = 64
+
+
+def _feature_slices(rows, d, budget=16 * 2**20):
+    step = max(1, int(budget // max(8 * rows, 1)))
+    return [slice(j, min(j + step, d)) for j in range(0, d, step)]
+
+
+def _large_gram(rows, method):
+    """Cross-products of one group's centred ranks (or values), float64 one feature slice at a time.
+
+    Centred average ranks are multiples of 0.5 below 2²², exact in float32, so the ranks are held
+    in float32; their float64 cross-products are exact whatever the summation order.
+    """
+    n, d = rows.shape
+    if method == "spearman":
+        values = np.empty(rows.shape, dtype=np.float32)
+        for start in range(0, n, 256):
+            values[start:start + 256] = _ranks(rows[start:start + 256]) - (d + 1) / 2
+        mean = np.zeros(n)
+    else:
+        values, mean = rows, rows.mean(axis=1, dtype=np.float64)
+    gram = np.zeros((n, n), order="F")
+    for c in _feature_slices(n, d):
+        gram = blas.dsyrk(1.0, values[:, c].astype(np.float64) - mean[:, None], beta=1.0, c=gram,
+                          trans=0, lower=1, overwrite_c=1)
+    gram += np.tril(gram, -1).T
+    return gram
+
+
 def _stacked_weights(stack, method, min_weight, precision):
     """MODZ weights of many equal-size replicate groups at once (no NaN)."""
     values = _ranks(stack) if method == "spearman" else stack.astype(np.float64)
     centred = values - values.mean(axis=2, keepdims=True)
-    if len(centred) == 1:
-        gram = (centred[0] @ centred[0].T)[None]  # one large group: symmetric rank-k update
-    else:
-        gram = np.matmul(centred, centred.transpose(0, 2, 1))  # BLAS, unlike einsum
-    norms = np.sqrt(np.diagonal(gram, axis1=1, axis2=2))
+    return _weights_from_gram(np.matmul(centred, centred.transpose(0, 2, 1)), min_weight, precision)
+
+
+def _weights_from_gram(gram, min_weight, precision):
+    """MODZ weights from each group's replicate cross-products (group, replicate, replicate)."""
+    norms = np.sqrt(np.diagonal(gram, axis1=1, axis2=2)).copy()
+    corr = gram  # in place: a large group's matrix is hundreds of MB
     with np.errstate(invalid="ignore", divide="ignore"):
-        corr = gram / (norms[:, :, None] * norms[:, None, :])
-    n = stack.shape[1]
+        corr /= norms[:, :, None]
+        corr /= norms[:, None, :]
+    n = gram.shape[1]
     corr[:, np.arange(n), np.arange(n)] = np.nan
-    corr = np.where(np.isnan(corr), np.nan, np.maximum(corr, 0.0))
+    np.maximum(corr, 0.0, out=corr)  # NaN stays NaN
     raw = np.nanmean(corr, axis=2)
     raw = np.where(np.isnan(raw), np.nan, np.maximum(raw, min_weight))
     total = np.nansum(raw, axis=1, keepdims=True)
