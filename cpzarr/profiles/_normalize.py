@@ -160,9 +160,17 @@ def _zero_scale(method, center, scale, counts):
     return scale < 10 * _EPS
 
 
-def _apply(block, codes, center, scale, dtype):
+def _apply(block, codes, center, scale, dtype, rows=256):
+    # float64 arithmetic (a float32 centre would lose digits of x - centre), a few hundred rows
+    # at a time so that the float64 temporaries stay a few MB.
     codes = codes[:, 0]
-    return ((block - center[codes]) / scale[codes]).astype(dtype, copy=False)
+    out = np.empty(block.shape, dtype=dtype)
+    for start in range(0, len(block), rows):
+        part = codes[start:start + rows]
+        values = np.subtract(block[start:start + rows], center[part], dtype=np.float64)
+        values /= scale[part]
+        out[start:start + rows] = values
+    return out
 
 
 def _preview(report):
