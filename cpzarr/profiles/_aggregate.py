@@ -193,11 +193,17 @@ def _reduce_sorted(x, lengths, operation, block_bytes):
 
 
 def _read_rows(x, lo, hi):
-    return np.asarray(x[lo:hi].compute(scheduler="sync"))
+    """Rows ``lo:hi`` of ``x`` as the list of its chunks' pieces (no copy into one array)."""
+    pieces = x[lo:hi].to_delayed().ravel().tolist()
+    return [np.asarray(piece) for piece in dask.compute(*pieces, scheduler="sync")]
 
 
 def _reduce_rows(rows, lengths, operation, block_bytes):
-    return _reduce(rows(), lengths, operation, min(block_bytes, BLOCK_BYTES))
+    pieces = rows()
+    if operation == "mean":
+        return _piece_means(pieces, 0, lengths)
+    block = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+    return _reduce(block, lengths, operation, min(block_bytes, BLOCK_BYTES))
 
 
 def _piece_means(pieces, offset, lengths):
