@@ -106,13 +106,14 @@ class DirectWriter:
 
         return cls(path, dtype, block_shape, chunks_per_block, key, compressor, fill, sharded)
 
-    def encode(self, block: np.ndarray) -> bytes | None:
-        """The stored bytes of one whole chunk or shard, or None when it is all fill value."""
+    def encode(self, block: np.ndarray) -> list | None:
+        """The stored object of one whole chunk or shard as a list of byte strings to write one
+        after another, or None when the block is all fill value."""
         block = np.ascontiguousarray(block, dtype=self.dtype)
         if block.shape != self.block_shape:
             raise ValueError(f"block of shape {block.shape}, the array's blocks are {self.block_shape}")
         if not self._sharded:
-            return None if self._is_fill(block) else bytes(self._compressor.encode(block))
+            return None if self._is_fill(block) else [self._compressor.encode(block)]
         from numcodecs import CRC32C
 
         axis = next((i for i, n in enumerate(self.chunks_per_block) if n > 1), 0)
@@ -131,7 +132,7 @@ class DirectWriter:
         if not parts:
             return None
         parts.append(CRC32C(location="end").encode(index.tobytes()))
-        return b"".join(parts)
+        return parts
 
     def write(self, block_index, block: np.ndarray) -> None:
         """Store ``block`` as the chunk (or shard) ``block_index``, replacing what was there.
@@ -139,15 +140,16 @@ class DirectWriter:
         A block that is all fill value removes the stored object, as zarr does.
         """
         target = self.path / self._key(block_index)
-        data = self.encode(block)
-        if data is None:
+        parts = self.encode(block)
+        if parts is None:
             target.unlink(missing_ok=True)
             return
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f"{target.name}.{uuid.uuid4().hex}.partial")
         try:
             with open(partial, "wb") as f:
-                f.write(data)
+                for part in parts:  # no joined copy of the shard
+                    f.write(part)
             os.replace(partial, target)
         except BaseException:
             partial.unlink(missing_ok=True)
