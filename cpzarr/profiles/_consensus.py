@@ -259,7 +259,12 @@ def _large_gram(rows, method):
     for c in _feature_slices(n, d):
         gram = blas.dsyrk(1.0, values[:, c].astype(np.float64) - mean[:, None], beta=1.0, c=gram,
                           trans=0, lower=1, overwrite_c=1)
-    gram += np.tril(gram, -1).T
+    # Mirror the lower triangle in place, a strip at a time (np.tril would copy the whole matrix).
+    for start in range(0, n, 256):
+        stop = min(start + 256, n)
+        gram[start:stop, stop:] = gram[stop:, start:stop].T
+        corner = gram[start:stop, start:stop]
+        corner[np.triu_indices(stop - start, 1)] = corner.T[np.triu_indices(stop - start, 1)]
     return gram
 
 
@@ -280,7 +285,11 @@ def _weights_from_gram(gram, min_weight, precision):
     n = gram.shape[1]
     corr[:, np.arange(n), np.arange(n)] = np.nan
     np.maximum(corr, 0.0, out=corr)  # NaN stays NaN
-    raw = np.nanmean(corr, axis=2)
+    # np.nanmean's arithmetic (NaN as 0, divided by the count of the others) without its copy.
+    missing = np.isnan(corr)
+    corr[missing] = 0.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        raw = corr.sum(axis=2) / (n - missing.sum(axis=2))
     raw = np.where(np.isnan(raw), np.nan, np.maximum(raw, min_weight))
     total = np.nansum(raw, axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
