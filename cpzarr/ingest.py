@@ -9,8 +9,11 @@ writes the store described in ``docs/architecture.md``:
    platemap — all offenders reported in one :class:`~cpzarr.errors.InputError`;
 2. the store's skeleton (coordinates, well metadata, ``batch``, empty ``images`` and ``present``
    arrays, root attribute ``complete: false``) is written beside the target and renamed into place;
-3. one task per well (named ``ingest-well-<plate>-<well>``) reads the well's files and writes its
-   shard of ``images``, then its chunk of ``present``, the well's completion marker;
+3. one task per well (named ``ingest-well-<plate>-<well>``) reads the well's files into one block
+   and writes its shard of ``images``, then its chunk of ``present``, the well's completion marker.
+   Both are written whole by :class:`cpzarr._direct.DirectWriter`, byte for byte what zarr would
+   write, in the task's thread: decoding, Blosc and file I/O release the GIL, so local threads
+   work in parallel;
 4. when every well's marker is in place, the root attribute ``complete`` becomes true.
 
 Re-running the same ingest skips the wells whose ``present`` chunk is already written and
