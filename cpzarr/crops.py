@@ -21,6 +21,15 @@ Scaling
     maximum is 0 gives zeros), for models trained by DeepProfiler.
 Sizes
     The box size is an argument and the image size is read from the store, never from a config.
+Random access
+    :func:`sample` (one batch) and :class:`Sampler` (a training loop's stream) draw cells across
+    the whole screen and read only the sites drawn, in a thread pool. A store opened by
+    ``open_screen`` is read straight from its shard files, and of a Blosc chunk only the blocks
+    under the drawn boxes (and channels) are decoded. Decoding is the cost of a site read: with
+    the ingest's 1 MiB Blosc blocks a cell's bands span most of a 5-channel site, so about
+    7 ms of one core per site read, and throughput grows with the cells taken per site read
+    (``cells_per_site``) or with fewer channels; with small blocks (64 KiB) one cell costs a
+    quarter of a site (``benchmarks/benchmark_crops.py``).
 """
 
 import threading
