@@ -319,7 +319,7 @@ def crops(screen, box=128, channels=None, edge="skip", scale=None, chunks="site"
 
 
 # ---------------------------------------------------------------------------------------------
-# Random access: sample() and Sampler read whole sites in a thread pool (the zstd decode releases
+# Random access: sample() and Sampler read the drawn sites in a thread pool (the decode releases
 # the GIL) and cut the drawn cells out of them, without building a dask graph per batch.
 
 
@@ -332,8 +332,9 @@ class _StoreSites:
     contract's layout on a local disk is read straight from its shard files: a site costs one
     read of its chunk's bytes and its decode, where a call of the Zarr array also re-reads and
     checks the shard index and hands the chunk through Zarr's event-loop thread and buffers
-    (about 40 % more CPU time per site, ``benchmarks/benchmark_crops.py``). There a random draw,
-    which needs a few boxes of a site, decodes only the Blosc blocks under them (``need``).
+    (30-45 % more CPU time per 8-bit LINCS-like site, about twice as much per 16-bit one). There
+    a random draw, which needs a few boxes of a site, decodes only the Blosc blocks under them
+    (``need``). Shard indexes are cached: a finished store's images do not change.
     """
 
     def __init__(self, images, root):
