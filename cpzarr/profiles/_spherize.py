@@ -51,10 +51,12 @@ def spherize(profiles, method="ZCA-cor", samples="all", epsilon=1e-6, center=Tru
     components (Pycytominer also returns d - r columns along an arbitrary basis of the null
     space), with each component's sign chosen so that its largest loading is positive.
 
-    With n ≤ d the fitting rows (n × d, no larger than a d × d covariance) are gathered and
-    the n × n Gram matrix is decomposed by ``eigh`` (right singular vectors ``V = Xᵀ U / s``);
-    otherwise the scatter matrix is accumulated over chunks (two passes:
-    mean, then centred cross-products) and decomposed by ``eigh``.
+    With n ≤ d the fitting rows (n × d, no larger than a d × d covariance) are gathered once in
+    the input dtype and the n × n Gram matrix is decomposed by ``eigh`` (right singular vectors
+    ``V = Xᵀ U / s``, in the output's float precision); ZCA is then applied as
+    ``null · z + ((z V) · (scale - null)) Vᵀ``, two thin products instead of a d × d matrix.
+    Otherwise the scatter matrix is accumulated over chunks (one pass of shifted moments) and
+    decomposed by ``eigh``. Rows are whitened a few hundred at a time.
 
     Features with zero variance in the fitting samples are left unscaled in the ``-cor``
     variants (they are reported) and fall in the rank-deficient directions above, so nothing
