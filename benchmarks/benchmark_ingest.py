@@ -113,6 +113,10 @@ class _Plate:
     setup_cache = _plate_cache  # one shared function: asv renders the plate once for every class
 
     def setup(self, tables, fmt, *args):
+        import dask.array  # noqa: F401  ingest imports these on first use (2 s on a busy machine);
+        import xarray  # noqa: F401  the benchmarks time ingesting, not importing
+        import zarr  # noqa: F401
+
         self.table = tables[fmt]
         self.files = plate_files(self.table)
         self.work = Path(tempfile.mkdtemp(prefix="cpzarr-bench-ingest-store-"))
