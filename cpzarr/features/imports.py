@@ -571,6 +571,7 @@ def write_imported(store, features, name, *, chunk=1024):
     >>> write_imported("screen.zarr", import_deepprofiler("features"), "deepprofiler")  # doctest: +SKIP
     """
     from cpzarr.cells import cells_from_table, site_positions, write_cells
+    from cpzarr.features.cnn import feature_compressor
     from cpzarr.store import node_exists, open_screen, write_node
 
     screen = open_screen(store, allow_incomplete=True)
@@ -606,5 +607,6 @@ def write_imported(store, features, name, *, chunk=1024):
         "cells": int(features.sizes["cell"]),
         "features": int(features.sizes["feature"]),
     }
-    write_node(store, f"features/{name}", node, provenance=provenance, overwrite=True)
+    write_node(store, f"features/{name}", node, provenance=provenance, overwrite=True,
+               encoding={"features": {"compressors": feature_compressor()}})
     return features
