@@ -15,13 +15,14 @@ __version__ = "0.1.0"
 
 from cpzarr import cells, evaluate, features, profiles, synthetic  # noqa: E402
 from cpzarr.config import load_config  # noqa: E402
-from cpzarr.crops import crops, sample  # noqa: E402
+from cpzarr.crops import Sampler, crops, sample  # noqa: E402
 from cpzarr.ingest import ingest  # noqa: E402
 from cpzarr.run import demo, run  # noqa: E402
 from cpzarr.store import open_screen  # noqa: E402
 
 #: ``cpzarr.crops.sample`` reads as the issue's random-access sampler.
 crops.sample = sample
+crops.Sampler = Sampler
 
 __all__ = [
     "ingest",
@@ -29,6 +30,7 @@ __all__ = [
     "cells",
     "crops",
     "sample",
+    "Sampler",
     "features",
     "profiles",
     "evaluate",
