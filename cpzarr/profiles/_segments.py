@@ -10,6 +10,8 @@ from functools import partial
 import dask
 import dask.array as da
 import numpy as np
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 
 BLOCK_BYTES = 32 * 2**20
 
@@ -85,32 +87,66 @@ def segment_reduce(x, lengths, func, width, order=None, dtype=np.float64, block_
     per_block = pack(lengths, x.shape[1] * x.dtype.itemsize, block_bytes)
     bounds = np.concatenate([[0], np.cumsum(per_block)])
     row_bounds = np.concatenate([[0], np.cumsum(lengths)])[bounds]
-    meta = np.empty((0, 0), dtype)
-    blocks = []
-    for i in range(len(per_block)):
-        block_lengths = lengths[bounds[i]:bounds[i + 1]]
-        rows = order[row_bounds[i]:row_bounds[i + 1]]
-        # Each output block gathers only its own rows, so it depends on the few input chunks
-        # holding them and dask can release those chunks once it is done (a global take would
-        # make every output wait on every input).
-        contiguous = len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows)))
-        width_of_piece = x.shape[1]
-        if columnwise:
-            width_of_piece = max(1, int(block_bytes // max(len(rows) * x.dtype.itemsize, 1)))
-        pieces = []
-        for start in range(0, x.shape[1], width_of_piece):
-            # A block too large for the budget is gathered one slice of features at a time.
-            part = x[:, start:start + width_of_piece] if width_of_piece < x.shape[1] else x
-            part = part[int(rows[0]):int(rows[0]) + len(rows)] if contiguous else part[rows]
-            part = part.rechunk({0: -1, 1: -1})
-            pieces.append(part.map_blocks(
-                partial(func, lengths=block_lengths), dtype=dtype, meta=meta,
-                chunks=((len(block_lengths),), (part.shape[1] if columnwise else width,)),
-            ))
-        blocks.append(pieces[0] if len(pieces) == 1 else da.concatenate(pieces, axis=1))
-    if not blocks:
+    if not per_block:
         return da.empty((0, width), dtype=dtype)
-    return da.concatenate(blocks, axis=0)
+    if x.numblocks[1] != 1:
+        x = x.rechunk({1: -1})
+    chunk_starts = np.concatenate([[0], np.cumsum(x.chunks[0])])
+    name = "segment-reduce-" + tokenize(x, lengths, order, func, width, dtype, block_bytes, columnwise)
+    graph = {}
+    for i in range(len(per_block)):
+        rows = order[row_bounds[i]:row_bounds[i + 1]]
+        # One small task per input chunk copies out the rows this block needs from it, so that
+        # dask can release the chunk once its rows are out; the block's task then places the
+        # pieces (one more copy, no concatenation of a take) and reduces the block.
+        chunk_of = np.searchsorted(chunk_starts, rows, side="right") - 1
+        pieces, positions = [], []
+        for k, c in enumerate(np.unique(chunk_of)):
+            where = np.flatnonzero(chunk_of == c)
+            local = rows[where] - chunk_starts[c]
+            if len(local) and local[-1] - local[0] == len(local) - 1 and np.all(np.diff(local) == 1):
+                local = slice(int(local[0]), int(local[-1]) + 1)
+            graph[(name + "-rows", i, k)] = (_rows_of, (x.name, int(c), 0), local)
+            pieces.append((name + "-rows", i, k))
+            positions.append(where)
+        reduce = partial(func, lengths=lengths[bounds[i]:bounds[i + 1]])
+        d = x.shape[1]
+        step = d
+        if columnwise:
+            step = max(1, int(block_bytes // max(len(rows) * x.dtype.itemsize, 1)))
+        if step >= d:
+            graph[(name, i, 0)] = (_place_and_reduce, pieces, positions, len(rows), slice(0, d), reduce, dtype)
+        else:
+            # A block over the budget (one large segment) is reduced a slice of features per
+            # task: bounded memory, and the workers share it.
+            parts = []
+            for j, start in enumerate(range(0, d, step)):
+                columns = slice(start, min(start + step, d))
+                graph[(name + "-columns", i, j)] = (
+                    _place_and_reduce, pieces, positions, len(rows), columns, reduce, dtype)
+                parts.append((name + "-columns", i, j))
+            graph[(name, i, 0)] = (np.concatenate, parts, 1)
+    layer = HighLevelGraph.from_collections(name, graph, dependencies=[x])
+    return da.Array(layer, name, chunks=(tuple(per_block), (width,)), dtype=dtype,
+                    meta=np.empty((0, 0), dtype))
+
+
+def _rows_of(chunk, rows):
+    piece = np.asarray(chunk)[rows]
+    # A slice is a view: copy it, so the chunk itself is not kept alive by the piece.
+    return piece.copy() if isinstance(rows, slice) else piece
+
+
+def _place_and_reduce(pieces, positions, n_rows, columns, func, dtype):
+    """Place a block's rows (the given features) from their pieces and reduce it."""
+    piece_columns = [piece[:, columns] for piece in pieces]
+    if len(pieces) == 1 and len(positions[0]) == n_rows and np.all(np.diff(positions[0]) == 1):
+        block = piece_columns[0]
+    else:
+        block = np.empty((n_rows, columns.stop - columns.start), dtype=pieces[0].dtype if pieces else np.float64)
+        for piece, where in zip(piece_columns, positions):
+            block[where] = piece
+    return np.asarray(func(block), dtype=dtype)
 
 
 def by_length(lengths, max_rows=None):
