@@ -47,7 +47,8 @@ def make_plate(folder: Path, image_size=1080) -> dict:
                            cells_per_site=150, dtype=dtype, labels=False)
         sites = []
         for row in pd.read_csv(info.load_data).itertuples(index=False):
-            paths = [Path(getattr(row, f"PathName_Orig{ch}")) / getattr(row, f"FileName_Orig{ch}") for ch in info.channels]
+            paths = [Path(getattr(row, f"PathName_Orig{ch}")) / getattr(row, f"FileName_Orig{ch}")
+                     for ch in info.channels]
             if fmt == "png":
                 for path in paths:
                     Image.fromarray(tifffile.imread(path)).save(path.with_suffix(".png"))
@@ -72,7 +73,8 @@ def make_plate(folder: Path, image_size=1080) -> dict:
 def plate_files(table) -> list:
     frame = pd.read_csv(table)
     channels = [c[len("FileName_Orig"):] for c in frame.columns if c.startswith("FileName_Orig")]
-    return [str(Path(p) / f) for ch in channels for f, p in zip(frame[f"FileName_Orig{ch}"], frame[f"PathName_Orig{ch}"])]
+    return [str(Path(p) / f) for ch in channels
+            for f, p in zip(frame[f"FileName_Orig{ch}"], frame[f"PathName_Orig{ch}"])]
 
 
 def read_files(files) -> int:

@@ -199,7 +199,8 @@ def test_distributed_client_gives_the_same_store(screen, ingested, tmp_path):
 
 
 def _chunk_files(path):
-    return {f.relative_to(path): f.read_bytes() for name in ("images", "present") for f in (path / name / "c").rglob("*") if f.is_file()}
+    files = [f for name in ("images", "present") for f in (path / name / "c").rglob("*") if f.is_file()]
+    return {f.relative_to(path): f.read_bytes() for f in files}
 
 
 def test_well_writes_are_byte_identical_to_zarrs_own(ingested, tmp_path):
