@@ -1,12 +1,12 @@
 """Benchmarks of cpzarr.profiles.aggregate: an on-disk ``/features/<model>`` node → well profiles.
 
 The input is what ``cpzarr.features.write_features`` writes: a Zarr v3 node of float32
-``features[cell, feature]`` in regular chunks of 1,024 cells holding all features (zstd, the
-store's default codec), with ``plate``, ``well``, ``site``, ``x``, ``y`` along ``cell``. It is
-generated one chunk at a time, never whole in memory. Features are uniform random float32:
-they compress about as little as real CNN features (zstd keeps 89 % of the bytes; 91 % for the
-DeepProfiler features in the shared test data). Each call aggregates and writes the
-``/profiles/bench/aggregated`` node, as ``cpzarr run`` does.
+``features[cell, feature]`` in regular chunks of 1,024 cells holding all features (LZ4 inside
+Blosc, ``cpzarr.features.cnn.feature_compressor``), with ``plate``, ``well``, ``site``, ``x``, ``y``
+along ``cell``. It is generated one chunk at a time, never whole in memory. Features are uniform
+random float32, which no codec shrinks (real CNN features: zstd keeps 89-91 % of DeepProfiler's
+features in the shared test data, LZ4 all of them; 42 % and 57 % of Lite0's, many of which are
+zero). Each call aggregates and writes the ``/profiles/bench/aggregated`` node, as ``cpzarr run`` does.
 
 Scales (the issue's figures: Pycytominer on 220,000 cells × 6,400 features, 25 cells per well,
 mean 13 s at 19.9 GB peak, median killed at a 21 GiB cap):
