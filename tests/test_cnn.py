@@ -267,3 +267,20 @@ def test_gpu_workers_get_gpu_tasks():
         assert layers and layers[0].annotations == {"resources": {"GPU": 1}}
         got = client.compute(features.data).result()
     np.testing.assert_allclose(got, plain.compute(scheduler="sync").values, rtol=1e-5, atol=1e-5)
+
+
+def test_write_features_extracts_each_crop_chunk_once(tmp_path, monkeypatch):
+    # Units of 2 cells straddle the crop chunks of 3 and 4: each chunk must still go through the
+    # network once, not once per unit it feeds.
+    seen = []
+    original = cnn._features_block
+
+    def counting(block, *args):
+        seen.append(block.shape[0])
+        return original(block, *args)
+
+    monkeypatch.setattr(cnn, "_features_block", counting)
+    store = make_store(tmp_path / "screen.zarr")
+    features = cnn.extract(make_crops(n=7, chunks=(3, 4)))
+    cnn.write_features(store, "efficientnet-lite0", features, chunk_cells=2, progress=False, scheduler="threads")
+    assert sorted(seen) == [3, 4]

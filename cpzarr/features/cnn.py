@@ -579,14 +579,15 @@ def _create_node(store, name, skeleton, encoding):
             pass
 
 
-def _write_unit(block, path, lo, unit):
+def _write_unit(block, path, units, chunk_cells, block_info=None):
     """Write one chunk-aligned range of cells, then mark it complete."""
     import zarr
 
+    unit = units[block_info[0]["chunk-location"][0]]
     group = zarr.open_group(path, mode="r+")
-    group["features"][lo : lo + block.shape[0]] = block
+    group["features"][unit * chunk_cells : unit * chunk_cells + block.shape[0]] = block
     group["unit_complete"][unit] = True
-    return unit
+    return np.array([unit])
 
 
 def write_features(
@@ -665,11 +666,14 @@ def write_features(
         data = da.from_array(np.asarray(data))
     data = data.rechunk({0: chunk_cells, 1: -1})
     todo = [u for u in range(n_units) if not done[u] and n_cells > 0]
-    tasks = [
-        dask.delayed(_write_unit, pure=False)(data.blocks[u], str(final), u * chunk_cells, u)
-        for u in todo
-    ]
-    _compute(tasks, scheduler, progress, f"features {name}")
+    if todo:
+        # One array over the units left to do, written by one map_blocks: a crop chunk that
+        # straddles two units is then extracted once, not once per unit.
+        written = data.blocks[todo].map_blocks(
+            _write_unit, str(final), todo, chunk_cells, drop_axis=1, chunks=((1,) * len(todo),),
+            dtype=np.int64, meta=np.empty((0,), dtype=np.int64), name=f"write-unit-{uuid.uuid4().hex}",
+        )
+        _compute(list(written.to_delayed()), scheduler, progress, f"features {name}")
     record_provenance(store, f"features/{name}", {
         "stage": "profile", **{k: (v.item() if hasattr(v, "item") else v) for k, v in features.attrs.items()},
     })
@@ -700,7 +704,7 @@ def _compute(tasks, scheduler, progress, label):
 
         class Units(Callback):
             def _posttask(self, key, result, dsk, state, worker_id):
-                if isinstance(key, str) and key.startswith("_write_unit"):
+                if isinstance(key, tuple) and str(key[0]).startswith("write-unit-"):
                     bar.update(1)
 
         with Units():
