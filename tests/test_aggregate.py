@@ -109,6 +109,33 @@ def test_written_features_node_to_profiles_node(tmp_path, operation):
 
 
 @pytest.mark.parametrize("operation", ["mean", "median"])
+def test_node_read_from_its_chunk_files(tmp_path, operation):
+    """NaN cells in wells cut by chunks, an all-NaN chunk never written: as pandas, file reads used."""
+    import zarr
+
+    from cpzarr.features.cnn import write_features
+    from cpzarr.profiles._chunk_files import ChunkFiles
+    from cpzarr.store import open_node
+
+    store = tmp_path / "s.zarr"
+    zarr.open_group(str(store), mode="w", zarr_format=3)
+    cells = _cells(n_features=16)
+    cells[300:400] = np.nan  # chunk 3 (of 100 cells) all NaN: zarr does not store it
+    cells[200:211] = np.abs(cells[200:211].fillna(1))  # W06's cells in chunk 2: NaN only before
+    write_features(store, "m", cells.chunk({"cell": 100}), chunk_cells=100, progress=False)
+    assert not (store / "features" / "m" / "features" / "c" / "3").exists()
+    features = open_node(store, "features/m")["features"]
+    assert ChunkFiles.of(features.data) is not None
+    assert ChunkFiles.of(features[1:].data) is None and ChunkFiles.of((features + 0).data) is None
+    expected, counts = _expected(cells, operation)
+    for block_bytes in (None, 1, 3000):  # blocks of whole wells cutting chunks, or one per well
+        out = aggregate(features, operation=operation, block_bytes=block_bytes).compute()
+        assert out["cell_count"].values.tolist() == counts.tolist()
+        np.testing.assert_allclose(out.values, expected.to_numpy(), rtol=1e-12, equal_nan=True)
+        assert np.isnan(out.values).sum() == expected.isna().to_numpy().sum()
+
+
+@pytest.mark.parametrize("operation", ["mean", "median"])
 def test_real_deepprofiler_cells(shared_data, operation):
     """Five real LINCS sites of EfficientNet features (6,400 per cell) → sites and wells."""
     folder = shared_data / "deepprofiler_single_cell_lincs" / "features"

@@ -26,6 +26,7 @@ import numpy as np
 import xarray as xr
 
 from cpzarr.errors import InputError
+from cpzarr.profiles._chunk_files import ChunkFiles
 from cpzarr.profiles._samples import as_dask, constant_coords, group_codes, record_step
 from cpzarr.profiles._segments import BLOCK_BYTES, pack, segment_reduce, segments_in_input_order
 
@@ -98,7 +99,7 @@ def aggregate(features, strata=("plate", "well"), operation="mean", block_bytes=
         return _reduce(block, lengths, operation, block_bytes)
 
     if in_order:
-        data = _reduce_sorted(x, lengths, operation, block_bytes)
+        data = _reduce_sorted(x, lengths, operation, block_bytes, ChunkFiles.of(x))
     else:
         data = segment_reduce(x, lengths, reduce, x.shape[1], order=order, block_bytes=block_bytes)
     if not np.array_equal(to_key_order, np.arange(len(to_key_order))):
@@ -152,7 +153,7 @@ def _reduce(block, lengths, operation, block_bytes=BLOCK_BYTES):
         block = block.astype(np.float64)
     lengths = np.asarray(lengths, dtype=np.int64)
     if operation == "mean":
-        return _piece_means([block], 0, lengths)
+        return _piece_means([block], lengths, block.shape[1])
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     out = np.empty((len(lengths), block.shape[1]))
     if not len(lengths):
@@ -168,14 +169,15 @@ def _reduce(block, lengths, operation, block_bytes=BLOCK_BYTES):
     return out
 
 
-def _reduce_sorted(x, lengths, operation, block_bytes):
+def _reduce_sorted(x, lengths, operation, block_bytes, files=None):
     """Per-segment reductions of ``x`` sorted by segment, one independent task per block of segments.
 
-    Each task reads its own rows (a synchronous compute of ``x[lo:hi]`` inside the task) rather
-    than sharing input chunks with its neighbours: with shared chunks the dask scheduler kept
-    every third 26 MB chunk of a features node in memory (1 GB at 150,000 cells, growing with
-    the screen). A chunk cut by a block boundary is read by both blocks, so blocks span many
-    chunks (``block_bytes``, default 256 MiB) to keep the re-reading small.
+    Each task reads its own rows (from the chunk files when ``files`` reads them, otherwise by
+    a synchronous compute of ``x[lo:hi]`` inside the task) rather than sharing input chunks with
+    its neighbours: with shared chunks the dask scheduler kept every third 26 MB chunk of a
+    features node in memory (1 GB at 150,000 cells, growing with the screen). A chunk cut by a
+    block boundary is read by both blocks, so blocks span many chunks (``block_bytes``, default
+    256 MiB) to keep the re-reading small.
     """
     per_block = pack(lengths, x.shape[1] * x.dtype.itemsize, block_bytes)
     segment_bounds = np.concatenate([[0], np.cumsum(per_block)]).astype(np.int64)
@@ -183,8 +185,14 @@ def _reduce_sorted(x, lengths, operation, block_bytes):
     blocks = []
     for b in range(len(per_block)):
         block_lengths = lengths[segment_bounds[b]:segment_bounds[b + 1]]
-        rows = partial(_read_rows, x, int(row_bounds[b]), int(row_bounds[b + 1]))
-        task = dask.delayed(_reduce_rows, pure=True)(rows, block_lengths, operation, block_bytes)
+        lo, hi = int(row_bounds[b]), int(row_bounds[b + 1])
+        if files is None:
+            rows = partial(_read_rows, x, lo, hi)
+        elif operation == "mean":
+            rows = partial(files.chunks, lo, hi)  # one chunk's buffer, reused along the block
+        else:
+            rows = partial(_read_block, files, lo, hi)
+        task = dask.delayed(_reduce_rows, pure=True)(rows, block_lengths, operation, block_bytes, x.shape[1])
         blocks.append(da.from_delayed(task, shape=(len(block_lengths), x.shape[1]), dtype=np.float64,
                                       meta=np.empty((0, 0))))
     if not blocks:
@@ -193,48 +201,59 @@ def _reduce_sorted(x, lengths, operation, block_bytes):
 
 
 def _read_rows(x, lo, hi):
-    """Rows ``lo:hi`` of ``x`` as the list of its chunks' pieces (no copy into one array)."""
-    pieces = x[lo:hi].to_delayed().ravel().tolist()
-    return [np.asarray(piece) for piece in dask.compute(*pieces, scheduler="sync")]
+    """Rows ``lo:hi`` of ``x``, one chunk's piece at a time (a synchronous compute of each)."""
+    for piece in x[lo:hi].to_delayed().ravel():
+        yield np.asarray(piece.compute(scheduler="sync"))
 
 
-def _reduce_rows(rows, lengths, operation, block_bytes):
+def _read_block(files, lo, hi):
+    """Rows ``lo:hi`` of a node's chunk files as one piece, decoded in place."""
+    yield files.read(lo, hi)
+
+
+def _reduce_rows(rows, lengths, operation, block_bytes, width):
     pieces = rows()
     if operation == "mean":
-        return _piece_means(pieces, 0, lengths)
+        return _piece_means(pieces, lengths, width)
+    pieces = list(pieces)
     block = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
     return _reduce(block, lengths, operation, min(block_bytes, BLOCK_BYTES))
 
 
-def _piece_means(pieces, offset, lengths):
-    """Means of consecutive segments starting ``offset`` rows into the row-wise join of ``pieces``.
+def _piece_means(pieces, lengths, width):
+    """Means of consecutive segments over the rows of ``pieces`` (consecutive row blocks).
 
-    Each segment's rows are summed in float64 where they lie (one or more pieces); a segment
-    whose sum is NaN is summed again without its NaN cells, so the common case reads its cells
-    once.
+    Pieces are used one at a time (each may be overwritten by the next). Each segment's rows are
+    summed in float64 where they lie; a part whose sum is NaN is summed again without its NaN
+    cells, and its segment then counts present cells per feature, so the common case reads its
+    cells once.
     """
-    bounds = np.concatenate([[0], np.cumsum([len(p) for p in pieces])])
-    out = np.zeros((len(lengths), pieces[0].shape[1] if pieces else 0))
-    start = offset
+    lengths = np.asarray(lengths, dtype=np.int64)
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    out = np.zeros((len(lengths), width))
+    counts = {}  # segment -> cells present per feature, for segments holding a NaN
+    position = 0
+    for piece in pieces:
+        end = position + len(piece)
+        for i in range(np.searchsorted(ends, position, side="right"), np.searchsorted(starts, end)):
+            part = piece[max(starts[i] - position, 0):min(ends[i], end) - position]
+            total = part.sum(axis=0, dtype=np.float64)
+            if np.isnan(total).any():
+                present = ~np.isnan(part)
+                total = np.where(present, part, 0).sum(axis=0, dtype=np.float64)
+                seen = max(position, starts[i]) - starts[i]  # cells of the segment before this part
+                counts[i] = counts.get(i, seen) + present.sum(axis=0)
+            elif i in counts:
+                counts[i] += len(part)
+            out[i] += total
+        position = end
     with np.errstate(invalid="ignore", divide="ignore"):
-        for i, n in enumerate(lengths):
-            parts = [
-                pieces[k][max(start - bounds[k], 0):start + n - bounds[k]]
-                for k in range(len(pieces)) if bounds[k] < start + n and start < bounds[k + 1]
-            ]
-            for part in parts:
-                out[i] += part.sum(axis=0, dtype=np.float64)
-            if np.isnan(out[i]).any():
-                count = np.zeros(out.shape[1], dtype=np.int64)
-                out[i] = 0
-                for part in parts:
-                    present = ~np.isnan(part)
-                    out[i] += np.where(present, part, 0).sum(axis=0, dtype=np.float64)
-                    count += present.sum(axis=0)
-                out[i] /= count
-            else:
-                out[i] /= n
-            start += n
+        for i, count in counts.items():
+            out[i] /= count
+        plain = np.ones(len(lengths), dtype=bool)
+        plain[list(counts)] = False
+        out[plain] /= lengths[plain, None]
     return out
 
 
