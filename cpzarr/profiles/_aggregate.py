@@ -24,11 +24,12 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.system import CPU_COUNT
 
 from cpzarr.errors import InputError
 from cpzarr.profiles._chunk_files import ChunkFiles
 from cpzarr.profiles._samples import as_dask, constant_coords, group_codes, record_step
-from cpzarr.profiles._segments import BLOCK_BYTES, pack, segment_reduce, segments_in_input_order
+from cpzarr.profiles._segments import BLOCK_BYTES, pack_evenly, segment_reduce, segments_in_input_order
 
 OPERATIONS = ("mean", "median")
 
@@ -87,6 +88,11 @@ def aggregate(features, strata=("plate", "well"), operation="mean", block_bytes=
     if "cell" in cells.coords:
         cells = cells.drop_vars("cell")
     cells = cells.rename({"cell": "sample"})
+    # Each use of a lazy coordinate (grouping, then the checks for constant ones) would read it
+    # from the store again: read them all once, together.
+    lazy = [name for name, c in cells.coords.items() if c.dims == ("sample",) and isinstance(c.data, da.Array)]
+    loaded = dask.compute(*[cells[name].data for name in lazy])
+    cells = cells.assign_coords({name: ("sample", values) for name, values in zip(lazy, loaded)})
     strata = [strata] if isinstance(strata, str) else list(strata)
     codes, keys = group_codes(cells, strata)
     order, lengths, to_key_order = segments_in_input_order(codes)
@@ -177,9 +183,10 @@ def _reduce_sorted(x, lengths, operation, block_bytes, files=None):
     its neighbours: with shared chunks the dask scheduler kept every third 26 MB chunk of a
     features node in memory (1 GB at 150,000 cells, growing with the screen). A chunk cut by a
     block boundary is read by both blocks, so blocks span many chunks (``block_bytes``, default
-    256 MiB) to keep the re-reading small.
+    256 MiB) to keep the re-reading small; they are cut to equal shares for the workers.
     """
-    per_block = pack(lengths, x.shape[1] * x.dtype.itemsize, block_bytes)
+    workers = dask.config.get("num_workers", None) or CPU_COUNT
+    per_block = pack_evenly(lengths, x.shape[1] * x.dtype.itemsize, block_bytes, workers)
     segment_bounds = np.concatenate([[0], np.cumsum(per_block)]).astype(np.int64)
     row_bounds = np.concatenate([[0], np.cumsum(lengths)])[segment_bounds]
     blocks = []
