@@ -32,7 +32,6 @@ Random access
     quarter of a site (``benchmarks/benchmark_crops.py``).
 """
 
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -329,17 +328,18 @@ class _StoreSites:
     The store's own Zarr array is read when ``images`` is the store's ``images`` variable as
     opened (no selection, no computation on it); anything else (an in-memory Dataset, a subset, a
     computed array) is read block by block through its dask or numpy array. A store in the
-    contract's layout on a local disk is read straight from its shard files: a site costs one
-    read of its chunk's bytes and its decode, where a call of the Zarr array also re-reads and
-    checks the shard index and hands the chunk through Zarr's event-loop thread and buffers
-    (30-45 % more CPU time per 8-bit LINCS-like site, about twice as much per 16-bit one). There
-    a random draw, which needs a few boxes of a site, decodes only the Blosc blocks under them
-    (``need``). Shard indexes are cached: a finished store's images do not change.
+    contract's layout on a local disk is read straight from its shard files
+    (:class:`cpzarr._shards.SiteReader`): a site costs one read of its chunk's bytes and its
+    decode, where a call of the Zarr array also re-reads and checks the shard index and hands the
+    chunk through Zarr's event-loop thread and buffers (30-45 % more CPU time per 8-bit
+    LINCS-like site, about twice as much per 16-bit one). There a random draw, which needs a few
+    boxes of a site, decodes only the Blosc blocks under them (``need``). Shard indexes are
+    cached: a finished store's images do not change.
     """
 
     def __init__(self, images, root):
         array = _opened_store_array(images, root)
-        self.shards = None if array is None else _ShardFiles.of(array)
+        self.shards = None if array is None else _shard_reader(array)
         self.array = array
         # kept only when needed: a task graph that carries this reader stays small to ship
         self.data = images.data if array is None else None
@@ -370,173 +370,15 @@ def _opened_store_array(images, root):
     return array if array.shape == images.shape and array.dtype == images.dtype else None
 
 
-class _ShardFiles:
-    """Sites read from the shard files of a local store: one chunk per site, one shard per well.
+def _shard_reader(array):
+    """A reader of the store array's shard files when they lie on a local disk, else None."""
+    from zarr.storage import LocalStore
 
-    Follows the Zarr v3 sharding specification: a shard ends (or starts) with an index of
-    ``(offset, nbytes)`` uint64 pairs, one per inner chunk in C order, followed by its CRC32C;
-    ``2**64 - 1`` marks a chunk never written. Only the layouts the ingest writes are read this
-    way (bytes then Blosc or zstd inside the shard); ``of`` returns None for any other.
-    """
+    from cpzarr._shards import SiteReader
 
-    EMPTY = np.uint64(2**64 - 1)
-
-    def __init__(self, array, decoder, dtype, sites_per_shard, index_at_end, crc):
-        import numcodecs
-
-        self.metadata = array.metadata
-        self.root = Path(array.store.root) / array.path
-        self.shape = array.shape[3:]
-        self.fill_value = array.fill_value
-        self.decoder, self.dtype = decoder, dtype
-        self.blosc = isinstance(decoder, numcodecs.Blosc)  # chunks that decode block by block
-        self.sites_per_shard, self.index_at_end = sites_per_shard, index_at_end
-        self.index_bytes = 16 * sites_per_shard + (4 if crc else 0)
-        self._indexes = {}
-        self._scratch = threading.local()
-
-    def __getstate__(self):
-        # shipped to other processes (a distributed cluster) without per-thread buffers or caches
-        state = self.__dict__.copy()
-        state["_indexes"], state["_scratch"] = {}, None
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._scratch = threading.local()
-
-    @classmethod
-    def of(cls, array):
-        import numcodecs
-        from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
-        from zarr.storage import LocalStore
-
-        codecs = array.metadata.codecs
-        if not (isinstance(array.store, LocalStore) and len(codecs) == 1 and isinstance(codecs[0], ShardingCodec)):
-            return None
-        sharding = codecs[0]
-        inner, index = sharding.codecs, sharding.index_codecs
-        site = (1, 1, 1) + array.shape[3:]
-        shard = array.shards
-        if tuple(sharding.chunk_shape) != site or tuple(shard[:2]) != (1, 1) or tuple(shard[3:]) != site[3:]:
-            return None
-        if not (1 <= len(inner) <= 2 and isinstance(inner[0], BytesCodec)):
-            return None
-        if len(inner) == 2 and not isinstance(inner[1], (BloscCodec, ZstdCodec)):
-            return None
-        little_index = isinstance(index[0], BytesCodec) and getattr(index[0].endian, "value", "little") == "little"
-        if not (little_index and len(index) <= 2 and all(isinstance(c, Crc32cCodec) for c in index[1:])):
-            return None
-        dtype = np.dtype(array.dtype)
-        if dtype.itemsize > 1:
-            dtype = dtype.newbyteorder("<" if getattr(inner[0].endian, "value", "little") == "little" else ">")
-        decoder = None
-        if len(inner) == 2:
-            decoder = numcodecs.Blosc() if isinstance(inner[1], BloscCodec) else numcodecs.Zstd()
-        return cls(array, decoder, dtype, shard[2], sharding.index_location.value == "end", len(index) == 2)
-
-    def site(self, p, w, s, need=None):
-        """Pixels ``(channel, y, x)`` of a site; with ``need = (rows, box, channels)`` only the
-        rows ``rows[i] : rows[i] + box`` of those channels are sure to be filled in, and the
-        array may be this thread's scratch buffer, valid until its next call with ``need``."""
-        shard, j = divmod(int(s), self.sites_per_shard)
-        path = self.root / self.metadata.encode_chunk_key((int(p), int(w), shard, 0, 0, 0))
-        try:
-            with open(path, "rb") as f:
-                index = self._indexes.get(path)
-                if index is None:
-                    f.seek(-self.index_bytes if self.index_at_end else 0, 2 if self.index_at_end else 0)
-                    raw = f.read(self.index_bytes)[: 16 * self.sites_per_shard]
-                    index = self._indexes[path] = np.frombuffer(raw, "<u8").reshape(-1, 2)
-                offset, nbytes = index[j]
-                if offset == self.EMPTY:
-                    return np.full(self.shape, self.fill_value, self.dtype)
-                f.seek(int(offset))
-                raw = f.read(int(nbytes))
-        except FileNotFoundError:  # a shard never written
-            return np.full(self.shape, self.fill_value, self.dtype)
-        if self.decoder is None:
-            return np.frombuffer(raw, self.dtype).reshape(self.shape)
-        if need is not None and self.blosc:
-            scratch = getattr(self._scratch, "buffers", None)
-            if scratch is None:
-                size = int(np.prod(self.shape)) * self.dtype.itemsize
-                scratch = self._scratch.buffers = (np.empty(size, np.uint8), np.empty(size, np.uint8))
-            part = _blosc_blocks(raw, self._byte_ranges(*need), self.decoder, scratch)
-            if part is not None:
-                return part.view(self.dtype).reshape(self.shape)
-        out = np.empty(self.shape, self.dtype)
-        self.decoder.decode(raw, out=out)
-        return out
-
-    def _byte_ranges(self, rows, box, channels):
-        """Byte ranges of the chunk (C order) holding rows ``rows[i] : rows[i] + box`` of ``channels``."""
-        height, width = self.shape[1:]
-        row_bytes = width * self.dtype.itemsize
-        top = np.clip(np.asarray(rows), 0, height)
-        bottom = np.clip(np.asarray(rows) + box, 0, height)
-        base = np.asarray(channels)[:, None] * height
-        return ((base + top) * row_bytes).ravel(), ((base + bottom) * row_bytes).ravel()
-
-
-def _blosc_blocks(raw, ranges, blosc, scratch=None):
-    """Decode only the blocks of a Blosc (c-blosc 1) buffer that hold the byte ``ranges``.
-
-    A Blosc buffer is a 16-byte header (flags, type size, sizes), the offsets of its blocks, then
-    the blocks, each compressed and shuffled on its own: its streams (one, or one per byte of the
-    type when split) each follow their int32 length. A random draw needs a few 128-row bands of a
-    site, a small share of its blocks, so those blocks are copied, still compressed, into a
-    smaller Blosc buffer of the same kind (header sizes and offsets rewritten; the original's
-    short last block, if needed, stays last, where Blosc expects it), which Blosc decodes at its
-    usual speed (un-shuffling included) in one call.
-
-    Returns the whole buffer's bytes with only those blocks filled in, or None (decode it all
-    instead) when they are most of the blocks, or the buffer is not of this kind. ``scratch``, two
-    uint8 arrays of at least the buffer's size, receive the result and the decoded blocks: fresh
-    arrays of a changing size come from fresh memory pages, whose first touch cost more than the
-    decode (1,700 page faults, +5 ms for a LINCS site).
-    """
-    buf = np.frombuffer(raw, np.uint8)
-    if len(buf) < 16 or buf[0] != 2:
+    if not isinstance(array.store, LocalStore):
         return None
-    flags, typesize = int(buf[2]), int(buf[3])
-    nbytes, blocksize, _ = (int(v) for v in buf[4:16].view("<i4"))
-    if flags & 0x2:  # stored without compression
-        return buf[16 : 16 + nbytes]
-    if blocksize <= 0 or nbytes <= 0:
-        return None
-    starts, stops = ranges
-    keep = stops > starts
-    first, last = starts[keep] // blocksize, (stops[keep] - 1) // blocksize
-    blocks = np.unique(np.concatenate([np.arange(a, b + 1) for a, b in zip(first, last)] or [np.zeros(0, int)]))
-    n_blocks = -(-nbytes // blocksize)
-    if n_blocks < 2 or len(blocks) > 0.8 * n_blocks:
-        return None
-    out = np.empty(nbytes, np.uint8) if scratch is None else scratch[0][:nbytes]
-    if not len(blocks):
-        return out
-    if len(blocks) == 1 and blocks[0] == n_blocks - 1 and nbytes % blocksize:
-        # Blosc refuses a buffer smaller than its block size: the short last block needs company
-        blocks = np.r_[n_blocks - 2, blocks]
-    offsets = buf[16 : 16 + 4 * n_blocks].view("<i4")
-    split = not flags & 0x10 and typesize <= 16 and blocksize // typesize >= 128
-    sizes = np.minimum(blocksize, nbytes - blocks * blocksize)
-    pieces, new_offsets, at = [], [], 16 + 4 * len(blocks)
-    for j, size in zip(blocks, sizes):
-        begin = end = int(offsets[j])
-        for _ in range(typesize if split and size == blocksize else 1):
-            end += 4 + int(buf[end : end + 4].view("<i4")[0])
-        pieces.append(buf[begin:end])
-        new_offsets.append(at)
-        at += end - begin
-    header = buf[:16].copy()
-    header[4:16].view("<i4")[:] = (int(sizes.sum()), blocksize, at)
-    fake = np.concatenate([header, np.asarray(new_offsets, "<i4").view(np.uint8), *pieces])
-    part = np.empty(sizes.sum(), np.uint8) if scratch is None else scratch[1][: sizes.sum()]
-    blosc.decode(fake, out=part)
-    for k, (j, size) in enumerate(zip(blocks, sizes)):
-        out[j * blocksize : j * blocksize + size] = part[k * blocksize : k * blocksize + size]
-    return out
+    return SiteReader.open(Path(array.store.root) / array.path)
 
 
 class _Draws:

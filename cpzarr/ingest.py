@@ -11,7 +11,7 @@ writes the store described in ``docs/architecture.md``:
    arrays, root attribute ``complete: false``) is written beside the target and renamed into place;
 3. one task per well (named ``ingest-well-<plate>-<well>``) reads the well's files into one block
    and writes its shard of ``images``, then its chunk of ``present``, the well's completion marker.
-   Both are written whole by :class:`cpzarr._direct.DirectWriter`, byte for byte what zarr would
+   Both are written whole by :class:`cpzarr._shards.ShardWriter`, byte for byte what zarr would
    write, in the task's thread: decoding, Blosc and file I/O release the GIL, so local threads
    work in parallel;
 4. when every well's marker is in place, the root attribute ``complete`` becomes true.
@@ -624,12 +624,12 @@ def write_well(store, p, w, n_sites, site_files, shape, dtype) -> int:
 def _write_block(path: Path, index: tuple, block: np.ndarray):
     """Write one whole shard (or chunk) ``index`` of the array at ``path``.
 
-    Directly when :class:`~cpzarr._direct.DirectWriter` knows the array's layout (the store's own
+    Directly when :class:`~cpzarr._shards.ShardWriter` knows the array's layout (the store's own
     layout), through zarr otherwise (the tests check both write the same bytes).
     """
-    from cpzarr._direct import DirectWriter
+    from cpzarr._shards import ShardWriter
 
-    writer = DirectWriter.open(path)
+    writer = ShardWriter.open(path)
     if writer is not None and writer.block_shape == block.shape:
         writer.write(index, block)
         return

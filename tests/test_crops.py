@@ -426,32 +426,6 @@ def test_sampler_bad_options():
         Sampler(screen, 4, box=BOX, cells=cells)
 
 
-@pytest.mark.parametrize("typesize", [1, 2, 4])
-@pytest.mark.parametrize("shuffle", ["noshuffle", "shuffle", "bitshuffle"])
-@pytest.mark.parametrize("cname", ["zstd", "lz4"])
-def test_blosc_blocks_equal_whole_decode(cname, shuffle, typesize):
-    from numcodecs import Blosc
-
-    from cpzarr.crops import _blosc_blocks
-
-    rng = np.random.default_rng(typesize)
-    # smooth, compressible pixels, and a length that leaves a short last block of odd size
-    pixels = (np.cumsum(rng.integers(-2, 3, 300_001)) % 4000).astype(f"u{typesize}")
-    code = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}[shuffle]
-    raw = Blosc(cname, 1, code, blocksize=8192).encode(pixels)
-    whole = np.frombuffer(Blosc().decode(raw), np.uint8)
-    for starts, stops in [
-        (np.array([0, 40_000, 123_457]), np.array([100, 49_000, 123_458])),
-        (np.array([whole.size - 5000, 60_000]), np.array([whole.size, 60_000])),  # the short last block
-    ]:
-        part = _blosc_blocks(raw, (starts, stops), Blosc())
-        assert part is not None and part.size == whole.size
-        for a, b in zip(starts, stops):
-            np.testing.assert_array_equal(part[a:b], whole[a:b])
-    # most of the blocks: a whole decode is cheaper, and is left to the caller
-    assert _blosc_blocks(raw, (np.array([0]), np.array([whole.size])), Blosc()) is None
-
-
 def test_sampler_on_large_sites_reads_blocks_and_equals_numpy_slices(tmp_path):
     import zarr
 
