@@ -15,6 +15,7 @@ through dask.
 """
 
 import mmap
+import queue
 import sys
 from pathlib import Path
 
@@ -34,6 +35,19 @@ class ChunkFiles:
         self.chunk_rows = int(chunk_rows)
         self.dtype = np.dtype(dtype)
         self.fill_value = fill_value
+        # Chunk buffers handed back by finished reads, for the next: one per thread reading at
+        # once, kept as long as this reader (a fresh 26 MB buffer costs more to fault in than
+        # the chunk costs to decode).
+        self._spare = queue.SimpleQueue()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["_spare"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._spare = queue.SimpleQueue()
 
     @classmethod
     def of(cls, x):
@@ -65,13 +79,14 @@ class ChunkFiles:
         return cls(Path(array.store.root) / array.path, metadata, array.shape, array.chunks[0], dtype,
                    array.fill_value)
 
-    def read(self, lo, hi, out=None, scratch=None):
+    def read(self, lo, hi, out=None):
         """Rows ``lo:hi`` into ``out`` (allocated when None), chunk by chunk; returns ``out``.
 
         A chunk whose rows all fall in ``lo:hi`` decodes straight into ``out``; one cut by ``lo``
-        or ``hi`` (or the last, stored whole past the array's end) decodes into ``scratch`` (a
-        :meth:`scratch`) and its rows are copied.
+        or ``hi`` (or the last, stored whole past the array's end) decodes into a chunk buffer
+        and its rows are copied.
         """
+        scratch = None
         if out is None:
             out = np.empty((hi - lo, self.shape[1]), dtype=self.dtype)
         for c, a, b in self._spans(lo, hi):
@@ -79,19 +94,24 @@ class ChunkFiles:
             if b - a == self.chunk_rows:
                 self._decode(c, out[a - lo:b - lo])
             else:
-                scratch = self.scratch() if scratch is None else scratch
+                scratch = self._take() if scratch is None else scratch
                 out[a - lo:b - lo] = self._decode(c, scratch)[a - c_lo:b - c_lo]
+        if scratch is not None:
+            self._spare.put(scratch)
         return out
 
-    def chunks(self, lo, hi, scratch=None):
-        """Rows ``lo:hi`` as consecutive pieces, one per chunk, each decoded into ``scratch``.
+    def chunks(self, lo, hi):
+        """Rows ``lo:hi`` as consecutive pieces, one per chunk, each decoded into the same buffer.
 
         A piece is overwritten by the next one: use it before asking for the next.
         """
-        scratch = self.scratch() if scratch is None else scratch
-        for c, a, b in self._spans(lo, hi):
-            c_lo = c * self.chunk_rows
-            yield self._decode(c, scratch)[a - c_lo:b - c_lo]
+        scratch = self._take()
+        try:
+            for c, a, b in self._spans(lo, hi):
+                c_lo = c * self.chunk_rows
+                yield self._decode(c, scratch)[a - c_lo:b - c_lo]
+        finally:
+            self._spare.put(scratch)
 
     def _spans(self, lo, hi):
         """``(chunk, first row, end row)`` of each chunk holding rows of ``lo:hi``."""
@@ -99,9 +119,12 @@ class ChunkFiles:
             c_lo = c * self.chunk_rows
             yield c, max(lo, c_lo), min(hi, c_lo + self.chunk_rows)
 
-    def scratch(self):
-        """A buffer for one thread's reads: one chunk's decoded rows."""
-        return np.empty((self.chunk_rows, self.shape[1]), dtype=self.dtype)
+    def _take(self):
+        """A chunk buffer: a spare one, or a new one."""
+        try:
+            return self._spare.get_nowait()
+        except queue.Empty:
+            return np.empty((self.chunk_rows, self.shape[1]), dtype=self.dtype)
 
     def _decode(self, c, into):
         """Chunk ``c`` decoded into ``into`` (``chunk_rows`` rows); returns ``into``."""
