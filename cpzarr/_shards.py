@@ -62,8 +62,9 @@ class Layout:
         The compressor after ``bytes``, None for raw bytes.
     index_at_end, index_crc : bool
         Where a shard's index lies, and whether a CRC-32C follows it.
-    key_prefix, separator : str
-        Chunk key encoding: ``c/1/3/0`` (default) or ``1.3.0`` (v2).
+    key_prefix : tuple of str
+        ``("c",)`` (default chunk key encoding: ``c/1/3/0``) or ``()`` (v2: ``1.3.0``).
+    separator : str
     """
 
     path: Path
@@ -76,7 +77,7 @@ class Layout:
     codec: object
     index_at_end: bool
     index_crc: bool
-    key_prefix: str
+    key_prefix: tuple
     separator: str
 
     @property
@@ -174,7 +175,7 @@ def _parse(path, meta):
     return Layout(
         path=path, shape=tuple(meta["shape"]), dtype=dtype, fill_value=np.array(meta["fill_value"]).astype(dtype)[()],
         block_shape=block_shape, chunk_shape=chunk_shape, sharded=sharding is not None, codec=codec,
-        index_at_end=index_at_end, index_crc=index_crc, key_prefix="c" if default_keys else "", separator=separator,
+        index_at_end=index_at_end, index_crc=index_crc, key_prefix=("c",) if default_keys else (), separator=separator,
     )
 
 
