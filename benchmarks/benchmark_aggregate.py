@@ -135,6 +135,10 @@ class Aggregate:
 
     def setup(self, stores, engine, operation, scale):
         self.store = stores[scale]
+        if engine == "cpzarr":
+            # A process's first dask compute imports distributed (to look for a client) and
+            # starts the thread pool: 0.1-0.4 s paid once per process, not per aggregation.
+            da.zeros(1).sum().compute()
         if engine == "pycytominer":
             if scale != "peer_sixth":
                 raise NotImplementedError("Pycytominer needs ~20 GB at this scale (the issue's measured 19.9 GB)")
