@@ -127,6 +127,14 @@ def test_node_read_from_its_chunk_files(tmp_path, operation):
     features = open_node(store, "features/m")["features"]
     assert ChunkFiles.of(features.data) is not None
     assert ChunkFiles.of(features[1:].data) is None and ChunkFiles.of((features + 0).data) is None
+    # Blosc stored chunks 0-1 as they were (read as views of their files) and shrank 2, 4, 5.
+    chunk_files = store / "features" / "m" / "features" / "c"
+    assert [(chunk_files / str(c) / "0").read_bytes()[2] & 2 for c in (0, 1, 2, 4, 5)] == [2, 2, 0, 0, 0]
+    files = ChunkFiles.of(features.data)
+    for lo, hi in [(0, 518), (0, 100), (150, 450), (99, 101), (517, 518), (7, 7)]:
+        np.testing.assert_array_equal(files.read(lo, hi), cells.values[lo:hi])
+        pieces = [piece.copy() for piece in files.chunks(lo, hi)]
+        np.testing.assert_array_equal(np.concatenate(pieces) if pieces else np.empty((0, 16)), cells.values[lo:hi])
     expected, counts = _expected(cells, operation)
     for block_bytes in (None, 1, 3000):  # blocks of whole wells cutting chunks, or one per well
         out = aggregate(features, operation=operation, block_bytes=block_bytes).compute()

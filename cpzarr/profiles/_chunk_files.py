@@ -7,7 +7,8 @@ object and decoded into a new array; on this project's virtual machines touching
 costs about 1-2 s of system time per GB read, more than the read and decode themselves. Here a
 chunk file is mapped and decoded by numcodecs' Blosc (which releases the GIL) from the page
 cache straight into its destination rows (a block, or a buffer reused from chunk to chunk), in
-the calling thread.
+the calling thread; a chunk Blosc could not shrink (stored as it was) is summed where it lies in
+the mapping, without that copy.
 
 :meth:`ChunkFiles.of` recognises the dask array that ``xarray.open_zarr`` makes of such a node
 (no selection, no computation on it); for anything else it returns None and the caller reads
@@ -101,17 +102,26 @@ class ChunkFiles:
         return out
 
     def chunks(self, lo, hi):
-        """Rows ``lo:hi`` as consecutive pieces, one per chunk, each decoded into the same buffer.
+        """Rows ``lo:hi`` as consecutive read-only pieces, one per chunk.
 
-        A piece is overwritten by the next one: use it before asking for the next.
+        A chunk Blosc stored as it was (it could not shrink it, as with most network features
+        under LZ4) is a view of the file's mapping, read without a copy; any other is decoded
+        into one buffer that the next piece overwrites: use a piece before asking for the next.
         """
-        scratch = self._take()
+        scratch = None
         try:
             for c, a, b in self._spans(lo, hi):
                 c_lo = c * self.chunk_rows
-                yield self._decode(c, scratch)[a - c_lo:b - c_lo]
+                encoded = self._map(c)
+                rows = _stored_rows(encoded, self.dtype, (self.chunk_rows, self.shape[1]))
+                if rows is None:
+                    scratch = self._take() if scratch is None else scratch
+                    rows = self._decoded(encoded, scratch)
+                del encoded  # unmapped once the rows viewing it are gone
+                yield rows[a - c_lo:b - c_lo]
         finally:
-            self._spare.put(scratch)
+            if scratch is not None:
+                self._spare.put(scratch)
 
     def _spans(self, lo, hi):
         """``(chunk, first row, end row)`` of each chunk holding rows of ``lo:hi``."""
@@ -128,19 +138,47 @@ class ChunkFiles:
 
     def _decode(self, c, into):
         """Chunk ``c`` decoded into ``into`` (``chunk_rows`` rows); returns ``into``."""
-        from numcodecs import blosc
+        return self._decoded(self._map(c), into)
 
-        path = self.root / self.metadata.encode_chunk_key((c, 0))
-        try:
-            file = open(path, "rb", buffering=0)
-        except FileNotFoundError:  # never written: every value is the fill value
+    def _decoded(self, encoded, into):
+        if encoded is None:  # never written: every value is the fill value
             into[...] = self.fill_value
             return into
-        # Blosc decodes from the file's pages in the page cache: a mapping faults in 16 pages at
-        # a time, where a read() copies them into a buffer (three times the system time).
-        with file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as encoded:
+        from numcodecs import blosc
+
+        with encoded:
             blosc.decompress(encoded, into)
         return into
+
+    def _map(self, c):
+        """A read-only mapping of chunk ``c``'s file, None for a chunk never written.
+
+        Blosc reads the file's pages where they lie in the page cache: a mapping faults them in
+        16 at a time, where a read() copies them into a buffer (three times the system time).
+        """
+        try:
+            with open(self.root / self.metadata.encode_chunk_key((c, 0)), "rb", buffering=0) as file:
+                return mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        except FileNotFoundError:
+            return None
+
+
+# A Blosc (1.x format) chunk starts with 16 bytes: format version, codec version, flags, type
+# size, then uint32 uncompressed size, block size and compressed size. Flag 0x2 marks a chunk
+# stored as it was, its bytes following the header.
+_BLOSC_HEADER = 16
+
+
+def _stored_rows(encoded, dtype, shape):
+    """The rows of a Blosc chunk stored as it was, as a read-only view of ``encoded``; else None."""
+    if encoded is None:
+        return None
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    header = encoded[:_BLOSC_HEADER]
+    if (len(header) < _BLOSC_HEADER or header[0] != 2 or not header[2] & 0x2
+            or int.from_bytes(header[4:8], "little") != nbytes or len(encoded) < _BLOSC_HEADER + nbytes):
+        return None
+    return np.frombuffer(encoded, dtype=dtype, count=int(np.prod(shape)), offset=_BLOSC_HEADER).reshape(shape)
 
 
 def _zarr_array_of(x):
