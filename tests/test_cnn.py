@@ -76,6 +76,40 @@ def test_independent_of_chunking_batch_and_workers():
                                rtol=1e-5, atol=1e-5)
 
 
+def test_long_chunks_are_cut_into_near_equal_tasks(monkeypatch):
+    # 130 cells -> 3 parts (64 at most): 44, 43, 43; 64 and shorter chunks stay whole
+    assert cnn._task_chunks((130, 64, 5, 65)) == (44, 43, 43, 64, 5, 33, 32)
+    monkeypatch.setattr(cnn, "TASK_CELLS", 3)
+    crops = make_crops(chunks=(7,))
+    features = cnn.extract(crops)
+    assert features.chunks[0] == (3, 2, 2)
+    reference = cnn.extract(make_crops(chunks=(7,)), batch_size=64).compute(scheduler="sync").values
+    np.testing.assert_allclose(features.compute(scheduler="sync").values, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_default_batch_is_the_cpu_batch(monkeypatch):
+    block = cnn._features_block
+    calls = []
+
+    class Model:
+        output_shape = (None, 2)
+        input_shape = (None, 32, 32, 1)
+
+        def predict_on_batch(self, batch):
+            calls.append(len(batch))
+            return np.zeros((len(batch), 2), np.float32)
+
+    monkeypatch.setattr(cnn, "_cached_model", lambda *args: Model())
+    block(np.zeros((7, 3, 32, 32), np.uint8), "efficientnet-lite0", "imagenet", None, None, "float32", False)
+    assert calls == [cnn.BATCH_CPU, 8]  # 21 planes: 16, then 5 padded to the next power of two
+    calls.clear()
+    block(np.zeros((7, 3, 32, 32), np.uint8), "efficientnet-lite0", "imagenet", None, 6, "float32", False)
+    assert calls == [6, 6, 6, 4]  # 3 left: padded to 4
+    calls.clear()
+    block(np.zeros((11, 1, 32, 32), np.uint8), "efficientnet-lite0", "imagenet", None, 6, "float32", False)
+    assert calls == [6, 6]  # 5 left: the next power of two, 8, is more than a batch
+
+
 def test_layer_is_spatially_averaged(lite0_32):
     crops = make_crops(n=3, chunks=(3,))
     features = cnn.extract(crops, layer="block6a_expand_activation").compute(scheduler="sync")

@@ -30,7 +30,11 @@ Execution
 :func:`extract` maps a block function over the crop view's chunks (a site or a well per task).
 The Keras model is built once per worker process and kept in a module-level cache. Planes go
 through the network ``batch_size`` at a time with ``predict_on_batch`` (compiled once per shape by
-whichever Keras backend runs; the last batch is padded so no shape is compiled twice).
+whichever Keras backend runs; the last batch of a task is padded to a power of two, so only a
+few shapes are ever compiled). The default
+batch is small on a CPU: 16 Lite0 planes of 128 px keep their activations in the cache and take
+about 6 % less CPU per plane than 64. Site chunks of more than :data:`TASK_CELLS` cells are split,
+so that the last tasks of a run are short and no core waits for another at the end.
 """
 
 from __future__ import annotations
@@ -70,6 +74,12 @@ _KERAS_FILES = {
 
 _CACHE: dict = {}
 _CACHE_LOCK = threading.Lock()
+
+#: Most cells per inference task (about a second of one core for Lite0 on 128 px crops).
+TASK_CELLS = 64
+
+#: Planes per forward pass when none is given, on a CPU and where the backend sees a GPU.
+BATCH_CPU, BATCH_GPU = 16, 128
 
 
 def _check_name(name):
@@ -335,24 +345,41 @@ def _cached_model(name, weights, layer, shape, mixed_precision):
         return _CACHE[key]
 
 
+def _backend_has_gpu():
+    """Whether the Keras backend of this process computes on a GPU."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_logical_devices("GPU"))
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() != "cpu"
+    return False
+
+
 def _features_block(block, name, weights, layer, batch_size, dtype, mixed_precision):
     """Features of one chunk of crops: (cell, channel, y, x) -> (cell, channel * features)."""
     n, channels, height, width = block.shape
     model = _cached_model(name, weights, layer, (height, width), mixed_precision)
+    if batch_size is None:
+        batch_size = BATCH_GPU if _backend_has_gpu() else BATCH_CPU
     size = model.output_shape[-1]
     if name == "trained":
         return _trained_block(model, block, batch_size).astype(dtype, copy=False)
-    out = np.empty((n * channels, size), dtype=np.float32)
     planes = _scaled(block, name).reshape(n * channels, height, width)
-    grey = model.input_shape[-1] == 1
-    for start in range(0, n * channels, batch_size):
-        batch = planes[start : start + batch_size, :, :, None] if grey else _to_planes(
-            planes[start : start + batch_size], name
-        )
-        count = len(batch)
-        if count < batch_size:  # pad: one input shape, compiled once
-            batch = np.concatenate([batch, np.zeros((batch_size - count, *batch.shape[1:]), batch.dtype)])
-        out[start : start + count] = np.asarray(model.predict_on_batch(batch), dtype=np.float32)[:count]
+    if model.input_shape[-1] == 1:
+        planes = planes[..., None]
+        out = _predict(model, planes, batch_size)
+    else:
+        out = _predict(model, planes, batch_size, lambda batch: _to_planes(batch, name))
     return out.reshape(n, channels * size).astype(dtype, copy=False)
 
 
@@ -364,13 +391,24 @@ def _trained_block(model, block, batch_size):
     a = np.divide(1.0, span, out=np.zeros_like(span), where=span > 0)
     planes = np.multiply(x, a, dtype=np.float32)
     planes -= low * a
-    planes = np.ascontiguousarray(planes.transpose(0, 2, 3, 1))
-    out = np.empty((len(planes), model.output_shape[-1]), dtype=np.float32)
-    for start in range(0, len(planes), batch_size):
-        batch = planes[start : start + batch_size]
+    return _predict(model, np.ascontiguousarray(planes.transpose(0, 2, 3, 1)), batch_size)
+
+
+def _predict(model, inputs, batch_size, prepare=None):
+    """``model`` over ``inputs`` ``batch_size`` at a time, as float32 rows.
+
+    The last, short batch is zero-padded to the next power of two (at most ``batch_size``): a
+    handful of input shapes, each compiled once, and at most half a batch computed for nothing.
+    """
+    out = np.empty((len(inputs), model.output_shape[-1]), dtype=np.float32)
+    for start in range(0, len(inputs), batch_size):
+        batch = inputs[start : start + batch_size]
+        if prepare is not None:
+            batch = prepare(batch)
         count = len(batch)
-        if count < batch_size:
-            batch = np.concatenate([batch, np.zeros((batch_size - count, *batch.shape[1:]), batch.dtype)])
+        padded = min(batch_size, 1 << (count - 1).bit_length())
+        if count < padded:
+            batch = np.concatenate([batch, np.zeros((padded - count, *batch.shape[1:]), batch.dtype)])
         out[start : start + count] = np.asarray(model.predict_on_batch(batch), dtype=np.float32)[:count]
     return out
 
@@ -389,12 +427,24 @@ def _client(scheduler):
     return None
 
 
+def _task_chunks(chunks):
+    """Each chunk of more than TASK_CELLS cells cut into near-equal parts of at most that many.
+
+    Only whole chunks are cut, never merged, so every part still reads one site's crops.
+    """
+    out = []
+    for size in chunks:
+        parts = max(1, -(-size // TASK_CELLS))
+        out.extend(size // parts + (i < size % parts) for i in range(parts))
+    return tuple(out)
+
+
 def extract(
     crops,
     model="efficientnet-lite0",
     weights="imagenet",
     layer=None,
-    batch_size=64,
+    batch_size=None,
     dtype="float32",
     mixed_precision=False,
     scheduler=None,
@@ -415,8 +465,9 @@ def extract(
     layer : str, optional
         A named layer instead of the pooled output, spatially averaged (``"profile"`` by
         default for a trained checkpoint).
-    batch_size : int
-        Planes (one channel of one cell) per forward pass.
+    batch_size : int, optional
+        Planes (one channel of one cell) per forward pass; by default :data:`BATCH_CPU` (16) on a
+        CPU and :data:`BATCH_GPU` (128) where the Keras backend sees a GPU.
     dtype : {"float32", "float16"}
         Output dtype; the network runs in float32 either way unless ``mixed_precision``.
     mixed_precision : {False, True, "float16", "bfloat16"}
@@ -430,7 +481,8 @@ def extract(
     Returns
     -------
     features : DataArray (cell, feature)
-        Dask-backed, one chunk per crop chunk; ``feature`` names ``<channel>_<index>`` in
+        Dask-backed, one chunk per crop chunk (chunks of more than :data:`TASK_CELLS` cells split
+        evenly); ``feature`` names ``<channel>_<index>`` in
         crop channel order; the ``cell`` coordinates of ``crops`` kept; attributes ``model``,
         ``weights``, ``weights_sha256``, ``layer``, ``preprocessing``.
 
@@ -449,7 +501,7 @@ def extract(
     if dtype not in ("float32", "float16"):
         raise InputError(f"dtype must be 'float32' or 'float16', not {dtype!r}")
     _policy(mixed_precision)
-    if int(batch_size) < 1:
+    if batch_size is not None and int(batch_size) < 1:
         raise InputError(f"batch_size must be a positive integer, not {batch_size!r}")
     info = weights_info(model, weights)
     data = crops.data
@@ -457,7 +509,7 @@ def extract(
         import dask.array as da
 
         data = da.from_array(data, chunks=(min(crops.sizes["cell"] or 1, 256), -1, -1, -1))
-    data = data.rechunk({1: -1, 2: -1, 3: -1})
+    data = data.rechunk({0: _task_chunks(data.chunks[0]), 1: -1, 2: -1, 3: -1})
     channels = [str(c) for c in crops["channel"].values] if "channel" in crops.coords else [
         f"ch{i}" for i in range(crops.sizes["channel"])
     ]
@@ -477,7 +529,7 @@ def extract(
     with dask.annotate(**annotations):
         out = data.map_blocks(
             _features_block,
-            model, weights, layer, int(batch_size), dtype, mixed_precision,
+            model, weights, layer, None if batch_size is None else int(batch_size), dtype, mixed_precision,
             drop_axis=[2, 3],
             chunks=(data.chunks[0], (n_features,)),
             dtype=np.dtype(dtype),
