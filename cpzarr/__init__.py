@@ -13,7 +13,12 @@ Examples
 
 __version__ = "0.1.0"
 
-from cpzarr import cells, evaluate, features, profiles, synthetic  # noqa: E402
+import importlib
+
+# Light modules (numpy, pandas, xarray, yaml) are imported at once; ``crops`` must be, so that
+# the name is the function (with ``sample`` and ``Sampler`` on it) and not the submodule that a
+# later ``import cpzarr.crops`` would otherwise bind to it.
+from cpzarr import cells  # noqa: E402
 from cpzarr.config import load_config  # noqa: E402
 from cpzarr.crops import Sampler, crops, sample  # noqa: E402
 from cpzarr.ingest import ingest  # noqa: E402
@@ -23,6 +28,21 @@ from cpzarr.store import open_screen  # noqa: E402
 #: ``cpzarr.crops.sample`` reads as the issue's random-access sampler.
 crops.sample = sample
 crops.Sampler = Sampler
+
+# Subpackages imported on first use: evaluate loads scipy.stats and synthetic scipy.ndimage
+# (about 50 MB of a process that only normalizes profiles).
+_LAZY = ("evaluate", "features", "profiles", "synthetic")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
 
 __all__ = [
     "ingest",

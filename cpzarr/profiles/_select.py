@@ -7,8 +7,6 @@ from pathlib import Path
 
 import dask.array as da
 import numpy as np
-from scipy.linalg import blas
-from scipy.stats import rankdata
 
 from cpzarr.errors import InputError
 from cpzarr.profiles._samples import (
@@ -210,6 +208,8 @@ def correlation_matrix(sub, method="pearson"):
     True
     """
     if method == "spearman":
+        from scipy.stats import rankdata  # scipy.stats alone is about 45 MB of a process
+
         blocks = _column_blocks(sub)
         sub = blocks.map_blocks(
             lambda b: rankdata(b, axis=0, nan_policy="omit").astype(np.float64), dtype=np.float64
@@ -294,6 +294,8 @@ def _pearson_pairs(sub, threshold, margin=1e-3, row_bytes=16 * 2**20):
     rows, cols : ndarray of int
         The pairs (rows > cols) whose correlation is above ``threshold``.
     """
+    from scipy.linalg import blas  # imported where used: profiles that only normalize skip scipy
+
     x = sub.rechunk({1: -1}).astype(sub.dtype if sub.dtype == np.float32 else np.float64)
     n, d = x.shape
     total = np.zeros(d)

@@ -5,8 +5,6 @@ from functools import partial
 
 import numpy as np
 import xarray as xr
-from scipy import linalg
-from scipy.linalg import blas
 
 from cpzarr.errors import InputError
 from cpzarr.profiles._samples import as_dask, check_profiles, like_input, record_step, sample_mask
@@ -198,6 +196,8 @@ def _fit_gram(x, fit_rows, method, center, features, dtype):
     columns at a time. ``eigh`` of the Gram matrix gives the squared singular values (an n³
     problem instead of the SVD's n²·d) and ``V = Xᵀ U / s`` the right singular vectors.
     """
+    from scipy.linalg import blas, eigh  # imported where used: profiles that only normalize skip scipy
+
     fit = _gather(x, fit_rows)
     n, d = fit.shape
     _check_finite(np.isnan(fit).any(axis=0), features)
@@ -215,7 +215,7 @@ def _fit_gram(x, fit_rows, method, center, features, dtype):
     for c in columns:
         # Symmetric rank-k update into the lower triangle: half a matrix product, no partial sums.
         gram = blas.dsyrk(1.0, scaled(c), beta=1.0, c=gram, trans=0, lower=1, overwrite_c=1)
-    eigval, u = linalg.eigh(gram, lower=True, overwrite_a=True, check_finite=False, driver="evr")
+    eigval, u = eigh(gram, lower=True, overwrite_a=True, check_finite=False, driver="evr")
     del gram
     s = np.sqrt(np.clip(eigval[::-1], 0, None))
     rank = max(int((eigval > eigval[-1] * n * _EPS * 10).sum()), 1)
