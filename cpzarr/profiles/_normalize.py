@@ -16,6 +16,10 @@ from cpzarr.profiles._segments import segment_reduce, segments_of
 METHODS = ("standardize", "robustize", "mad_robustize")
 MAD_SCALE = 1.4826
 _EPS = np.finfo(np.float64).eps
+# Fitting rows per block. Rows of a block are extracted from every input chunk read before the
+# block can run, so the fit holds about two blocks of them: 8 MB keeps that below a 1,024-well
+# chunk of 6,400 float32 features (32 MB blocks held 130 MB of rows at LINCS scale).
+_FIT_BLOCK_BYTES = 8 * 2**20
 
 
 class ZeroScaleWarning(UserWarning):
@@ -89,7 +93,8 @@ def normalize(
     fit_rows = np.flatnonzero(mask)
     order, lengths = segments_of(codes[fit_rows])
     stats = segment_reduce(
-        x, lengths, lambda block, lengths: _fit(block, lengths, method), 2 * d, order=fit_rows[order]
+        x, lengths, lambda block, lengths: _fit(block, lengths, method), 2 * d, order=fit_rows[order],
+        block_bytes=_FIT_BLOCK_BYTES,
     ).compute()
     center, scale = stats[:, :d], stats[:, d:]
 
@@ -127,14 +132,15 @@ def normalize(
 
 
 def _fit(block, lengths, method):
-    block = np.asarray(block, dtype=np.float64)
+    block = np.asarray(block)
     d = block.shape[1]
     out = np.full((len(lengths), 2 * d), np.nan)
     start = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN features give NaN statistics
         for i, n in enumerate(lengths):
-            rows = block[start:start + n]
+            # float64 one group at a time (a block's float64 copy was twice the block).
+            rows = block[start:start + n].astype(np.float64)
             start += n
             if method == "standardize":
                 center = np.nanmean(rows, axis=0)
@@ -160,16 +166,22 @@ def _zero_scale(method, center, scale, counts):
     return scale < 10 * _EPS
 
 
-def _apply(block, codes, center, scale, dtype, rows=256):
-    # float64 arithmetic (a float32 centre would lose digits of x - centre), a few hundred rows
-    # at a time so that the float64 temporaries stay a few MB.
+def _apply(block, codes, center, scale, dtype, rows=64):
+    # float64 arithmetic (a float32 centre would lose digits of x - centre) on a few dozen rows
+    # at a time, so that the float64 temporaries stay a few MB; rows of one group (a plate's
+    # wells are contiguous) subtract one centre row by broadcasting, not a gathered copy per row.
     codes = codes[:, 0]
     out = np.empty(block.shape, dtype=dtype)
-    for start in range(0, len(block), rows):
-        part = codes[start:start + rows]
-        values = np.subtract(block[start:start + rows], center[part], dtype=np.float64)
-        values /= scale[part]
-        out[start:start + rows] = values
+    if not len(codes):
+        return out
+    edges = np.flatnonzero(np.diff(codes)) + 1
+    for first, stop in zip(np.concatenate([[0], edges]), np.concatenate([edges, [len(codes)]])):
+        code = codes[first]
+        for start in range(first, stop, rows):
+            end = min(start + rows, stop)
+            values = np.subtract(block[start:end], center[code], dtype=np.float64)
+            values /= scale[code]
+            out[start:end] = values
     return out
 
 
