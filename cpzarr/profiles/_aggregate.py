@@ -166,8 +166,11 @@ def _reduce(block, lengths, operation, block_bytes=BLOCK_BYTES):
     out = np.empty((len(lengths), block.shape[1]))
     if not len(lengths):
         return out
-    # Segments holding a NaN cell, found in one pass: they take the NaN-aware path.
-    nan_before = np.concatenate([[0], np.cumsum(np.isnan(block).any(axis=1))])
+    # Segments holding a NaN cell, found by the rows whose sum is NaN (without a block-sized mask
+    # of NaN cells): they take the NaN-aware path, as do the rare rows whose sum is NaN without
+    # a NaN cell (+inf and -inf, or an overflow both ways), for which it gives the same medians.
+    with np.errstate(invalid="ignore", over="ignore"):
+        nan_before = np.concatenate([[0], np.cumsum(np.isnan(block.sum(axis=1)))])
     has_nan = nan_before[starts + lengths] > nan_before[starts]
     # Column blocks bound the temporaries (float64 copies, stacked wells) by block_bytes.
     step = max(1, int(block_bytes) // max(1, 8 * len(block)))
