@@ -57,6 +57,17 @@ def test_io_roundtrip_all_formats(tmp_path, small):
     assert isinstance(read_profiles(tmp_path / "p.zarr", node="profiles/demo/well").data, da.Array)
 
 
+def test_node_to_node_with_other_chunks(tmp_path, small):
+    """A node read from a store (its chunks recorded in the encodings) writes to another node
+    in other chunks, as an out-of-core step does."""
+    write_profiles(small.chunk({"sample": 16}), tmp_path / "a.zarr", node="profiles/demo/well")
+    read = read_profiles(tmp_path / "a.zarr", node="profiles/demo/well")
+    write_profiles(read.chunk({"sample": 40}), tmp_path / "b.zarr", node="profiles/demo/normalized")
+    back = read_profiles(tmp_path / "b.zarr", node="profiles/demo/normalized")
+    assert back.data.chunks[0][0] == 40
+    assert_profiles_equal(back, small, rtol=0)
+
+
 def test_conversion_keeps_dtypes_order_index_and_nan():
     frame = pd.DataFrame({
         "Cells_a": np.array([1, 2, 3], dtype=np.int64),

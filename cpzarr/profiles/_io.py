@@ -228,6 +228,10 @@ def write_profiles(profiles, path, node=None, mode="w"):
         dataset = profiles.to_dataset()
         dataset.attrs = dict(profiles.attrs)
         dataset["profiles"].attrs = {}
+        for variable in dataset.variables.values():
+            # Encodings read from another node (its chunks, its codecs) would conflict with
+            # this write's chunks.
+            variable.encoding = {}
         dataset.to_zarr(path, group=node, mode=mode, zarr_format=3, consolidated=False,
                         encoding={"profiles": {"compressors": _profile_compressor()}})
     return path
