@@ -73,6 +73,22 @@ def test_same_numbers_whatever_the_blocks(operation):
                 np.testing.assert_array_equal(out.values, reference)
 
 
+def test_block_buffers_handed_on_then_dropped():
+    """A block's buffer goes to the next block's task; none is kept once the last block is done."""
+    from cpzarr.profiles._aggregate import _BlockBuffers
+
+    buffers = _BlockBuffers(4, 3, np.float32, n_blocks=3)
+    first = buffers.take()
+    assert first.shape == (4, 3) and first.dtype == np.float32
+    buffers.give(first)
+    assert buffers.take() is first
+    second = buffers.take()
+    assert second is not first
+    buffers.give(first)
+    buffers.give(second)  # the third block: the compute is over
+    assert buffers.take() is not first and buffers.remaining == 3
+
+
 def test_median_network_selects_the_middle():
     rng = np.random.default_rng(5)
     for n in range(1, NETWORK_MAX_CELLS + 1):
