@@ -149,8 +149,8 @@ def test_node_read_from_its_chunk_files(tmp_path, operation):
     files = ChunkFiles.of(features.data)
     for lo, hi in [(0, 518), (0, 100), (150, 450), (99, 101), (517, 518), (7, 7)]:
         np.testing.assert_array_equal(files.read(lo, hi), cells.values[lo:hi])
-        pieces = [piece.copy() for piece in files.chunks(lo, hi)]
-        np.testing.assert_array_equal(np.concatenate(pieces) if pieces else np.empty((0, 16)), cells.values[lo:hi])
+        pieces = [piece.copy() for piece in files.chunks(lo, hi)] or [np.empty((0, 16))]
+        np.testing.assert_array_equal(np.concatenate(pieces), cells.values[lo:hi])
     expected, counts = _expected(cells, operation)
     for block_bytes in (None, 1, 3000):  # blocks of whole wells cutting chunks, or one per well
         out = aggregate(features, operation=operation, block_bytes=block_bytes).compute()

@@ -92,7 +92,8 @@ def aggregate(features, strata=("plate", "well"), operation="mean", block_bytes=
     cells = cells.rename({"cell": "sample"})
     # Each use of a lazy coordinate (grouping, then the checks for constant ones) would read it
     # from the store again: read them all once, together.
-    lazy = [name for name, c in cells.coords.items() if c.dims == ("sample",) and isinstance(c.data, da.Array)]
+    lazy = [name for name, c in cells.coords.items()
+            if c.dims == ("sample",) and isinstance(c.data, da.Array)]
     loaded = dask.compute(*[cells[name].data for name in lazy])
     cells = cells.assign_coords({name: ("sample", values) for name, values in zip(lazy, loaded)})
     strata = [strata] if isinstance(strata, str) else list(strata)
@@ -207,7 +208,8 @@ def _reduce_sorted(x, lengths, operation, block_bytes, files=None):
         else:
             # A mean from the chunk files needs one chunk's buffer, reused along the block.
             rows = partial(_read_rows, x, lo, hi) if files is None else partial(files.chunks, lo, hi)
-            task = dask.delayed(_reduce_rows, pure=True)(rows, block_lengths, operation, block_bytes, x.shape[1])
+            task = dask.delayed(_reduce_rows, pure=True)(
+                rows, block_lengths, operation, block_bytes, x.shape[1])
         blocks.append(da.from_delayed(task, shape=(len(block_lengths), x.shape[1]), dtype=np.float64,
                                       meta=np.empty((0, 0))))
     if not blocks:

@@ -7,8 +7,8 @@ object and decoded into a new array; on this project's virtual machines touching
 costs about 1-2 s of system time per GB read, more than the read and decode themselves. Here a
 chunk file is mapped and decoded by numcodecs' Blosc (which releases the GIL) from the page
 cache straight into its destination rows (a block, or a buffer reused from chunk to chunk), in
-the calling thread; a chunk Blosc could not shrink (stored as it was) is summed where it lies in
-the mapping, without that copy.
+the calling thread; :meth:`ChunkFiles.chunks` hands a chunk Blosc could not shrink (stored as it
+was) out as a read-only view of the mapping, without that copy.
 
 :meth:`ChunkFiles.of` recognises the dask array that ``xarray.open_zarr`` makes of such a node
 (no selection, no computation on it); for anything else it returns None and the caller reads
@@ -71,7 +71,8 @@ class ChunkFiles:
                 and isinstance(codecs[0], BytesCodec) and isinstance(codecs[1], BloscCodec)):
             return None
         dtype = np.dtype(array.dtype)
-        if dtype.kind != "f" or not dtype.isnative or getattr(codecs[0].endian, "value", None) != sys.byteorder:
+        endian = getattr(codecs[0].endian, "value", None)
+        if dtype.kind != "f" or not dtype.isnative or endian != sys.byteorder:
             return None
         if array.ndim != 2 or array.shards is not None or array.chunks[1] != array.shape[1]:
             return None
