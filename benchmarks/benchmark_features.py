@@ -32,8 +32,9 @@ class CNNFeatures:
 
     ``engine``: ``"cluster"`` is what ``cpzarr profile`` and ``cpzarr run`` use by default, a local
     cluster of one single-threaded worker process per core (``cpzarr.cluster.get_client``);
-    ``"threads"`` is the threaded scheduler in this process. Peak memory is measured for
-    ``"threads"`` only (asv sees this process, not the workers).
+    ``"threads"`` is the threaded scheduler in this process, with TensorFlow's pools set as
+    ``cpzarr profile`` sets them (``cpzarr.cluster.tensorflow_threads``). Peak memory is measured
+    for ``"threads"`` only (asv sees this process, not the workers).
     """
 
     params = (["efficientnet-lite0"], [None], [False, "bfloat16"], ["cluster", "threads"])
@@ -48,17 +49,20 @@ class CNNFeatures:
 
     def setup(self, store, model, batch_size, mixed_precision, engine):
         import contextlib
+        import os
 
-        from cpzarr.cluster import get_client
+        from cpzarr.cluster import get_client, tensorflow_threads
         from cpzarr.crops import crops
         from cpzarr.store import open_screen
 
         self.view = crops(open_screen(store), box=BOX)
         self.cells = self.view.sizes["cell"]
         self._exit = contextlib.ExitStack()
-        self.scheduler = "threads"
         if engine == "cluster":
             self.scheduler = self._exit.enter_context(get_client(dashboard_address=None))
+        else:
+            self.scheduler = "threads"
+            os.environ.update(tensorflow_threads(os.cpu_count() or 1))  # before TensorFlow starts
         _warm(self.view, model, batch_size, mixed_precision, self.scheduler)
 
     def teardown(self, store, model, batch_size, mixed_precision, engine):

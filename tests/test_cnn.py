@@ -1,6 +1,7 @@
 """CNN features over crops: equality with direct Keras calls, chunking, weights, the store node."""
 
 import json
+import os
 
 import dask.array as da
 import numpy as np
@@ -268,17 +269,22 @@ def write_tiny_screen(path, size=96):
     return path
 
 
-def test_cli_profile_store_to_store(tmp_path):
+def test_cli_profile_store_to_store(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from cpzarr.cli import main
     from cpzarr.crops import crops
     from cpzarr.store import open_screen
 
+    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        monkeypatch.setenv(name, "0")
+        monkeypatch.delenv(name)  # absent now, and again after the test
     store = write_tiny_screen(tmp_path / "screen.zarr")
     result = CliRunner().invoke(main, ["profile", str(store), "--box", "32", "--channels", "DNA,Mito",
-                                       "--chunk-cells", "2", "--no-progress"])
+                                       "--chunk-cells", "2", "--no-progress", "--workers", "3"])
     assert result.exit_code == 0, result.output
+    # each of the 3 threads runs its own single-threaded forward passes
+    assert (os.environ["TF_NUM_INTRAOP_THREADS"], os.environ["TF_NUM_INTEROP_THREADS"]) == ("1", "3")
     assert "5 cells x 2560 features" in result.output
     node = open_screen(store, node="features/efficientnet-lite0")
     view = crops(open_screen(store), box=32, channels=["DNA", "Mito"])
