@@ -107,7 +107,15 @@ def _reference_normalize(values, codes, fit, method):
 
 @pytest.mark.parametrize("method", ["standardize", "robustize", "mad_robustize"])
 @pytest.mark.parametrize("chunks", [None, 7, 50])
-def test_normalize_per_plate_matches_numpy(small, method, chunks):
+@pytest.mark.parametrize("order", ["plates", "plates reversed", "shuffled"])
+def test_normalize_per_plate_matches_numpy(small, method, chunks, order):
+    # Plates as runs of wells (fitted chunk by chunk), in any key order, or wells shuffled.
+    n = small.sizes["sample"]
+    rows = {"plates": np.arange(n), "plates reversed": np.arange(n)[::-1],
+            "shuffled": np.random.default_rng(0).permutation(n)}[order]
+    # One plate with fewer fitting wells than the others.
+    dropped = np.flatnonzero((small.plate.values == small.plate.values[-1]) & (small.control.values == "negcon"))[:3]
+    small = small.isel(sample=rows[~np.isin(rows, dropped)])
     profiles = small if chunks is None else small.chunk({"sample": chunks})
     actual = normalize(profiles, method=method, by="plate", samples='control == "negcon"')
     codes = pd.factorize(small.plate.values)[0]

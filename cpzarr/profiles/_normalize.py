@@ -3,6 +3,7 @@
 import json
 import warnings
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -90,12 +91,16 @@ def normalize(
 
     x = as_dask(p)
     d = x.shape[1]
-    fit_rows = np.flatnonzero(mask)
-    order, lengths = segments_of(codes[fit_rows])
-    stats = segment_reduce(
-        x, lengths, lambda block, lengths: _fit(block, lengths, method), 2 * d, order=fit_rows[order],
-        block_bytes=_FIT_BLOCK_BYTES,
-    ).compute()
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    if len(starts) == len(keys):
+        stats = _fit_runs(x, codes, mask, starts, method)
+    else:
+        fit_rows = np.flatnonzero(mask)
+        order, lengths = segments_of(codes[fit_rows])
+        stats = segment_reduce(
+            x, lengths, lambda block, lengths: _fit(block, lengths, method), 2 * d, order=fit_rows[order],
+            block_bytes=_FIT_BLOCK_BYTES,
+        ).compute()
     center, scale = stats[:, :d], stats[:, d:]
 
     zero = _zero_scale(method, center, scale, fit_counts)
@@ -129,6 +134,33 @@ def normalize(
         "match_pycytominer": match_pycytominer,
     })
     return like_input(profiles, out)
+
+
+def _fit_runs(x, codes, mask, starts, method):
+    """Statistics of groups that are runs of consecutive samples (a plate's wells), chunk by chunk.
+
+    Chunk boundaries move back to the start of the group they cut, so that every group lies in
+    one chunk and each chunk is reduced where it is read: the fit streams through the input like
+    the transform does, instead of gathering the fitting rows of groups across chunks.
+    """
+    bounds = np.cumsum((0,) + x.chunks[0])
+    snapped = starts[np.searchsorted(starts, bounds[1:-1], side="right") - 1]
+    bounds = np.unique(np.r_[0, snapped, len(codes)])
+    x = x.rechunk({0: tuple(np.diff(bounds))})
+    parts = []
+    for block, lo, hi in zip(x.to_delayed()[:, 0], bounds[:-1], bounds[1:]):
+        rows = np.flatnonzero(mask[lo:hi])
+        # Fitting rows keep the input order, in which each group's rows are consecutive.
+        fit_codes = codes[lo:hi][rows]
+        lengths = np.diff(np.flatnonzero(np.r_[True, fit_codes[1:] != fit_codes[:-1], True]))
+        parts.append(dask.delayed(_fit_rows)(block, rows, lengths, method))
+    stats = np.empty((len(starts), 2 * x.shape[1]))
+    stats[codes[starts]] = np.concatenate(dask.compute(*parts))
+    return stats
+
+
+def _fit_rows(block, rows, lengths, method):
+    return _fit(np.asarray(block)[rows], lengths, method)
 
 
 def _fit(block, lengths, method):
