@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 import dask.array as da
+from dask.system import CPU_COUNT
 import numpy as np
 import xarray as xr
 import zarr
@@ -146,9 +147,11 @@ class Aggregate:
     def setup(self, stores, engine, operation, scale):
         self.store = stores[scale]
         if engine == "cpzarr":
-            # A process's first dask compute imports distributed (to look for a client) and
-            # starts the thread pool: 0.1-0.4 s paid once per process, not per aggregation.
-            da.zeros(1).sum().compute()
+            # A process's first dask computes import distributed (to look for a client) and
+            # start the thread pool's threads: 0.1-0.4 s paid once per process, not per
+            # aggregation (a thread took 80 ms to start on the loaded machine). One task per
+            # chunk, so that every worker thread starts.
+            da.zeros(4 * CPU_COUNT, chunks=1).sum().compute()
             # The node's files read once, as Pycytominer's frame is built before its timing: both
             # engines start from their input in memory (here the page cache), not from whatever
             # the machine's other work left there (a cold peer_sixth node adds about 0.5 s).
