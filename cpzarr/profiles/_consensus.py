@@ -2,9 +2,12 @@
 
 import warnings
 
+import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 
 from cpzarr.errors import InputError
 from cpzarr.profiles._samples import (
@@ -84,7 +87,7 @@ def consensus(
     data = segment_reduce(x, lengths, reduce, d, order=order, block_bytes=block_bytes,
                           columnwise=operation != "modz")
     if sort:
-        data, lengths = data[to_key_order], lengths[to_key_order]
+        data, lengths = _in_key_order(data, to_key_order, block_bytes), lengths[to_key_order]
         order = np.argsort(codes, kind="stable")
     else:
         # Renumber groups by appearance so that keys and constant coordinates follow the data.
@@ -100,6 +103,41 @@ def consensus(
         "min_weight": min_weight, "precision": precision, "sort": sort,
     })
     return like_input(profiles, out)
+
+
+def _in_key_order(data, to_key_order, chunk_bytes):
+    """``data[to_key_order]``, each output chunk gathering its rows from the blocks holding them.
+
+    dask's take first splits every block into one piece per output chunk (thousands of small
+    tasks and a third copy of the result): on a first median consensus at LINCS scale that
+    was about 20,000 more page faults, 0.1-0.4 s of system time.
+    """
+    bounds = np.cumsum((0,) + data.chunks[0])
+    block_of = np.searchsorted(bounds, to_key_order, side="right") - 1
+    step = max(1, int(chunk_bytes // max(data.shape[1] * data.dtype.itemsize, 1)))
+    name = "consensus-sorted-" + tokenize(data, to_key_order, step)
+    graph, chunks = {}, []
+    for j, lo in enumerate(range(0, len(to_key_order), step)):
+        hi = min(lo + step, len(to_key_order))
+        blocks = block_of[lo:hi]
+        needed = np.unique(blocks)
+        where = [np.flatnonzero(blocks == b) for b in needed]
+        rows = [to_key_order[lo:hi][w] - bounds[b] for w, b in zip(where, needed)]
+        graph[(name, j, 0)] = (_gather, [(data.name, int(b), 0) for b in needed], where, rows,
+                               (hi - lo, data.shape[1]), data.dtype)
+        chunks.append(hi - lo)
+    if not chunks:
+        return data
+    layer = HighLevelGraph.from_collections(name, graph, dependencies=[data])
+    return da.Array(layer, name, chunks=(tuple(chunks), (data.shape[1],)), dtype=data.dtype,
+                    meta=np.empty((0, 0), data.dtype))
+
+
+def _gather(blocks, where, rows, shape, dtype):
+    out = np.empty(shape, dtype=dtype)
+    for block, w, r in zip(blocks, where, rows):
+        out[w] = block[r]
+    return out
 
 
 def _reduce(block, lengths, operation, method, min_weight, precision):
