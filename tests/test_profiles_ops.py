@@ -18,6 +18,7 @@ from cpzarr.profiles import (
     default_blocklist, feature_select, from_pycytominer, modz_weights, normalize, pipeline,
     read_profiles, spherize, to_pycytominer, write_profiles,
 )
+from cpzarr.profiles import _consensus
 from cpzarr.synthetic import make_profiles
 from cpzarr.testing import assert_profiles_equal
 
@@ -263,9 +264,14 @@ def test_consensus_median_any_group_size_matches_pandas(dtype, chunks, block_byt
     assert out.replicate_count.values.tolist() == [sizes[int(c[1:])] for c in expected.index]
 
 
-def test_consensus_modz_with_tied_values_matches_rankdata():
+@pytest.mark.parametrize("features_per_slice", [None, 16])
+def test_consensus_modz_with_tied_values_matches_rankdata(monkeypatch, features_per_slice):
     # Rounded values tie within every profile: Spearman needs average ranks, as scipy's rankdata.
     p = _replicate_groups([3, 4, 5, 5, 2, 30, 100], 200, "float32", seed=1, ties=True)  # 100: the large-group path
+    if features_per_slice:  # the large group's Gram matrix and weighted sum a few features at a time
+        slices = _consensus._feature_slices
+        monkeypatch.setattr(_consensus, "_feature_slices",
+                            lambda rows, d: slices(rows, d, budget=8 * rows * features_per_slice))
     out = consensus(p.chunk({"sample": 9}), replicate_columns="compound", operation="modz", block_bytes=5000)
     expected = []
     for _, rows in pd.DataFrame(p.values.astype(np.float64)).groupby(p.compound.values):

@@ -142,7 +142,8 @@ def _gather(blocks, where, rows, shape, dtype):
 
 def _reduce(block, lengths, operation, method, min_weight, precision):
     block = np.asarray(block)
-    has_nan = bool(np.isnan(block).any())
+    # The minimum is NaN exactly when a value is (np.isnan would allocate a block-sized mask).
+    has_nan = bool(block.size) and bool(np.isnan(block.min()))
     if operation == "median" and not has_nan:
         return _median(block, lengths)
     out = np.empty((len(lengths), block.shape[1]))
@@ -317,9 +318,13 @@ def _large_gram(rows, method):
     else:
         values, mean = rows, rows.mean(axis=1, dtype=np.float64)
     gram = np.zeros((n, n), order="F")
-    for c in _feature_slices(n, d):
-        gram = blas.dsyrk(1.0, values[:, c].astype(np.float64) - mean[:, None], beta=1.0, c=gram,
-                          trans=0, lower=1, overwrite_c=1)
+    slices = _feature_slices(n, d)
+    # One Fortran-ordered float64 buffer for every slice: dsyrk would copy a C-ordered one.
+    buffer = np.empty((n, slices[0].stop - slices[0].start if slices else 0), order="F")
+    for c in slices:
+        part = buffer[:, :c.stop - c.start]
+        np.subtract(values[:, c], mean[:, None], out=part)
+        gram = blas.dsyrk(1.0, part, beta=1.0, c=gram, trans=0, lower=1, overwrite_c=1)
     # Mirror the lower triangle in place, a strip at a time (np.tril would copy the whole matrix).
     for start in range(0, n, 256):
         stop = min(start + 256, n)
