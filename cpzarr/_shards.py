@@ -13,7 +13,10 @@ bytes in the calling thread (Blosc and zstd release the GIL, so threads work in 
 - :class:`ShardWriter` writes whole shards (or whole chunks of an unsharded array), byte for byte
   what zarr writes;
 - :class:`SiteReader` reads one site (an inner chunk) of a shard, and of a Blosc chunk can decode
-  only the blocks under a few boxes (:func:`blosc_blocks`).
+  only the blocks under a few boxes (:func:`blosc_blocks`);
+- :func:`blosc_stored` finds the bytes of a chunk Blosc stored as they were, to be read in place;
+- ``cpzarr.profiles._chunk_files.ChunkFiles`` reads rows of an unsharded features node by its
+  :class:`Layout`.
 
 The bytes follow the Zarr v3 specification. A chunk is encoded by ``bytes`` (either byte order),
 then optionally ``blosc`` or ``zstd``. A shard (``sharding_indexed`` codec) is its non-empty inner
@@ -392,8 +395,8 @@ def blosc_blocks(raw, ranges, blosc, scratch=None):
         return None
     flags, typesize = int(buf[2]), int(buf[3])
     nbytes, blocksize, _ = (int(v) for v in buf[4:16].view("<i4"))
-    if flags & 0x2:  # stored without compression
-        return buf[16 : 16 + nbytes]
+    if flags & 0x2:
+        return blosc_stored(buf)
     if blocksize <= 0 or nbytes <= 0:
         return None
     starts, stops = ranges
@@ -428,3 +431,22 @@ def blosc_blocks(raw, ranges, blosc, scratch=None):
     for k, (j, size) in enumerate(zip(blocks, sizes)):
         out[j * blocksize : j * blocksize + size] = part[k * blocksize : k * blocksize + size]
     return out
+
+
+def blosc_stored(raw):
+    """The bytes of a Blosc (c-blosc 1) buffer that Blosc stored as they were, or None.
+
+    Blosc stores data it cannot shrink (most network features under LZ4) after its 16-byte header,
+    marked by flag 0x2: those bytes are then read in place, without a decode's copy.
+
+    Returns
+    -------
+    numpy.ndarray of uint8 or None
+        A read-only view of ``raw`` past the header, or None when ``raw`` is compressed, not a
+        Blosc buffer of this format, or shorter than its header says.
+    """
+    buf = np.frombuffer(raw, np.uint8)
+    if len(buf) < 16 or buf[0] != 2 or not buf[2] & 0x2:
+        return None
+    nbytes = int(buf[4:8].view("<i4")[0])
+    return buf[16 : 16 + nbytes] if len(buf) >= 16 + nbytes else None

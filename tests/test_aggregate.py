@@ -159,6 +159,33 @@ def test_node_read_from_its_chunk_files(tmp_path, operation):
         assert np.isnan(out.values).sum() == expected.isna().to_numpy().sum()
 
 
+def test_chunk_files_read_only_unsharded_native_blosc_rows(tmp_path):
+    """Other layouts of a features node are left to dask; the one read here reads as numpy's rows."""
+    from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
+
+    from cpzarr.profiles._chunk_files import ChunkFiles
+
+    values = np.random.default_rng(0).random((50, 8)).astype("float32")
+    blosc = BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")
+    cases = {
+        "blosc": ({"chunks": (16, 8), "compressors": blosc}, True),
+        "zstd": ({"chunks": (16, 8), "compressors": ZstdCodec()}, False),
+        "sharded": ({"chunks": (16, 8), "shards": (32, 8), "compressors": blosc}, False),
+        "big-endian": ({"chunks": (16, 8), "serializer": BytesCodec(endian="big"), "compressors": blosc}, False),
+        "columns-split": ({"chunks": (16, 4), "compressors": blosc}, False),
+    }
+    for name, (encoding, read_here) in cases.items():
+        xr.Dataset({"features": (("cell", "feature"), values)}).to_zarr(
+            tmp_path / name, encoding={"features": encoding}, zarr_format=3, consolidated=False)
+        features = xr.open_zarr(tmp_path / name, zarr_format=3, consolidated=False)["features"]
+        files = ChunkFiles.of(features.data)
+        assert (files is not None) == read_here, name
+    files = ChunkFiles.of(xr.open_zarr(tmp_path / "blosc", zarr_format=3, consolidated=False)["features"].data)
+    for lo, hi in [(3, 41), (0, 50), (49, 50)]:  # the last chunk is stored whole, past the end
+        np.testing.assert_array_equal(files.read(lo, hi), values[lo:hi])
+        np.testing.assert_array_equal(np.concatenate([p.copy() for p in files.chunks(lo, hi)]), values[lo:hi])
+
+
 @pytest.mark.parametrize("operation", ["mean", "median"])
 def test_real_deepprofiler_cells(shared_data, operation):
     """Five real LINCS sites of EfficientNet features (6,400 per cell) → sites and wells."""

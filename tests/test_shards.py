@@ -8,7 +8,7 @@ import zarr
 from numcodecs import Blosc
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, GzipCodec, ShardingCodec, TransposeCodec, ZstdCodec
 
-from cpzarr._shards import ShardWriter, SiteReader, blosc_blocks, layout
+from cpzarr._shards import ShardWriter, SiteReader, blosc_blocks, blosc_stored, layout
 
 # plate, well, site, channel, y, x: a shard per well of 3 sites, a chunk per site
 SHAPE = (2, 2, 3, 2, 8, 6)
@@ -142,3 +142,14 @@ def test_blosc_blocks_equal_whole_decode(cname, shuffle, typesize):
             np.testing.assert_array_equal(part[a:b], whole[a:b])
     # most of the blocks: a whole decode is cheaper, and is left to the caller
     assert blosc_blocks(raw, (np.array([0]), np.array([whole.size])), Blosc()) is None
+
+
+def test_blosc_stored_bytes_are_read_in_place():
+    noise = np.random.default_rng(0).random(50_000).astype(np.float32)  # nothing for LZ4 to shrink
+    raw = Blosc("lz4", 5, Blosc.NOSHUFFLE).encode(noise)
+    assert raw[2] & 0x2  # Blosc marked it stored as it was
+    np.testing.assert_array_equal(blosc_stored(raw).view(np.float32), noise)
+    np.testing.assert_array_equal(blosc_blocks(raw, (np.array([0]), np.array([8])), Blosc()).view(np.float32), noise)
+    assert blosc_stored(raw[:-1]) is None  # cut short: left to Blosc, which refuses it
+    assert blosc_stored(Blosc("lz4", 5, Blosc.NOSHUFFLE).encode(np.zeros(50_000, np.float32))) is None
+    assert blosc_stored(b"\x02\x01") is None

@@ -11,13 +11,12 @@ the calling thread; :meth:`ChunkFiles.chunks` hands a chunk Blosc could not shri
 was) out as a read-only view of the mapping, without that copy.
 
 :meth:`ChunkFiles.of` recognises the dask array that ``xarray.open_zarr`` makes of such a node
-(no selection, no computation on it); for anything else it returns None and the caller reads
-through dask.
+(no selection, no computation on it), whose files :func:`cpzarr._shards.layout` describes as it
+does the images' shards; for anything else it returns None and the caller reads through dask.
 """
 
 import mmap
 import queue
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +26,18 @@ class ChunkFiles:
     """Reads row ranges of a 2-D Zarr v3 array whose chunks hold whole rows.
 
     Use :meth:`of`; construct only through it.
+
+    Parameters
+    ----------
+    layout : cpzarr._shards.Layout
+        The array's layout: unsharded, chunks of whole rows, ``bytes`` (native order) then Blosc.
     """
 
-    def __init__(self, root, metadata, shape, chunk_rows, dtype, fill_value):
-        self.root = Path(root)
-        self.metadata = metadata
-        self.shape = tuple(shape)
-        self.chunk_rows = int(chunk_rows)
-        self.dtype = np.dtype(dtype)
-        self.fill_value = fill_value
+    def __init__(self, layout):
+        self.layout = layout
+        self.shape = layout.shape
+        self.chunk_rows = layout.chunk_shape[0]
+        self.dtype = layout.dtype
         # Chunk buffers handed back by finished reads, for the next: one per thread reading at
         # once, kept as long as this reader (a fresh 26 MB buffer costs more to fault in than
         # the chunk costs to decode).
@@ -56,30 +58,26 @@ class ChunkFiles:
 
         Read here: ``x`` is the array ``xarray.open_zarr`` made of a local Zarr v3 array (its
         name still ``open_dataset-...``, so nothing was selected or computed on it), not decoded
-        by xarray (no scale or offset), of a native-endian float dtype, on a regular grid of
-        chunks holding every column, encoded ``bytes`` then ``blosc``.
+        by xarray (no scale or offset), of a native-endian float dtype, in a
+        :func:`~cpzarr._shards.layout` that is unsharded, encoded ``bytes`` then ``blosc``, with
+        chunks holding every column.
         """
-        array = _zarr_array_of(x)
-        if array is None:
-            return None
-        from zarr.codecs import BloscCodec, BytesCodec
-        from zarr.storage import LocalStore
+        # numcodecs, which cpzarr._shards needs, is imported on a reader's first use, not with
+        # cpzarr.profiles
+        from numcodecs import Blosc
 
-        metadata = array.metadata
-        codecs = getattr(metadata, "codecs", ())
-        if not (isinstance(array.store, LocalStore) and len(codecs) == 2
-                and isinstance(codecs[0], BytesCodec) and isinstance(codecs[1], BloscCodec)):
+        from cpzarr._shards import layout
+
+        path = _local_array_path(x)
+        found = None if path is None else layout(path)
+        if found is None or found.sharded or not isinstance(found.codec, Blosc):
             return None
-        dtype = np.dtype(array.dtype)
-        endian = getattr(codecs[0].endian, "value", None)
-        if dtype.kind != "f" or not dtype.isnative or endian != sys.byteorder:
+        # rows are handed out as stored, with no byte swap or cast to x's dtype
+        if found.dtype.kind != "f" or not found.dtype.isnative or found.dtype != x.dtype:
             return None
-        if array.ndim != 2 or array.shards is not None or array.chunks[1] != array.shape[1]:
+        if len(found.shape) != 2 or found.chunk_shape[1] != found.shape[1] or found.shape != tuple(x.shape):
             return None
-        if tuple(array.shape) != tuple(x.shape) or dtype != x.dtype:
-            return None
-        return cls(Path(array.store.root) / array.path, metadata, array.shape, array.chunks[0], dtype,
-                   array.fill_value)
+        return cls(found)
 
     def read(self, lo, hi, out=None):
         """Rows ``lo:hi`` into ``out`` (allocated when None), chunk by chunk; returns ``out``.
@@ -114,7 +112,7 @@ class ChunkFiles:
             for c, a, b in self._spans(lo, hi):
                 c_lo = c * self.chunk_rows
                 encoded = self._map(c)
-                rows = _stored_rows(encoded, self.dtype, (self.chunk_rows, self.shape[1]))
+                rows = self._stored_rows(encoded)
                 if rows is None:
                     scratch = self._take() if scratch is None else scratch
                     rows = self._decoded(encoded, scratch)
@@ -123,6 +121,15 @@ class ChunkFiles:
         finally:
             if scratch is not None:
                 self._spare.put(scratch)
+
+    def _stored_rows(self, encoded):
+        """The rows of a chunk Blosc stored as they were, as a read-only view of ``encoded``; else None."""
+        from cpzarr._shards import blosc_stored
+
+        stored = None if encoded is None else blosc_stored(encoded)
+        if stored is None or stored.nbytes != self.chunk_rows * self.shape[1] * self.dtype.itemsize:
+            return None
+        return stored.view(self.dtype).reshape(self.chunk_rows, self.shape[1])
 
     def _spans(self, lo, hi):
         """``(chunk, first row, end row)`` of each chunk holding rows of ``lo:hi``."""
@@ -143,7 +150,7 @@ class ChunkFiles:
 
     def _decoded(self, encoded, into):
         if encoded is None:  # never written: every value is the fill value
-            into[...] = self.fill_value
+            into[...] = self.layout.fill_value
             return into
         from numcodecs import blosc
 
@@ -158,34 +165,17 @@ class ChunkFiles:
         16 at a time, where a read() copies them into a buffer (three times the system time).
         """
         try:
-            with open(self.root / self.metadata.encode_chunk_key((c, 0)), "rb", buffering=0) as file:
+            with open(self.layout.path / self.layout.key((c, 0)), "rb", buffering=0) as file:
                 return mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
         except FileNotFoundError:
             return None
 
 
-# A Blosc (1.x format) chunk starts with 16 bytes: format version, codec version, flags, type
-# size, then uint32 uncompressed size, block size and compressed size. Flag 0x2 marks a chunk
-# stored as it was, its bytes following the header.
-_BLOSC_HEADER = 16
-
-
-def _stored_rows(encoded, dtype, shape):
-    """The rows of a Blosc chunk stored as it was, as a read-only view of ``encoded``; else None."""
-    if encoded is None:
-        return None
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    header = encoded[:_BLOSC_HEADER]
-    if (len(header) < _BLOSC_HEADER or header[0] != 2 or not header[2] & 0x2
-            or int.from_bytes(header[4:8], "little") != nbytes or len(encoded) < _BLOSC_HEADER + nbytes):
-        return None
-    return np.frombuffer(encoded, dtype=dtype, count=int(np.prod(shape)), offset=_BLOSC_HEADER).reshape(shape)
-
-
-def _zarr_array_of(x):
-    """The ``zarr.Array`` behind ``xarray.open_zarr``'s dask array ``x``, or None."""
+def _local_array_path(x):
+    """The folder of the local ``zarr.Array`` behind ``xarray.open_zarr``'s dask array ``x``, or None."""
     from xarray.backends.zarr import ZarrArrayWrapper
     from xarray.core import indexing
+    from zarr.storage import LocalStore
 
     name = getattr(x, "name", "")
     if not isinstance(name, str) or not name.startswith("open_dataset-"):
@@ -202,4 +192,7 @@ def _zarr_array_of(x):
         elif not isinstance(wrapped, (indexing.ImplicitToExplicitIndexingAdapter, indexing.CopyOnWriteArray)):
             return None  # e.g. xarray's CF decoding (scale, offset, masking) wraps the array
         wrapped = wrapped.array
-    return None if wrapped is None else wrapped.get_array()
+    if wrapped is None:
+        return None
+    array = wrapped.get_array()
+    return Path(array.store.root) / array.path if isinstance(array.store, LocalStore) else None
