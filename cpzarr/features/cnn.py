@@ -31,14 +31,14 @@ Execution
 The Keras model is built once per worker process and kept in a module-level cache. Planes go
 through the network ``batch_size`` at a time with ``predict_on_batch`` (compiled once per shape by
 whichever Keras backend runs; the last batch of a task is padded to a power of two, so only a
-few shapes are ever compiled). The default
-batch is small on a CPU: 16 Lite0 planes of 128 px keep their activations in the cache and take
-about 6 % less CPU per plane than 64. Site chunks of more than :data:`TASK_CELLS` cells are split,
+few shapes are ever compiled). The default batch is small on a CPU: 16 Lite0 planes of 128 px
+keep their activations in the cache and take about 6 % less CPU per plane than 64. Site chunks of more than :data:`TASK_CELLS` cells are split,
 so that the last tasks of a run are short and no core waits for another at the end.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -345,6 +345,7 @@ def _cached_model(name, weights, layer, shape, mixed_precision):
         return _CACHE[key]
 
 
+@functools.cache
 def _backend_has_gpu():
     """Whether the Keras backend of this process computes on a GPU."""
     import keras
