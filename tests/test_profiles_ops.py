@@ -264,14 +264,14 @@ def test_consensus_median_any_group_size_matches_pandas(dtype, chunks, block_byt
     assert out.replicate_count.values.tolist() == [sizes[int(c[1:])] for c in expected.index]
 
 
-@pytest.mark.parametrize("features_per_slice", [None, 16])
-def test_consensus_modz_with_tied_values_matches_rankdata(monkeypatch, features_per_slice):
+@pytest.mark.parametrize("small_parts", [False, True])
+def test_consensus_modz_with_tied_values_matches_rankdata(monkeypatch, small_parts):
     # Rounded values tie within every profile: Spearman needs average ranks, as scipy's rankdata.
     p = _replicate_groups([3, 4, 5, 5, 2, 30, 100], 200, "float32", seed=1, ties=True)  # 100: the large-group path
-    if features_per_slice:  # the large group's Gram matrix and weighted sum a few features at a time
-        slices = _consensus._feature_slices
-        monkeypatch.setattr(_consensus, "_feature_slices",
-                            lambda rows, d: slices(rows, d, budget=8 * rows * features_per_slice))
+    if small_parts:  # the large group's correlations 16 x 16 replicates, its weighted sum 16 features at a time
+        slices, weights = _consensus._feature_slices, _consensus._large_weights
+        monkeypatch.setattr(_consensus, "_feature_slices", lambda rows, d: slices(rows, d, budget=8 * rows * 16))
+        monkeypatch.setattr(_consensus, "_large_weights", lambda *args: weights(*args, panel=16))
     out = consensus(p.chunk({"sample": 9}), replicate_columns="compound", operation="modz", block_bytes=5000)
     expected = []
     for _, rows in pd.DataFrame(p.values.astype(np.float64)).groupby(p.compound.values):

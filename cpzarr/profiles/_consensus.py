@@ -168,7 +168,7 @@ def _reduce(block, lengths, operation, method, min_weight, precision):
                 # One large group (the DMSO wells): its rows are contiguous, so a view, and float64
                 # temporaries exist one slice of features at a time.
                 group = block[rows[0, 0]:rows[0, 0] + length]
-                weights = _weights_from_gram(_large_gram(group, method)[None], min_weight, precision)[0]
+                weights = _large_weights(group, method, min_weight, precision)
                 for c in _feature_slices(length, block.shape[1]):
                     out[segments[0], c] = weights @ group[:, c].astype(np.float64)
             else:
@@ -299,16 +299,16 @@ def _feature_slices(rows, d, budget=16 * 2**20):
     return [slice(j, min(j + step, d)) for j in range(0, d, step)]
 
 
-def _large_gram(rows, method):
-    """Cross-products of one group's centred ranks (or values), float64 one feature slice at a time.
+def _large_weights(rows, method, min_weight, precision, panel=256):
+    """MODZ weights of one large group, its Gram matrix computed a block of panels at a time.
 
-    Twice a centred average rank is an integer below the number of features, so ranks are held
-    as int16 (a quarter of their float64 size; float32 beyond 32,767 features); their float64
-    cross-products are exact whatever the summation order, and the factor 4 cancels in the
+    Only each replicate's sum of (clipped) correlations is needed, so the n × n matrix is never
+    held (85 MB at 3,264 DMSO wells): the lower-triangle blocks of panel × panel replicates
+    are added to the sums of both panels. Twice a centred average rank is an integer below the
+    number of features, so ranks are held as int16 (float32 beyond 32,767 features) and their
+    float64 cross-products are exact whatever the summation order; the factor 4 cancels in the
     correlations.
     """
-    from scipy.linalg import blas  # imported where used: a median consensus never loads scipy
-
     n, d = rows.shape
     if method == "spearman":
         values = np.empty(rows.shape, dtype=np.int16 if d < 2**15 else np.float32)
@@ -317,21 +317,34 @@ def _large_gram(rows, method):
         mean = np.zeros(n)
     else:
         values, mean = rows, rows.mean(axis=1, dtype=np.float64)
-    gram = np.zeros((n, n), order="F")
-    slices = _feature_slices(n, d)
-    # One Fortran-ordered float64 buffer for every slice: dsyrk would copy a C-ordered one.
-    buffer = np.empty((n, slices[0].stop - slices[0].start if slices else 0), order="F")
-    for c in slices:
-        part = buffer[:, :c.stop - c.start]
-        np.subtract(values[:, c], mean[:, None], out=part)
-        gram = blas.dsyrk(1.0, part, beta=1.0, c=gram, trans=0, lower=1, overwrite_c=1)
-    # Mirror the lower triangle in place, a strip at a time (np.tril would copy the whole matrix).
-    for start in range(0, n, 256):
-        stop = min(start + 256, n)
-        gram[start:stop, stop:] = gram[stop:, start:stop].T
-        corner = gram[start:stop, start:stop]
-        corner[np.triu_indices(stop - start, 1)] = corner.T[np.triu_indices(stop - start, 1)]
-    return gram
+
+    def centred(start):
+        return np.subtract(values[start:start + panel], mean[start:start + panel, None], dtype=np.float64)
+
+    starts = range(0, n, panel)
+    norms = np.concatenate([np.sqrt(np.einsum("ij,ij->i", p, p)) for p in map(centred, starts)])
+    sums, missing = np.zeros(n), np.zeros(n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for i in starts:
+            left = centred(i)
+            rows_i = slice(i, i + len(left))
+            for j in range(0, i + panel, panel):
+                right = left if j == i else centred(j)
+                rows_j = slice(j, j + len(right))
+                corr = left @ right.T
+                corr /= norms[rows_i, None]
+                corr /= norms[None, rows_j]
+                if j == i:
+                    np.fill_diagonal(corr, np.nan)
+                np.maximum(corr, 0.0, out=corr)  # NaN stays NaN
+                nan = np.isnan(corr)
+                corr[nan] = 0.0
+                sums[rows_i] += corr.sum(axis=1)
+                missing[rows_i] += nan.sum(axis=1)
+                if j != i:
+                    sums[rows_j] += corr.sum(axis=0)
+                    missing[rows_j] += nan.sum(axis=0)
+    return _weights_from_sums(sums[None], missing[None], n, min_weight, precision)[0]
 
 
 def _stacked_weights(stack, method, min_weight, precision):
@@ -354,8 +367,14 @@ def _weights_from_gram(gram, min_weight, precision):
     # np.nanmean's arithmetic (NaN as 0, divided by the count of the others) without its copy.
     missing = np.isnan(corr)
     corr[missing] = 0.0
+    return _weights_from_sums(corr.sum(axis=2), missing.sum(axis=2), n, min_weight, precision)
+
+
+def _weights_from_sums(sums, missing, n, min_weight, precision):
+    """MODZ weights from each replicate's sum of clipped correlations with the others and its
+    count of NaN correlations (the diagonal included), per group (group, replicate)."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        raw = corr.sum(axis=2) / (n - missing.sum(axis=2))
+        raw = sums / (n - missing)
     raw = np.where(np.isnan(raw), np.nan, np.maximum(raw, min_weight))
     total = np.nansum(raw, axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
