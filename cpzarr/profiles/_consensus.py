@@ -84,10 +84,21 @@ def consensus(
     def reduce(block, lengths):
         return _reduce(block, lengths, operation, method, min_weight, precision)
 
-    data = segment_reduce(x, lengths, reduce, d, order=order, block_bytes=block_bytes,
-                          columnwise=operation != "modz")
+    columnwise = operation != "modz"
+    # With sort, groups larger than a block (the DMSO wells of every plate) are reduced first, on
+    # their own: in one graph with the others, their rows from every chunk waited for the last
+    # chunk while the other groups' rows and results piled up (a sorted result holds all of them
+    # anyway). An input read from a store is then read twice.
+    large = (lengths * d * x.dtype.itemsize > block_bytes) & sort
+    in_large = np.repeat(large, lengths)
+    done = np.empty((0, d))
+    if large.any():
+        done = segment_reduce(x, lengths[large], reduce, d, order=order[in_large], block_bytes=block_bytes,
+                              columnwise=columnwise).compute()
+    data = segment_reduce(x, lengths[~large], reduce, d, order=order[~in_large], block_bytes=block_bytes,
+                          columnwise=columnwise)
     if sort:
-        data, lengths = _in_key_order(data, to_key_order, block_bytes), lengths[to_key_order]
+        data, lengths = _in_key_order(data, to_key_order, block_bytes, large, done), lengths[to_key_order]
         order = np.argsort(codes, kind="stable")
     else:
         # Renumber groups by appearance so that keys and constant coordinates follow the data.
@@ -105,38 +116,47 @@ def consensus(
     return like_input(profiles, out)
 
 
-def _in_key_order(data, to_key_order, chunk_bytes):
+def _in_key_order(data, to_key_order, chunk_bytes, large, done):
     """``data[to_key_order]``, each output chunk gathering its rows from the blocks holding them.
 
     dask's take first splits every block into one piece per output chunk (thousands of small
     tasks and a third copy of the result): on a first median consensus at LINCS scale that
-    was about 20,000 more page faults, 0.1-0.4 s of system time.
+    was about 20,000 more page faults, 0.1-0.4 s of system time. ``large`` masks the groups
+    (in appearance order) whose rows are ``done`` (computed); ``data`` holds the others.
     """
+    n_groups, d = len(to_key_order), data.shape[1]
+    position = np.empty(n_groups, dtype=np.int64)
+    position[~large] = np.arange(n_groups - large.sum())
+    position[large] = np.arange(large.sum())
     bounds = np.cumsum((0,) + data.chunks[0])
-    block_of = np.searchsorted(bounds, to_key_order, side="right") - 1
-    step = max(1, int(chunk_bytes // max(data.shape[1] * data.dtype.itemsize, 1)))
-    name = "consensus-sorted-" + tokenize(data, to_key_order, step)
+    step = max(1, int(chunk_bytes // max(d * data.dtype.itemsize, 1)))
+    name = "consensus-sorted-" + tokenize(data, to_key_order, step, large, done)
     graph, chunks = {}, []
-    for j, lo in enumerate(range(0, len(to_key_order), step)):
-        hi = min(lo + step, len(to_key_order))
-        blocks = block_of[lo:hi]
+    for j, lo in enumerate(range(0, n_groups, step)):
+        groups = to_key_order[lo:lo + step]
+        computed = np.flatnonzero(large[groups])
+        rest = np.flatnonzero(~large[groups])
+        source = position[groups[rest]]
+        blocks = np.searchsorted(bounds, source, side="right") - 1
         needed = np.unique(blocks)
-        where = [np.flatnonzero(blocks == b) for b in needed]
-        rows = [to_key_order[lo:hi][w] - bounds[b] for w, b in zip(where, needed)]
-        graph[(name, j, 0)] = (_gather, [(data.name, int(b), 0) for b in needed], where, rows,
-                               (hi - lo, data.shape[1]), data.dtype)
-        chunks.append(hi - lo)
+        graph[(name, j, 0)] = (
+            _gather, [(data.name, int(b), 0) for b in needed],
+            [rest[blocks == b] for b in needed], [source[blocks == b] - bounds[b] for b in needed],
+            computed, done[position[groups[computed]]], (len(groups), d), data.dtype,
+        )
+        chunks.append(len(groups))
     if not chunks:
         return data
     layer = HighLevelGraph.from_collections(name, graph, dependencies=[data])
-    return da.Array(layer, name, chunks=(tuple(chunks), (data.shape[1],)), dtype=data.dtype,
+    return da.Array(layer, name, chunks=(tuple(chunks), (d,)), dtype=data.dtype,
                     meta=np.empty((0, 0), data.dtype))
 
 
-def _gather(blocks, where, rows, shape, dtype):
+def _gather(blocks, where, rows, computed, values, shape, dtype):
     out = np.empty(shape, dtype=dtype)
     for block, w, r in zip(blocks, where, rows):
         out[w] = block[r]
+    out[computed] = values
     return out
 
 
