@@ -16,10 +16,11 @@ Results are held in memory as the peer's are: cpzarr's lazy results are computed
 preallocated array (``_hold``).
 
 "cpzarr-store" is cpzarr as a run uses it, out of core: the measured call reads the profiles
-lazily from a store node (``read_profiles``; float32, 256 wells (6.5 MB) per chunk, written once
+lazily from a store node (``read_profiles``; float32, 128 wells (3.3 MB) per chunk, written once
 by ``setup_cache``) and writes the result to another node (``write_profiles``), so neither the
 input nor the result is ever whole in memory. Chunks of a few MB, because reading or writing a
-Zarr chunk holds about four copies of it at once.
+Zarr chunk holds about four copies of it at once (node-to-node normalize peaked at 292-304 MB
+with 256-well chunks, 260-262 MB with 128, at 0.5-3 s more).
 
 ``setup`` also runs each engine once on a few wells (read from files that ``setup_cache`` wrote,
 so the benchmark process never imports what only the synthetic generator needs), so that imports
@@ -52,7 +53,7 @@ NODE = "profiles/bench/well"
 NEGCON = 'control == "negcon"'
 PEER_NEGCON = "Metadata_control == 'negcon'"
 CHUNK = 1024
-STORE_CHUNK = 256
+STORE_CHUNK = 128
 
 
 def _write(folder, scale, options):
