@@ -102,7 +102,8 @@ def test_default_batch_is_the_cpu_batch(monkeypatch):
 
     monkeypatch.setattr(cnn, "_cached_model", lambda *args: Model())
     block(np.zeros((7, 3, 32, 32), np.uint8), "efficientnet-lite0", "imagenet", None, None, "float32", False)
-    assert calls == [cnn.BATCH_CPU, 8]  # 21 planes: 16, then 5 padded to the next power of two
+    assert cnn.BATCH_CPU == 8
+    assert calls == [8, 8, 8]  # 21 planes: 8, 8, then 5 padded to the next power of two
     calls.clear()
     block(np.zeros((7, 3, 32, 32), np.uint8), "efficientnet-lite0", "imagenet", None, 6, "float32", False)
     assert calls == [6, 6, 6, 4]  # 3 left: padded to 4
