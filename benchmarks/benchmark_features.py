@@ -147,10 +147,16 @@ class Network:
     timeout = 300
 
     def setup(self, batch_size):
+        import os
+
         import numpy as np
 
+        from cpzarr.cluster import tensorflow_threads
         from cpzarr.features.cnn import _cached_model
 
+        # One thread, as each dask thread runs it: TensorFlow's own pools would split every
+        # operation over the machine and count their spin-waiting as CPU time.
+        os.environ.update(tensorflow_threads(1))
         self.model = _cached_model("efficientnet-lite0", "imagenet", None, (BOX, BOX), False)
         planes = np.random.default_rng(0).uniform(-1, 1, (256, BOX, BOX, 1)).astype("float32")
         self.batches = np.split(planes, 256 // batch_size)
