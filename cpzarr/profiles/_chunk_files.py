@@ -92,10 +92,10 @@ class ChunkFiles:
         for c, a, b in self._spans(lo, hi):
             c_lo = c * self.chunk_rows
             if b - a == self.chunk_rows:
-                self._decode(c, out[a - lo:b - lo])
+                self._decoded(self._map(c), out[a - lo:b - lo])
             else:
                 scratch = self._take() if scratch is None else scratch
-                out[a - lo:b - lo] = self._decode(c, scratch)[a - c_lo:b - c_lo]
+                out[a - lo:b - lo] = self._decoded(self._map(c), scratch)[a - c_lo:b - c_lo]
         if scratch is not None:
             self._spare.put(scratch)
         return out
@@ -144,11 +144,8 @@ class ChunkFiles:
         except queue.Empty:
             return np.empty((self.chunk_rows, self.shape[1]), dtype=self.dtype)
 
-    def _decode(self, c, into):
-        """Chunk ``c`` decoded into ``into`` (``chunk_rows`` rows); returns ``into``."""
-        return self._decoded(self._map(c), into)
-
     def _decoded(self, encoded, into):
+        """A chunk (a mapping from :meth:`_map`) decoded into ``into`` (``chunk_rows`` rows)."""
         if encoded is None:  # never written: every value is the fill value
             into[...] = self.layout.fill_value
             return into

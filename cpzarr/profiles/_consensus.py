@@ -356,9 +356,7 @@ def _large_weights(rows, method, min_weight, precision, panel=256):
                 corr /= norms[None, rows_j]
                 if j == i:
                     np.fill_diagonal(corr, np.nan)
-                np.maximum(corr, 0.0, out=corr)  # NaN stays NaN
-                nan = np.isnan(corr)
-                corr[nan] = 0.0
+                nan = _clip_correlations(corr)
                 sums[rows_i] += corr.sum(axis=1)
                 missing[rows_i] += nan.sum(axis=1)
                 if j != i:
@@ -383,11 +381,20 @@ def _weights_from_gram(gram, min_weight, precision):
         corr /= norms[:, None, :]
     n = gram.shape[1]
     corr[:, np.arange(n), np.arange(n)] = np.nan
+    missing = _clip_correlations(corr)
+    return _weights_from_sums(corr.sum(axis=2), missing.sum(axis=2), n, min_weight, precision)
+
+
+def _clip_correlations(corr):
+    """Correlations clipped at 0 in place, NaN then set to 0; returns where NaN was.
+
+    With the NaN counted apart, sums of the result give np.nanmean's arithmetic (NaN as 0,
+    divided by the count of the others) without its copy.
+    """
     np.maximum(corr, 0.0, out=corr)  # NaN stays NaN
-    # np.nanmean's arithmetic (NaN as 0, divided by the count of the others) without its copy.
     missing = np.isnan(corr)
     corr[missing] = 0.0
-    return _weights_from_sums(corr.sum(axis=2), missing.sum(axis=2), n, min_weight, precision)
+    return missing
 
 
 def _weights_from_sums(sums, missing, n, min_weight, precision):
