@@ -112,6 +112,30 @@ def test_default_batch_is_the_cpu_batch(monkeypatch):
     assert calls == [6, 6]  # 5 left: the next power of two, 8, is more than a batch
 
 
+def test_tensorflow_runs_the_model_with_constant_weights(monkeypatch):
+    model = _lite0.fold_batch_norm(_lite0.build_lite0((32, 32, 3), weights="imagenet"), planes=1)
+    x = np.random.default_rng(1).uniform(-1, 1, (4, 32, 32, 1)).astype(np.float32)
+    expected = np.asarray(model.predict_on_batch(x))
+    forward = cnn._forward_pass(model)
+    assert forward is cnn._forward_pass(model)  # made once per model
+    np.testing.assert_allclose(forward(x), expected, rtol=1e-5, atol=1e-5)
+    # The weights were copied into the graph: changing the model's variables leaves it alone.
+    model.set_weights([np.zeros_like(w) for w in model.get_weights()])
+    assert np.abs(np.asarray(model.predict_on_batch(x))).max() == 0
+    np.testing.assert_allclose(forward(x), expected, rtol=1e-5, atol=1e-5)
+
+    from tensorflow.python.framework import convert_to_constants
+
+    def cannot(*args, **kwargs):
+        raise ValueError("no")
+
+    monkeypatch.setattr(convert_to_constants, "convert_variables_to_constants_v2", cannot)
+    other = _lite0.build_lite0((32, 32, 3), weights=None)
+    with pytest.warns(RuntimeWarning, match="cannot freeze the graph of model efficientnet-lite0"):
+        fallback = cnn._forward_pass(other)
+    assert fallback == other.predict_on_batch
+
+
 def test_layer_is_spatially_averaged(lite0_32):
     crops = make_crops(n=3, chunks=(3,))
     features = cnn.extract(crops, layer="block6a_expand_activation").compute(scheduler="sync")
