@@ -111,6 +111,7 @@ SCHEMA: dict[str, Any] = {
         "memory_limit": Key((str, int), "auto"),
         "gpu": Key((int,), 0, minimum=0),
         "processes": Key((bool,), True),
+        "profile": Key((bool,), False, help="run distributed's stack-sampling profiler in local workers"),
     },
     "output": {
         "store": Key((str,), "screen.zarr", path=True, help="the Zarr store of the run"),

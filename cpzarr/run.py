@@ -154,6 +154,7 @@ def run(
         memory_limit=cl["memory_limit"],
         gpu=cl["gpu"] or None,
         processes=cl["processes"],
+        profile=cl["profile"],
     ) as client:
         ctx.client = client
         say(f"cpzarr run: {cfg['name']}")

@@ -33,7 +33,15 @@ def test_worker_processes_size_tensorflow_pools_to_their_threads(monkeypatch):
     monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "7")  # the user's own setting wins
     with get_client(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as client:
         seen = client.run(lambda: (os.environ.get("TF_NUM_INTRAOP_THREADS"), os.environ.get("TF_NUM_INTEROP_THREADS")))
+        profiled = client.run(lambda dask_worker: "profile" in dask_worker.periodic_callbacks)
     assert list(seen.values()) == [("1", "7")]
+    assert list(profiled.values()) == [False]  # the stack sampler is off unless asked for
+
+
+def test_profiler_on_request():
+    with get_client(n_workers=1, processes=False, dashboard_address=None, profile=True) as client:
+        profiled = client.run(lambda dask_worker: "profile" in dask_worker.periodic_callbacks)
+    assert list(profiled.values()) == [True]
 
 
 def _page_faults_of_reused_blocks():
