@@ -96,21 +96,30 @@ def _warm(view, model, batch_size, mixed_precision, scheduler):
 
     A worker builds its model once; TensorFlow's oneDNN kernels are also made once per thread,
     which a real run over a plate pays once per thread and a short benchmark must not count. Two
-    cells of every site make one task per site, so every thread of the pool gets one.
+    cells of every chunk make one task per chunk, so every thread of the pool gets one.
     """
     import numpy as np
 
     from cpzarr.features.cnn import extract
 
     starts = np.cumsum((0,) + view.chunks[0][:-1])
-    firsts = np.concatenate([np.arange(s, s + min(2, n)) for s, n in zip(starts, view.chunks[0])])
-    warm = extract(view.isel(cell=firsts), model=model, batch_size=batch_size, mixed_precision=mixed_precision,
-                   scheduler=scheduler)
+
+    def warm(offset):
+        cells = np.concatenate([s + (offset + np.arange(min(2, n))) % n for s, n in zip(starts, view.chunks[0])])
+        return extract(view.isel(cell=cells), model=model, batch_size=batch_size, mixed_precision=mixed_precision,
+                       scheduler=scheduler)
+
     if isinstance(scheduler, str):
-        warm.compute(scheduler=scheduler)
+        warm(0).compute(scheduler=scheduler)
         return
-    for worker in scheduler.scheduler_info()["workers"]:  # each worker builds its own model
-        scheduler.compute(warm.data, workers=[worker], allow_other_workers=False).result()
+    workers = list(scheduler.scheduler_info()["workers"])
+    for i, worker in enumerate(workers):
+        # Other cells for every worker: with the same task keys the scheduler could hand this
+        # worker results that another one still holds, and it would start timing cold.
+        scheduler.compute(warm(2 * i).data, workers=[worker], allow_other_workers=False).result()
+    built = scheduler.run(lambda: len(__import__("cpzarr.features.cnn").features.cnn._CACHE))
+    if not all(built.values()):
+        raise RuntimeError(f"the warm-up left workers without a model: {built}")
 
 
 class Scaling:
