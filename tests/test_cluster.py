@@ -1,5 +1,7 @@
 import os
 
+import dask
+
 from cpzarr.cluster import batched, get_client, map_batches
 
 
@@ -38,10 +40,17 @@ def test_worker_processes_size_tensorflow_pools_to_their_threads(monkeypatch):
     assert list(profiled.values()) == [False]  # the stack sampler is off unless asked for
 
 
-def test_profiler_on_request():
+def test_profiler_on_request_and_a_slow_tick():
     with get_client(n_workers=1, processes=False, dashboard_address=None, profile=True) as client:
         profiled = client.run(lambda dask_worker: "profile" in dask_worker.periodic_callbacks)
+        ticks = client.run(lambda dask_worker: dask_worker.periodic_callbacks["tick"].callback_time)
+        scheduler_tick = client.cluster.scheduler.periodic_callbacks["tick"].callback_time
     assert list(profiled.values()) == [True]
+    assert list(ticks.values()) == [500] and scheduler_tick == 500  # ms; distributed's default is 20
+    with dask.config.set({"distributed.admin.tick.interval": "2s"}):  # a slower tick is the user's
+        with get_client(n_workers=1, processes=False, dashboard_address=None) as client:
+            ticks = client.run(lambda dask_worker: dask_worker.periodic_callbacks["tick"].callback_time)
+    assert list(ticks.values()) == [2000]
 
 
 def _page_faults_of_reused_blocks():
