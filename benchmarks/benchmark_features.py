@@ -112,12 +112,18 @@ def _warm(view, model, batch_size, mixed_precision, scheduler):
     if isinstance(scheduler, str):
         warm(0).compute(scheduler=scheduler)
         return
+
+    def models_built():  # nested, so that it is shipped by value: workers cannot import benchmarks
+        from cpzarr.features import cnn
+
+        return len(cnn._CACHE)
+
     workers = list(scheduler.scheduler_info()["workers"])
     for i, worker in enumerate(workers):
         # Other cells for every worker: with the same task keys the scheduler could hand this
         # worker results that another one still holds, and it would start timing cold.
         scheduler.compute(warm(2 * i).data, workers=[worker], allow_other_workers=False).result()
-    built = scheduler.run(lambda: len(__import__("cpzarr.features.cnn").features.cnn._CACHE))
+    built = scheduler.run(models_built)
     if not all(built.values()):
         raise RuntimeError(f"the warm-up left workers without a model: {built}")
 
