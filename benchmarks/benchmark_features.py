@@ -51,7 +51,7 @@ class CNNFeatures:
         import contextlib
         import os
 
-        from cpzarr.cluster import get_client, tensorflow_threads
+        from cpzarr.cluster import get_client, local_threads, tensorflow_threads
         from cpzarr.crops import crops
         from cpzarr.store import open_screen
 
@@ -62,7 +62,7 @@ class CNNFeatures:
             self.scheduler = self._exit.enter_context(get_client(dashboard_address=None))
         else:
             self.scheduler = "threads"
-            os.environ.update(tensorflow_threads(os.cpu_count() or 1))  # before TensorFlow starts
+            os.environ.update(tensorflow_threads(local_threads()))  # as cpzarr profile does, before TensorFlow starts
         _warm(self.view, model, batch_size, mixed_precision, self.scheduler)
 
     def teardown(self, store, model, batch_size, mixed_precision, engine):

@@ -126,15 +126,13 @@ def profile_command(store, model, weights, layer, name, box, channels, edge, bat
     """Compute CNN features of every cell of STORE into /features/<name> (resumable)."""
     import dask
 
-    from dask.system import CPU_COUNT  # dask's threaded scheduler's default thread count
-
-    from cpzarr.cluster import tensorflow_threads
+    from cpzarr.cluster import local_threads, tensorflow_threads
     from cpzarr.crops import crops
     from cpzarr.features.cnn import extract, write_features
     from cpzarr.store import open_screen
 
     if not scheduler:  # this process's threads each run their own forward passes
-        os.environ.update(tensorflow_threads(workers or CPU_COUNT))
+        os.environ.update(tensorflow_threads(workers or local_threads()))
     view = crops(open_screen(store), box=box, channels=channels.split(",") if channels else None, edge=edge)
     features = extract(view, model=model, weights=None if weights == "random" else weights, layer=layer,
                        batch_size=batch_size, dtype=dtype,

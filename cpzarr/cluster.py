@@ -20,7 +20,24 @@ logger = logging.getLogger("cpzarr")
 _USER_TRIM_THRESHOLD = os.environ.get("MALLOC_TRIM_THRESHOLD_")
 
 __all__ = ["get_client", "dashboard_link", "has_gpu_workers", "map_batches", "batched", "default_workers",
-           "tensorflow_threads"]
+           "local_threads", "tensorflow_threads"]
+
+
+def local_threads() -> int:
+    """Threads of dask's local (threaded) scheduler: ``num_workers`` from dask's config, else
+    dask's CPU count, which honours CPU affinity.
+
+    Examples
+    --------
+    >>> import dask
+    >>> with dask.config.set(num_workers=3):
+    ...     local_threads()
+    3
+    """
+    import dask
+    from dask.system import CPU_COUNT
+
+    return dask.config.get("num_workers", None) or CPU_COUNT
 
 
 def default_workers(n_cores: int | None = None) -> tuple[int, int]:

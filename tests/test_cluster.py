@@ -2,11 +2,20 @@ import os
 
 import dask
 
-from cpzarr.cluster import batched, get_client, map_batches
+from cpzarr.cluster import batched, get_client, local_threads, map_batches
 
 
 def test_map_batches_in_process_keeps_order():
     assert map_batches(lambda x: x * x, [3, 1, 2], key_prefix="sq", progress=False) == [9, 1, 4]
+
+
+def test_local_threads_follow_dask():
+    from dask.system import CPU_COUNT
+
+    with dask.config.set(num_workers=None):
+        assert local_threads() == CPU_COUNT
+    with dask.config.set(num_workers=3):
+        assert local_threads() == 3
 
 
 def test_batched():

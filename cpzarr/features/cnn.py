@@ -429,9 +429,9 @@ def _forward_pass(model):
     On the TensorFlow backend this is the model's graph with its weights turned into constants:
     TensorFlow's oneDNN kernels then put the weights into their blocked layout once instead of
     on every call (49 reorders a call), and Keras's per-call bookkeeping is skipped: Lite0 at 8
-    planes a batch, single-threaded, took 3.10-3.28 ms of CPU per plane against 3.27-3.44. The function and the numbers are the same. Other backends
-    run ``predict_on_batch``, as does a model whose graph TensorFlow cannot freeze (with a
-    warning).
+    planes a batch, single-threaded, took 3.10-3.28 ms of CPU per plane against 3.27-3.44. The
+    function and the numbers are the same. Other backends run ``predict_on_batch``, as does a
+    model whose graph TensorFlow cannot freeze (with a warning).
     """
     with _CACHE_LOCK:
         if model not in _FORWARD:

@@ -26,8 +26,8 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from dask.system import CPU_COUNT
 
+from cpzarr.cluster import local_threads
 from cpzarr.errors import InputError
 from cpzarr.profiles._chunk_files import ChunkFiles
 from cpzarr.profiles._samples import as_dask, constant_coords, group_codes, record_step
@@ -191,8 +191,7 @@ def _reduce_sorted(x, lengths, operation, block_bytes, files=None):
     block boundary is read by both blocks, so blocks span many chunks (``block_bytes``, default
     256 MiB) to keep the re-reading small; they are cut to equal shares for the workers.
     """
-    workers = dask.config.get("num_workers", None) or CPU_COUNT
-    per_block = pack_evenly(lengths, x.shape[1] * x.dtype.itemsize, block_bytes, workers)
+    per_block = pack_evenly(lengths, x.shape[1] * x.dtype.itemsize, block_bytes, local_threads())
     segment_bounds = np.concatenate([[0], np.cumsum(per_block)]).astype(np.int64)
     row_bounds = np.concatenate([[0], np.cumsum(lengths)])[segment_bounds]
     buffers = None

@@ -254,12 +254,12 @@ def _zarr_threads_like_dask():
     CPUs. Zarr creates its pool once per process, so this applies from the first node read or
     written.
     """
-    import dask
     import zarr
-    from dask.system import CPU_COUNT
+
+    from cpzarr.cluster import local_threads
 
     if zarr.config.get("threading.max_workers", None) is None:
-        zarr.config.set({"threading.max_workers": dask.config.get("num_workers", None) or CPU_COUNT})
+        zarr.config.set({"threading.max_workers": local_threads()})
 
 
 def _profile_compressor():
