@@ -182,10 +182,15 @@ def train_command(config, resume, overrides, progress):
 
 def _profiles_io(source, target, node, out_node, operation):
     """Read SOURCE (a file, or a store with --node), apply ``operation``, write TARGET."""
+    from cpzarr.errors import CpzarrError
     from cpzarr.profiles import read_profiles, write_profiles
 
-    result = operation(read_profiles(source, node=node))
-    write_profiles(result, target, node=out_node)
+    overwrite = click.get_current_context().params.get("overwrite", False)
+    try:
+        result = operation(read_profiles(source, node=node))
+        write_profiles(result, target, node=out_node, overwrite=overwrite)
+    except CpzarrError as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote {result.sizes['sample']} samples x {result.sizes['feature']} features to {target}"
                + (f" node {out_node}" if out_node else ""))
 
@@ -194,7 +199,10 @@ _IN_OUT = [
     click.argument("source", type=click.Path(exists=True)),
     click.argument("target", type=click.Path()),
     click.option("--node", default=None, help="Input node of a Zarr store, e.g. profiles/efficientnet/well."),
-    click.option("--out-node", default=None, help="Output node when TARGET is a Zarr store."),
+    click.option("--out-node", default=None, help="Output node when TARGET is a Zarr store (into a screen "
+                 "store only this node is written)."),
+    click.option("--overwrite", is_flag=True, help="Replace TARGET when it exists and is not a Zarr store of "
+                 "profiles."),
 ]
 
 
@@ -216,7 +224,7 @@ def profiles_group():
 @click.option("--by", default="plate", show_default=True, help="Coordinate(s), comma-separated; 'none' for one group.")
 @click.option("--samples", default="all", show_default=True, help='Fitting samples, e.g. \'control == "negcon"\'.')
 @click.option("--match-pycytominer", is_flag=True, help="Divide zero-MAD features by epsilon, as Pycytominer.")
-def profiles_normalize(source, target, node, out_node, method, by, samples, match_pycytominer):
+def profiles_normalize(source, target, node, out_node, overwrite, method, by, samples, match_pycytominer):
     """Normalize SOURCE per group and write TARGET."""
     from cpzarr.profiles import normalize
 
@@ -233,7 +241,7 @@ def profiles_normalize(source, target, node, out_node, method, by, samples, matc
 @click.option("--samples", default="all", show_default=True)
 @click.option("--corr-threshold", type=float, default=0.9, show_default=True)
 @click.option("--outlier-cutoff", type=float, default=500, show_default=True)
-def profiles_feature_select(source, target, node, out_node, operations, samples, corr_threshold, outlier_cutoff):
+def profiles_feature_select(source, target, node, out_node, overwrite, operations, samples, corr_threshold, outlier_cutoff):
     """Drop features of SOURCE by Pycytominer's rules and write TARGET."""
     from cpzarr.profiles import feature_select
 
@@ -248,7 +256,7 @@ def profiles_feature_select(source, target, node, out_node, operations, samples,
               show_default=True)
 @click.option("--samples", default='control == "negcon"', show_default=True)
 @click.option("--epsilon", type=float, default=1e-6, show_default=True)
-def profiles_spherize(source, target, node, out_node, method, samples, epsilon):
+def profiles_spherize(source, target, node, out_node, overwrite, method, samples, epsilon):
     """Whiten SOURCE with a transform fitted on SAMPLES and write TARGET."""
     from cpzarr.profiles import spherize
 
@@ -260,7 +268,7 @@ def profiles_spherize(source, target, node, out_node, method, samples, epsilon):
 @_in_out
 @click.option("--operation", type=click.Choice(["median", "mean", "modz"]), default="median", show_default=True)
 @click.option("--replicate-columns", default="compound,dose", show_default=True)
-def profiles_consensus(source, target, node, out_node, operation, replicate_columns):
+def profiles_consensus(source, target, node, out_node, overwrite, operation, replicate_columns):
     """Collapse the replicates of SOURCE into one profile per treatment and write TARGET."""
     from cpzarr.profiles import consensus
 
@@ -272,7 +280,7 @@ def profiles_consensus(source, target, node, out_node, operation, replicate_colu
 @_in_out
 @click.option("--recipe", required=True, help="spherize_only, mad_robustize_select_spherize, "
               "mad_robustize_select_outliers, or a YAML file with a list of steps.")
-def profiles_pipeline(source, target, node, out_node, recipe):
+def profiles_pipeline(source, target, node, out_node, overwrite, recipe):
     """Apply a recipe of profile steps to SOURCE and write TARGET."""
     from pathlib import Path
 

@@ -27,8 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import uuid
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -40,13 +38,14 @@ import pandas as pd
 
 from cpzarr import _tables
 from cpzarr.errors import InputError, StoreError
+from cpzarr.store import write_block, write_unit
 
 logger = logging.getLogger("cpzarr")
 
 __all__ = ["ingest", "read_image", "image_header"]
 
 _LOCAL_SCHEDULERS = ("threads", "threading", "processes", "multiprocessing", "sync", "synchronous", "single-threaded")
-_BLOSC_BLOCK = 1 << 20
+from cpzarr.store._layout import BLOSC_BLOCK as _BLOSC_BLOCK  # noqa: E402  (kept for benchmarks)
 _PIL_DTYPES = {"L": "uint8", "I;16": "uint16", "I;16L": "uint16", "I;16B": "uint16", "I": "int32", "F": "float32"}
 
 
@@ -120,10 +119,21 @@ def ingest(
     >>> screen["images"].sel(plate=info.plates[0], well="A01", site=1, channel="DNA")  # doctest: +SKIP
     """
     from cpzarr import __version__
-    from cpzarr.store import open_screen
+    from cpzarr.store import open_screen, store_lock
 
     plan = plan_ingest(table, platemap=platemap, channels=channels)
     store = Path(store)
+    with store_lock(store, "ingest"):
+        _ingest_locked(store, plan, __version__, overwrite=overwrite, compression_level=compression_level,
+                       scheduler=scheduler, n_workers=n_workers, batch_size=batch_size, progress=progress)
+    return open_screen(store)
+
+
+def _ingest_locked(store, plan, __version__, *, overwrite, compression_level, scheduler, n_workers, batch_size,
+                   progress):
+    """The writing part of :func:`ingest`, run while holding the store's lock."""
+    from cpzarr.store import sweep_scratch
+
     params = {
         "stage": "ingest",
         "table": plan.source,
@@ -134,6 +144,9 @@ def ingest(
         "cpzarr_version": __version__,
     }
     created = _prepare_store(store, plan, params, overwrite=overwrite, compression_level=compression_level)
+    if not created:
+        # a killed run's half-written shard files (*.partial) and scratch folders
+        sweep_scratch(store)
 
     # a store just created has no markers to check: every well is to write
     todo = plan.wells_with_sites if created else _wells_to_write(store, plan)
@@ -145,7 +158,6 @@ def ingest(
         names = [f"{plan.plates[p]}/{plan.wells[w]}" for p, w in unfinished]
         raise StoreError(f"The ingest of {store} left {len(unfinished)} well(s) unwritten: {', '.join(names[:10])}; re-run it.")
     _finish(store, params)
-    return open_screen(store)
 
 
 @dataclass
@@ -479,7 +491,7 @@ def _fingerprint(plan, headers) -> str:
 
 def _prepare_store(store: Path, plan: IngestPlan, params: dict, *, overwrite: bool, compression_level: int) -> bool:
     """Create the store's skeleton (True), or find the same ingest's store to resume (False)."""
-    from cpzarr.store import _root_attrs, is_store
+    from cpzarr.store import _root_attrs, create_store, is_store
 
     if store.exists():
         attrs = _root_attrs(store)
@@ -493,31 +505,15 @@ def _prepare_store(store: Path, plan: IngestPlan, params: dict, *, overwrite: bo
             )
         if attrs is None and not (store.is_dir() and not any(store.iterdir())):
             raise StoreError(f"{store} is neither a Zarr store nor empty; refusing to delete it. Choose another path.")
-    tmp_root = store.parent / f".{store.name}.cpzarr-tmp"
-    tmp_root.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_root / uuid.uuid4().hex
-    try:
-        _write_skeleton(tmp, plan, params, compression_level)
-        if store.exists():
-            old = tmp_root / f"old-{uuid.uuid4().hex}"
-            os.replace(store, old)
-            shutil.rmtree(old)
-        os.replace(tmp, store)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            tmp_root.rmdir()
-        except OSError:
-            pass
+    create_store(store, lambda tmp: _write_skeleton(tmp, plan, params, compression_level), replace=True)
     return True
 
 
 def _write_skeleton(path: Path, plan: IngestPlan, params: dict, compression_level: int):
     import zarr
-    from zarr.codecs import BloscCodec
 
     from cpzarr import __version__
-    from cpzarr.store import now_iso
+    from cpzarr.store import image_chunks, image_codec, now_iso, present_codec
 
     ds = plan.metadata.copy()
     ds.attrs = {
@@ -532,19 +528,14 @@ def _write_skeleton(path: Path, plan: IngestPlan, params: dict, compression_leve
     group = zarr.open_group(path, mode="r+", zarr_format=3)
     n_p, n_w, n_s, n_c = len(plan.plates), len(plan.wells), len(plan.sites), len(plan.channels)
     ny, nx = plan.shape
-    # zstd inside Blosc: the byte shuffle (bit shuffle for 8-bit images) makes it about four times
-    # faster than plain zstd on 16-bit images, and smaller too. Blosc's own block size at level 1
-    # is small; 1 MiB blocks compress 1080 x 1080 sites 1.3-1.6x faster, decode them 1.3-1.8x
-    # faster and 3-4 % smaller (synthetic 16-bit and real LINCS 8-bit; benchmark_ingest.py)
-    shuffle = "shuffle" if np.dtype(plan.dtype).itemsize > 1 else "bitshuffle"
-    compressor = BloscCodec(cname="zstd", clevel=compression_level, shuffle=shuffle, blocksize=_BLOSC_BLOCK)
+    chunks, shards = image_chunks(n_s, n_c, plan.shape)
     images = group.create_array(
         "images",
         shape=(n_p, n_w, n_s, n_c, ny, nx),
-        chunks=(1, 1, 1, n_c, ny, nx),
-        shards=(1, 1, n_s, n_c, ny, nx),
+        chunks=chunks,
+        shards=shards,
         dtype=plan.dtype,
-        compressors=compressor,
+        compressors=image_codec(plan.dtype, compression_level),
         fill_value=0,
         dimension_names=["plate", "well", "site", "channel", "y", "x"],
     )
@@ -554,7 +545,7 @@ def _write_skeleton(path: Path, plan: IngestPlan, params: dict, compression_leve
         shape=(n_p, n_w, n_s),
         chunks=(1, 1, n_s),
         dtype="bool",
-        compressors=BloscCodec(cname="zstd", clevel=compression_level, shuffle="noshuffle"),
+        compressors=present_codec(compression_level),
         fill_value=False,
         dimension_names=["plate", "well", "site"],
     )
@@ -616,27 +607,14 @@ def write_well(store, p, w, n_sites, site_files, shape, dtype) -> int:
         for c, path in enumerate(paths):
             read_image(path, shape, dtype, out=block[0, 0, s, c])
         mask[0, 0, s] = True
-    _write_block(Path(store) / "images", (p, w, 0, 0, 0, 0), block)
-    _write_block(Path(store) / "present", (p, w, 0), mask)
+    # the well's shard, then its present chunk: the unit's completion marker
+    write_unit([(Path(store) / "images", (p, w, 0, 0, 0, 0), block)], (Path(store) / "present", (p, w, 0), mask))
     return len(site_files)
 
 
 def _write_block(path: Path, index: tuple, block: np.ndarray):
-    """Write one whole shard (or chunk) ``index`` of the array at ``path``.
-
-    Directly when :class:`~cpzarr._shards.ShardWriter` knows the array's layout (the store's own
-    layout), through zarr otherwise (the tests check both write the same bytes).
-    """
-    from cpzarr._shards import ShardWriter
-
-    writer = ShardWriter.open(path)
-    if writer is not None and writer.block_shape == block.shape:
-        writer.write(index, block)
-        return
-    import zarr
-
-    array = zarr.open_array(path, mode="r+", zarr_format=3)
-    array[tuple(slice(i * n, (i + 1) * n) for i, n in zip(index, block.shape))] = block
+    """Write one whole shard (or chunk) ``index`` of the array at ``path`` (:func:`cpzarr.store.write_block`)."""
+    write_block(path, index, block)
 
 
 def _run_wells(store, plan, todo, *, scheduler, n_workers, batch_size, progress):

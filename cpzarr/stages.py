@@ -68,18 +68,21 @@ class Context:
 
 def outputs_exist(ctx: Context, stage: str) -> bool:
     """True when the outputs of ``stage`` are on disk (the state file alone is not trusted)."""
-    from cpzarr.store import is_store, node_exists
+    from cpzarr.store import is_store, node_status
+
+    def complete(group):
+        return node_status(ctx.store, group).complete
 
     if stage == "ingest":
         return is_store(ctx.store)
     if stage == "locate":
-        return node_exists(ctx.store, "cells")
+        return complete("cells")
     if stage == "train":
         return (_train_dir(ctx) / "best.keras").exists()
     if stage == "features":
-        return all(node_exists(ctx.store, f"features/{n}") for n in ctx.feature_sets())
+        return all(complete(f"features/{n}") for n in ctx.feature_sets())
     if stage == "profiles":
-        return all(node_exists(ctx.store, f"profiles/{n}/aggregated") for n in ctx.feature_sets())
+        return all(complete(f"profiles/{n}/aggregated") for n in ctx.feature_sets())
     if stage == "evaluate":
         return (ctx.tables_dir / "headline.csv").exists()
     if stage == "report":
@@ -215,28 +218,10 @@ def stage_features(ctx: Context) -> dict:
 
 
 def _write_plain_node(store: Path, group: str, dataset) -> None:
-    """Write a node of a store that has no images (imported features), atomically by rename."""
-    import os
-    import shutil
-    import tempfile
+    """Write a node of a store that has no images (imported features), atomically."""
+    from cpzarr.store import write_node
 
-    import zarr
-
-    store.mkdir(parents=True, exist_ok=True)
-    parent = store
-    zarr.open_group(parent, mode="a", zarr_format=3)
-    for part in group.split("/")[:-1]:
-        parent = parent / part
-        zarr.open_group(parent, mode="a", zarr_format=3)
-    tmp = Path(tempfile.mkdtemp(dir=store, prefix=".tmp-"))
-    try:
-        dataset.to_zarr(tmp / "node", mode="w", zarr_format=3, consolidated=False)
-        target = store / group
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp / "node", target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    write_node(store, group, dataset, overwrite=True, create=True)
 
 
 # --- profiles -------------------------------------------------------------------------------

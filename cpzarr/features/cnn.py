@@ -619,9 +619,9 @@ def feature_compressor():
     feature of every cell); on Lite0's ReLU6 features, many exactly zero, it keeps 57 % of the
     bytes (zstd 42 %); on DeepProfiler's features neither codec saves more than 10 %.
     """
-    from zarr.codecs import BloscCodec
+    from cpzarr.store import feature_codec
 
-    return BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")
+    return feature_codec()
 
 
 def _node_skeleton(features, chunk_cells, n_units):
@@ -661,40 +661,18 @@ def _same_node(existing, skeleton):
 
 def _create_node(store, name, skeleton, encoding):
     """Write the node's skeleton beside the store and rename it into place in one step."""
-    import shutil
+    from cpzarr.store import create_unit_node, features_node
 
-    import zarr
-
-    # Beside the store, as cpzarr.store does: zarr warns about foreign folders inside a hierarchy.
-    scratch = store.parent / f".{store.name}.cpzarr-tmp"
-    scratch.mkdir(exist_ok=True)
-    token = uuid.uuid4().hex
-    temporary, old = scratch / token, scratch / f"old-{token}"
-    try:
-        skeleton.to_zarr(temporary, mode="w", compute=False, consolidated=False, zarr_format=3,
-                         encoding=encoding)
-        zarr.open_group(str(store), mode="r+", zarr_format=3).require_group("features")
-        final = store / "features" / name
-        if final.exists():
-            os.replace(final, old)
-        os.replace(temporary, final)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-        try:
-            scratch.rmdir()
-        except OSError:  # another writer's scratch work is still there
-            pass
+    create_unit_node(store, features_node(name), skeleton, encoding=encoding)
 
 
 def _write_unit(block, path, units, chunk_cells, block_info=None):
-    """Write one chunk-aligned range of cells, then mark it complete."""
-    import zarr
+    """Write one chunk-aligned range of cells, then mark it complete (:func:`cpzarr.store.write_unit`)."""
+    from cpzarr.store import UNIT_MARKER, write_unit
 
     unit = units[block_info[0]["chunk-location"][0]]
-    group = zarr.open_group(path, mode="r+")
-    group["features"][unit * chunk_cells : unit * chunk_cells + block.shape[0]] = block
-    group["unit_complete"][unit] = True
+    path = Path(path)
+    write_unit([(path / "features", (unit, 0), block)], (path / UNIT_MARKER, (unit,), np.ones(1, dtype=bool)))
     return np.array([unit])
 
 
@@ -736,10 +714,20 @@ def write_features(
     --------
     >>> write_features("screen.zarr", "efficientnet-lite0", extract(view))  # doctest: +SKIP
     """
-    import dask
-    import zarr
+    from cpzarr.store import store_lock
 
     store = Path(store)
+    with store_lock(store, f"features {name}"):
+        return _write_features(store, name, features, chunk_cells=chunk_cells, overwrite=overwrite,
+                               scheduler=scheduler, progress=progress)
+
+
+def _write_features(store, name, features, *, chunk_cells, overwrite, scheduler, progress):
+    """The body of :func:`write_features`, run while holding the store's lock."""
+    import zarr
+
+    from cpzarr.store import node_status, sweep_scratch
+
     if not (store / "zarr.json").is_file():
         raise StoreError(f"{store} is not a Zarr v3 store (no zarr.json); create it with cpzarr ingest")
     if not name or "/" in name or name.startswith("."):
@@ -762,7 +750,10 @@ def write_features(
             raise StoreError(
                 f"{final} already holds other features ({reason}); pass overwrite=True to replace it"
             )
-        fresh, done = False, existing["unit_complete"].values
+        status = node_status(store, f"features/{name}")
+        fresh, done = False, np.ones(n_units, dtype=bool)
+        done[status.missing] = False
+        sweep_scratch(store)  # what a killed run left half-written
 
     if fresh:
         _create_node(store, name, skeleton, encoding)

@@ -7,6 +7,7 @@ order, feature dtypes, index, unprefixed metadata columns) in the DataArray's at
 """
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -178,10 +179,17 @@ def read_profiles(path, node=None, features="infer"):
     if kind == "csv":
         return from_pycytominer(pd.read_csv(path, float_precision="round_trip"), features=features)
     _zarr_threads_like_dask()
+    from cpzarr.store import STORE_ATTRS, node_status
+
+    status = node_status(path, node or "")
+    if status.exists and not status.complete:
+        raise StoreError(f"node {node or '/'!r} of store {path} is {status.describe()}; re-run the command "
+                         "that writes it")
     try:
         dataset = xr.open_zarr(path, group=node, zarr_format=3, consolidated=False)
     except Exception as error:  # zarr raises several types for a missing group
         raise StoreError(f"cannot open node {node!r} of store {path}: {error}") from error
+    dataset.attrs = {k: v for k, v in dataset.attrs.items() if k not in STORE_ATTRS}
     if "profiles" not in dataset:
         raise StoreError(f"node {node!r} of store {path} has no 'profiles' variable")
     profiles = dataset["profiles"]
@@ -192,7 +200,7 @@ def read_profiles(path, node=None, features="infer"):
     return profiles
 
 
-def write_profiles(profiles, path, node=None, mode="w"):
+def write_profiles(profiles, path, node=None, mode="w", overwrite=False):
     """Write a profile table to Parquet, CSV(.gz) or a Zarr store node.
 
     Parameters
@@ -201,9 +209,15 @@ def write_profiles(profiles, path, node=None, mode="w"):
     path : str or Path
         ``.parquet``, ``.csv`` or ``.csv.gz`` (Pycytominer convention), anything else is a Zarr store.
     node : str, optional
-        Group inside the Zarr store, e.g. ``"profiles/efficientnet/well"``.
+        Group inside the Zarr store, e.g. ``"profiles/efficientnet/well"``. Into an existing
+        store (a screen store included) only this node is written, atomically, under the
+        store's lock; the rest of the store is never touched. Without a node the table is the
+        store's root, which a screen store refuses.
     mode : {"w", "w-"}, default "w"
-        Zarr write mode: overwrite the node, or fail if it exists.
+        Zarr write mode: overwrite the node (or the profiles-only store), or fail if it exists.
+    overwrite : bool
+        Replace ``path`` when it exists and is not a Zarr store of profiles (a folder of other
+        files, a Zarr store without profiles at its root); without it that raises StoreError.
 
     Returns
     -------
@@ -217,10 +231,19 @@ def write_profiles(profiles, path, node=None, mode="w"):
     _check_profiles(profiles)
     path = Path(path)
     kind = _kind(path)
-    if kind == "parquet":
-        to_pycytominer(profiles).to_parquet(path)
-    elif kind == "csv":
-        to_pycytominer(profiles).to_csv(path, index=False)
+    if kind in ("parquet", "csv"):
+        if path.is_dir():
+            raise StoreError(f"{path} is a folder; a {kind} table is written as a file")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        try:
+            frame = to_pycytominer(profiles)
+            if kind == "parquet":
+                frame.to_parquet(tmp)
+            else:
+                frame.to_csv(tmp, index=False, compression="gzip" if path.name.lower().endswith(".gz") else None)
+            os.replace(tmp, path)  # a crash leaves the old table or the new one, never half of one
+        finally:
+            tmp.unlink(missing_ok=True)
     else:
         _zarr_threads_like_dask()
         profiles = profiles.rename("profiles")
@@ -240,9 +263,54 @@ def write_profiles(profiles, path, node=None, mode="w"):
             # Encodings read from another node (its chunks, its codecs) would conflict with
             # this write's chunks.
             variable.encoding = {}
-        dataset.to_zarr(path, group=node, mode=mode, zarr_format=3, consolidated=False,
-                        encoding={"profiles": {"compressors": _profile_compressor()}})
+        _write_zarr(dataset, path, node, mode=mode, overwrite=overwrite)
     return path
+
+
+def _write_zarr(dataset, path, node, *, mode, overwrite):
+    """Write the profiles ``dataset`` as ``node`` of the Zarr store ``path`` (its root when None).
+
+    Atomic, under the store's lock: a node is written beside the store and renamed in
+    (:func:`cpzarr.store.write_node`), a profiles-only store likewise as a whole.
+    """
+    import zarr
+
+    from cpzarr.store import _write, is_store, root_attrs, store_lock
+
+    if mode not in ("w", "w-"):
+        raise InputError(f"mode must be 'w' or 'w-', not {mode!r}")
+    encoding = {"profiles": {"compressors": _profile_compressor()}}
+    with store_lock(path, "write profiles"):
+        attrs = root_attrs(path)
+        occupied = path.exists() and not (path.is_dir() and not any(path.iterdir()))
+        if occupied and attrs is None and not overwrite:
+            raise StoreError(
+                f"{path} exists and is not a Zarr store; refusing to replace it (pass overwrite=True, "
+                "--overwrite, to replace it, or choose another target)")
+        if occupied and attrs is not None and node is None:
+            if is_store(path):
+                raise StoreError(
+                    f"{path} is a screen store; writing profiles at its root would replace it. Name a node "
+                    "(--out-node profiles/<features>/<level>) to add the table to it.")
+            if not (path / "profiles" / "zarr.json").is_file() and not overwrite:
+                raise StoreError(
+                    f"{path} is a Zarr store that holds no profile table at its root; refusing to replace it "
+                    "(pass overwrite=True, --overwrite, or name a node)")
+            if mode == "w-":
+                raise StoreError(f"{path} already holds profiles (mode 'w-')")
+        if node is None or (occupied and attrs is None):
+            def build(tmp):
+                if node is None:
+                    _write._write_marked(dataset, tmp, encoding)
+                else:
+                    zarr.open_group(tmp, mode="w", zarr_format=3)
+                    _write.write_node(tmp, node, dataset, encoding=encoding)
+
+            _write.create_store(path, build, replace=True)
+            return
+        if attrs is None:
+            zarr.open_group(path, mode="a", zarr_format=3)
+        _write.write_node(path, node, dataset, encoding=encoding, overwrite=mode == "w")
 
 
 def _zarr_threads_like_dask():

@@ -6,13 +6,14 @@ A store is one Zarr v3 directory per screen (layout in ``docs/architecture.md``)
 marker), the well metadata on ``(plate, well)`` and ``batch`` on ``plate``. Later stages add nodes
 (``/cells``, ``/features/<model>``, ``/profiles/<model>/<level>``) with :func:`write_node`, which
 writes the node beside the store and moves it in with one rename, so a crash never leaves a node
-that looks finished.
+that looks finished; ``/features/<model>`` is written unit by unit, and every reader here refuses
+a node whose units are not all marked complete (:func:`cpzarr.store.node_status`).
 
 Root attributes: ``cpzarr_version``, ``created``, ``source``, ``complete`` (False until ingest has
 written every well), ``ingest_fingerprint`` (what the store was made from, so a re-run resumes only
 the same ingest) and ``provenance`` (a JSON string mapping each node to the record of what made it).
 
-Stores are local directories: the atomic node write relies on renaming directories.
+Every write holds the store's lock (:func:`cpzarr.store.store_lock`).
 
 An ``xarray.DataTree`` child inherits the root's coordinates: a child variable along the
 ``plate``, ``well`` or ``site`` dimensions must use the root's labels (``/cells``'s
@@ -27,12 +28,16 @@ import os
 import shutil
 import uuid
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from cpzarr.errors import StoreError
+from cpzarr.store._layout import IMAGE_DIMS
+from cpzarr.store._provenance import read_provenance
+from cpzarr.store._provenance import root_attrs as _root_attrs
+from cpzarr.store._provenance import update_root_attrs as _update_root_attrs
+from cpzarr.store._write import STORE_ATTRS, check_node, node_status
 
 __all__ = [
     "open_screen",
@@ -41,15 +46,9 @@ __all__ = [
     "node_exists",
     "write_node",
     "remove_node",
-    "record_provenance",
-    "read_provenance",
     "screen_info",
     "format_info",
-    "IMAGE_DIMS",
 ]
-
-#: Dimensions of the ``images`` variable, in order.
-IMAGE_DIMS = ("plate", "well", "site", "channel", "y", "x")
 
 
 def is_store(path) -> bool:
@@ -117,20 +116,30 @@ def open_screen(path, *, node=None, allow_incomplete=False):
         node = node.strip("/")
         if node not in groups:
             raise StoreError(f"The store {path} has no node {node!r}; it has {', '.join(groups) or 'only the root'}.")
+        check_node(path, node, allow_incomplete=allow_incomplete)
         groups = [node] + [g for g in groups if g.startswith(node + "/")]
     else:
         groups = [""] + groups
+    unfinished = {g: node_status(path, g) for g in groups if g and g != node}
+    unfinished = {g: s for g, s in unfinished.items() if not s.complete}
+    if unfinished:
+        # left out rather than refused: the stage that finishes them opens the screen too
+        warnings.warn(
+            "; ".join(f"{path} node {g!r} is {s.describe()} and is left out" for g, s in unfinished.items())
+            + "; re-run the stage that writes it to finish it.", stacklevel=2)
+        groups = [g for g in groups if not any(g == u or g.startswith(u + "/") for u in unfinished)]
     # Each group is opened on its own and assembled with from_dict: open_datatree drops a child's
     # data variables named like an inherited coordinate (/cells' plate, well and site along cell).
     datasets = {}
     for group in groups:
         ds = xr.open_dataset(path, group=group or None, engine="zarr", consolidated=False, chunks={}, zarr_format=3)
         relative = group[len(node):].lstrip("/") if node else group
+        ds.attrs = {k: v for k, v in ds.attrs.items() if k not in STORE_ATTRS}
         datasets["/" + relative] = _tidy_dataset(ds)
     return xr.DataTree.from_dict(datasets, name=node.rsplit("/", 1)[-1] if node else None)
 
 
-def open_node(store, group):
+def open_node(store, group, *, allow_incomplete=False):
     """One node of a store as a standalone, lazy ``xarray.Dataset`` with its own variables.
 
     Unlike a node of :func:`open_screen`'s tree, the node's per-cell or per-sample ``plate``,
@@ -143,10 +152,18 @@ def open_node(store, group):
         A store (with or without images).
     group : str
         Node path, e.g. ``"features/efficientnet-lite0"`` or ``"cells"``.
+    allow_incomplete : bool
+        Open a node whose write did not finish (a features node with units not written), with a
+        warning naming what is missing, instead of raising.
 
     Returns
     -------
     xarray.Dataset
+
+    Raises
+    ------
+    StoreError
+        The node does not exist, or is incomplete (its units are named).
 
     Examples
     --------
@@ -158,7 +175,9 @@ def open_node(store, group):
     group = str(group).strip("/")
     if not node_exists(store, group):
         raise StoreError(f"The store {store} has no node {group!r}; run the stage that makes it.")
+    check_node(store, group, allow_incomplete=allow_incomplete)
     ds = xr.open_zarr(store, group=group, zarr_format=3, consolidated=False)
+    ds.attrs = {k: v for k, v in ds.attrs.items() if k not in STORE_ATTRS}
     strings = {k: v.astype(object) for k, v in ds.coords.items() if v.dtype.kind == "T"}
     return ds.assign_coords(strings)
 
@@ -166,7 +185,9 @@ def open_node(store, group):
 def node_exists(store, group) -> bool:
     """True when the node ``group`` (``"cells"``, ``"features/cnn"``) exists in ``store``.
 
-    A node written by :func:`write_node` exists only once it is complete.
+    A node written by :func:`write_node` exists only once it is complete; a node written unit by
+    unit (``/features/<model>``) exists from its start: :func:`cpzarr.store.node_status` says
+    whether it is complete.
 
     Examples
     --------
@@ -177,17 +198,19 @@ def node_exists(store, group) -> bool:
     return bool(group) and (Path(store) / group / "zarr.json").is_file()
 
 
-def write_node(store, group, dataset, *, encoding=None, provenance=None, overwrite=False):
-    """Write ``dataset`` as the node ``group`` of ``store`` atomically.
+def write_node(store, group, dataset, *, encoding=None, provenance=None, overwrite=False, create=False):
+    """Write ``dataset`` as the node ``group`` of ``store`` atomically, under the store's lock.
 
     The dataset is written (dask arrays computed chunk by chunk) to a hidden folder beside the
-    store, then moved into place with one rename: readers see either no node or the whole node,
-    and a crash leaves no node that looks finished. Parent groups are created as needed.
+    store, its completion marker (node attribute ``cpzarr_complete``) set last, then moved into
+    place with one rename: readers see either no node or the whole node, and a crash leaves no
+    node that looks finished (:func:`cpzarr.store._write.write_node`). Parent groups are created
+    as needed.
 
     Parameters
     ----------
     store : str or Path
-        A store made by :func:`cpzarr.ingest`.
+        A store made by :func:`cpzarr.ingest` (or, with ``create``, a store of nodes only).
     group : str
         Node path inside the store, e.g. ``"cells"`` or ``"profiles/cnn/well"``.
     dataset : xarray.Dataset
@@ -201,11 +224,20 @@ def write_node(store, group, dataset, *, encoding=None, provenance=None, overwri
         time added.
     overwrite : bool
         Replace an existing node. Without it an existing node raises StoreError.
+    create : bool
+        Accept a store without images (imported features, profiles) and create its root group
+        when ``store`` does not exist yet.
 
     Returns
     -------
     pathlib.Path
         The node's folder.
+
+    Raises
+    ------
+    StoreError
+        Not a cpzarr store; the node exists (without ``overwrite``); another process writes the
+        store (the message names it).
 
     Examples
     --------
@@ -213,32 +245,17 @@ def write_node(store, group, dataset, *, encoding=None, provenance=None, overwri
     >>> cells = xr.Dataset({"x": ("cell", np.array([1.5, 20.0]))})
     >>> write_node("screen.zarr", "cells", cells, provenance={"stage": "locate"})  # doctest: +SKIP
     """
+    from cpzarr.store import _write
+    from cpzarr.store._lock import store_lock
+
     store = Path(store)
-    _check_store(store)
-    group = str(group).strip("/")
-    if not group:
-        raise StoreError("write_node needs a node name such as 'cells'; the root is written by ingest.")
-    target = store / group
-    if node_exists(store, group) and not overwrite:
-        raise StoreError(f"The node {group!r} already exists in {store}; pass overwrite=True to replace it.")
-    tmp_root = _tmp_dir(store)
-    tmp = tmp_root / uuid.uuid4().hex
-    try:
-        dataset.to_zarr(tmp, mode="w", zarr_format=3, consolidated=False, encoding=encoding or {})
-        _require_parents(store, group)
-        old = None
-        if target.exists():
-            old = tmp_root / f"old-{uuid.uuid4().hex}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _remove_if_empty(tmp_root)
-    if provenance is not None:
-        record_provenance(store, group, provenance)
-    return target
+    with store_lock(store, f"write {group}"):
+        if create:
+            _require_node_store(store)
+        else:
+            _check_store(store)
+        return _write.write_node(store, group, dataset, encoding=encoding, provenance=provenance,
+                                 overwrite=overwrite)
 
 
 def remove_node(store, group) -> None:
@@ -248,54 +265,25 @@ def remove_node(store, group) -> None:
     --------
     >>> remove_node("screen.zarr", "features/cnn")  # doctest: +SKIP
     """
+    from cpzarr.store._lock import store_lock
+    from cpzarr.store._write import scratch_dir
+
     store = Path(store)
     _check_store(store)
     group = str(group).strip("/")
     if not group or group in ("images", "present"):
         raise StoreError(f"{group or 'the root'!r} is part of the ingested screen and cannot be removed.")
-    if node_exists(store, group):
-        tmp_root = _tmp_dir(store)
-        trash = tmp_root / f"old-{uuid.uuid4().hex}"
-        os.replace(store / group, trash)  # one rename, so the node vanishes at once
-        shutil.rmtree(trash, ignore_errors=True)
-        _remove_if_empty(tmp_root)
-    records = read_provenance(store)
-    if records.pop(group, None) is not None:
-        _update_root_attrs(store, {"provenance": json.dumps(records, sort_keys=True)})
-
-
-def record_provenance(store, group, record) -> None:
-    """Store ``record`` as the provenance of node ``group`` in the root's ``provenance`` attribute.
-
-    ``cpzarr_version`` and ``time`` are added to the record. Writers of one store should not
-    record provenance at the same moment from different processes (last writer wins).
-
-    Examples
-    --------
-    >>> record_provenance("screen.zarr", "cells", {"stage": "locate", "method": "import"})  # doctest: +SKIP
-    """
-    from cpzarr import __version__
-
-    store = Path(store)
-    records = read_provenance(store)
-    entry = dict(record)
-    entry.setdefault("cpzarr_version", __version__)
-    entry.setdefault("time", now_iso())
-    records[str(group).strip("/") or "/"] = entry
-    _update_root_attrs(store, {"provenance": json.dumps(records, sort_keys=True, default=str)})
-
-
-def read_provenance(store) -> dict:
-    """Return the store's provenance records, node name → record.
-
-    Examples
-    --------
-    >>> read_provenance("screen.zarr")["/"]["stage"]  # doctest: +SKIP
-    'ingest'
-    """
-    attrs = _root_attrs(Path(store)) or {}
-    text = attrs.get("provenance") or "{}"
-    return json.loads(text)
+    with store_lock(store, f"remove {group}"):
+        if node_exists(store, group):
+            tmp_root = scratch_dir(store)
+            tmp_root.mkdir(exist_ok=True)
+            trash = tmp_root / f"old-{uuid.uuid4().hex}"
+            os.replace(store / group, trash)  # one rename, so the node vanishes at once
+            shutil.rmtree(trash, ignore_errors=True)
+            _remove_if_empty(tmp_root)
+        records = read_provenance(store)
+        if records.pop(group, None) is not None:
+            _update_root_attrs(store, {"provenance": json.dumps(records, sort_keys=True)})
 
 
 def screen_info(path) -> dict:
@@ -312,7 +300,8 @@ def screen_info(path) -> dict:
         ``path``, ``complete``, ``plates``, ``wells`` (names), ``sites`` (site numbers),
         ``sites_present``, ``sites_total`` (plates × wells × sites), ``wells_present``,
         ``channels``, ``dtype``, ``image_shape`` (y, x), ``raw_bytes`` (pixel bytes of the present
-        sites), ``disk_bytes`` (the store folder), ``nodes`` (every group below the root).
+        sites), ``disk_bytes`` (the store folder), ``nodes`` (every group below the root),
+        ``incomplete_nodes`` (node → what is missing, for nodes whose write did not finish).
 
     Examples
     --------
@@ -347,6 +336,7 @@ def screen_info(path) -> dict:
         "raw_bytes": int(present.sum()) * n_channels * ny * nx * itemsize,
         "disk_bytes": int(disk),
         "nodes": _nodes(path),
+        "incomplete_nodes": {g: st.describe() for g in _nodes(path) if not (st := node_status(path, g)).complete},
     }
 
 
@@ -371,12 +361,9 @@ def format_info(info: dict) -> str:
         f"(ratio {ratio:.2f})",
         f"nodes      {', '.join(info['nodes']) if info['nodes'] else '(none besides the images)'}",
     ]
+    for group, state in info.get("incomplete_nodes", {}).items():
+        lines.append(f"           {group}: {state}; re-run the stage that writes it to finish it")
     return "\n".join(lines)
-
-
-def now_iso() -> str:
-    """The current UTC time as an ISO 8601 string (seconds), for provenance records."""
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
 
 
 # --- internals -------------------------------------------------------------------------------
@@ -392,24 +379,15 @@ def _check_store(path: Path) -> None:
         )
 
 
-def _root_attrs(path: Path) -> dict | None:
-    meta = path / "zarr.json"
-    if not meta.is_file():
-        return None
-    try:
-        doc = json.loads(meta.read_text())
-    except (OSError, ValueError):
-        return None
-    if doc.get("zarr_format") != 3 or doc.get("node_type") != "group":
-        return None
-    return doc.get("attributes", {})
-
-
-def _update_root_attrs(path: Path, updates: dict) -> None:
+def _require_node_store(path: Path) -> None:
+    """A store to hold nodes: a screen store, a store of nodes only, or a new one (created)."""
     import zarr
 
-    group = zarr.open_group(path, mode="r+", zarr_format=3)
-    group.attrs.update(updates)
+    if _root_attrs(path) is not None:
+        return
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
+        raise StoreError(f"{path} exists and is not a Zarr store; refusing to write a node into it.")
+    zarr.open_group(path, mode="a", zarr_format=3)
 
 
 def _nodes(path: Path, prefix: str = "") -> list[str]:
@@ -425,26 +403,6 @@ def _nodes(path: Path, prefix: str = "") -> list[str]:
             found.append(name)
             found.extend(_nodes(child, prefix=name + "/"))
     return found
-
-
-def _require_parents(store: Path, group: str) -> None:
-    import zarr
-
-    parts = group.split("/")[:-1]
-    if not parts:
-        return
-    root = zarr.open_group(store, mode="r+", zarr_format=3)
-    node = root
-    for part in parts:
-        node = node.require_group(part)
-
-
-def _tmp_dir(store: Path) -> Path:
-    # Beside the store, not inside it: zarr warns about any foreign folder in a hierarchy, and a
-    # rename within one file system is atomic.
-    tmp = store.parent / f".{store.name}.cpzarr-tmp"
-    tmp.mkdir(exist_ok=True)
-    return tmp
 
 
 def _remove_if_empty(path: Path) -> None:
