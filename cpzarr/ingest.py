@@ -143,10 +143,9 @@ def _ingest_locked(store, plan, __version__, *, overwrite, compression_level, sc
         "compression": {"codec": "blosc-zstd", "level": int(compression_level), "blocksize": _BLOSC_BLOCK},
         "cpzarr_version": __version__,
     }
+    # what a killed run left: half-written shard files (*.partial), scratch folders
+    sweep_scratch(store)
     created = _prepare_store(store, plan, params, overwrite=overwrite, compression_level=compression_level)
-    if not created:
-        # a killed run's half-written shard files (*.partial) and scratch folders
-        sweep_scratch(store)
 
     # a store just created has no markers to check: every well is to write
     todo = plan.wells_with_sites if created else _wells_to_write(store, plan)

@@ -147,7 +147,10 @@ def run(
     result = RunResult(store=store, report=None)
     ctx = stage_impl.Context(cfg=cfg, store=store, state=state, progress=progress, echo=say)
     cl = cfg["cluster"]
-    with get_client(
+    from cpzarr.store import store_lock
+
+    # one run writes a store at a time: a second gets an error naming this one
+    with store_lock(store, f"cpzarr run {cfg['name']}"), get_client(
         scheduler or cl["scheduler"],
         n_workers=cl["n_workers"],
         threads_per_worker=cl["threads_per_worker"],

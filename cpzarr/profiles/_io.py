@@ -281,6 +281,7 @@ def _write_zarr(dataset, path, node, *, mode, overwrite):
         raise InputError(f"mode must be 'w' or 'w-', not {mode!r}")
     encoding = {"profiles": {"compressors": _profile_compressor()}}
     with store_lock(path, "write profiles"):
+        _write.sweep_scratch(path, partials=False)  # a killed write's folder
         attrs = root_attrs(path)
         occupied = path.exists() and not (path.is_dir() and not any(path.iterdir()))
         if occupied and attrs is None and not overwrite:

@@ -254,6 +254,7 @@ def write_node(store, group, dataset, *, encoding=None, provenance=None, overwri
             _require_node_store(store)
         else:
             _check_store(store)
+        _write.sweep_scratch(store, partials=False)  # a killed write's folder
         return _write.write_node(store, group, dataset, encoding=encoding, provenance=provenance,
                                  overwrite=overwrite)
 

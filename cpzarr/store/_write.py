@@ -234,15 +234,16 @@ def write_unit(blocks, marker) -> None:
     write_block(*marker)
 
 
-def sweep_scratch(store) -> int:
-    """Remove what killed writers left: ``*.partial`` shard files and the scratch folder.
+def sweep_scratch(store, *, partials=True) -> int:
+    """Remove what killed writers left: the scratch folder and ``*.partial`` block files.
 
     Call it only while holding the store's lock (another writer's files in flight look the
-    same). Returns the number of files and folders removed.
+    same). ``partials=False`` spares the walk over the store's files (a node written whole
+    leaves nothing inside the store). Returns the number of files and folders removed.
     """
     store = Path(store)
     removed = 0
-    if store.is_dir():
+    if partials and store.is_dir():
         for partial in store.rglob("*.partial"):
             partial.unlink(missing_ok=True)
             removed += 1
