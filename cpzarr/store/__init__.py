@@ -6,6 +6,8 @@ Every other module of cpzarr reads and writes a screen store only through this p
   completion markers, and :data:`LAYOUT`, the table ``docs/architecture.md`` shows;
 - :mod:`cpzarr.store._write` — the one atomic writer of a node (:func:`write_node`) and of a
   unit of work (:func:`write_unit`: a well, a range of cells), :func:`node_status`;
+- :mod:`cpzarr.store._location` — where a store lives: a local path or an fsspec URL
+  (:class:`Location`) with storage options;
 - :mod:`cpzarr.store._lock` — one writer per store (:func:`store_lock`);
 - :mod:`cpzarr.store._screen` — :func:`open_screen`, :func:`open_node`, :func:`screen_info`;
 - :mod:`cpzarr.store._provenance` — what made each node.
@@ -28,6 +30,7 @@ from cpzarr.store._layout import (
     profile_codec,
     profiles_node,
 )
+from cpzarr.store._location import Location, as_location, is_url, join_input, open_input, zarr_target
 from cpzarr.store._lock import lock_holder, lock_path, store_lock
 from cpzarr.store._provenance import now_iso, read_provenance, record_provenance, root_attrs
 from cpzarr.store._provenance import root_attrs as _root_attrs
@@ -58,6 +61,12 @@ from cpzarr.store._write import (
 )
 
 __all__ = [
+    "Location",
+    "as_location",
+    "is_url",
+    "join_input",
+    "open_input",
+    "zarr_target",
     "open_screen",
     "open_node",
     "is_store",

@@ -13,6 +13,12 @@ Stale locks: a lock made on this host whose process no longer runs (killed, cras
 and is taken over. A lock made on another host is never broken automatically, since this host
 cannot see that process; the error says to delete the file once that process is gone.
 
+On an object store (S3, GCS), which has no exclusive create that fsspec exposes everywhere, the
+lock is the object ``.<store name>.cpzarr-lock`` beside the store, written only when absent and
+read back to check that this writer's token is the one stored: two writers starting within the
+same fraction of a second could both pass, so on object stores the lock guards against the
+common mistake (a second run on a store in use), not against a race. The same stale rule holds.
+
 Within one process the lock is re-entrant: ``cpzarr run`` holds it, and the ingest it calls
 takes it again. Dask workers never take it; only the process that plans and submits does.
 """
@@ -29,6 +35,7 @@ import uuid
 from pathlib import Path
 
 from cpzarr.errors import StoreError
+from cpzarr.store._location import Location, as_location
 
 __all__ = ["store_lock", "lock_path", "lock_holder"]
 
@@ -44,7 +51,7 @@ def lock_path(store) -> Path:
     >>> lock_path("/data/screen.zarr").name
     '.screen.zarr.cpzarr-lock'
     """
-    store = Path(store)
+    store = as_location(store)
     return store.parent / f".{store.name}.cpzarr-lock"
 
 
@@ -79,11 +86,11 @@ class store_lock:
 
     def __init__(self, store, purpose="write"):
         self.path = lock_path(store)
-        self.store = Path(store)
+        self.store = as_location(store)
         self.purpose = purpose
 
     def __enter__(self):
-        key = str(self.path.absolute())
+        key = _key(self.path)
         with _GUARD:
             held = _HELD.get(key)
             if held is not None and _owned(self.path, held[0]):
@@ -94,7 +101,7 @@ class store_lock:
         return self
 
     def __exit__(self, *exc):
-        key = str(self.path.absolute())
+        key = _key(self.path)
         with _GUARD:
             held = _HELD.get(key)
             if held is None:
@@ -107,7 +114,11 @@ class store_lock:
         return False
 
 
-def _acquire(path: Path, store: Path, purpose: str) -> str:
+def _key(path) -> str:
+    return path.url if isinstance(path, Location) else str(path.absolute())
+
+
+def _acquire(path, store, purpose: str) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex
     record = {
@@ -116,17 +127,33 @@ def _acquire(path: Path, store: Path, purpose: str) -> str:
     }
     for _ in range(3):
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            fd = _create(path, record)
         except FileExistsError:
             holder = _read(path)
             if holder is None or _stale(holder):
                 _break(path, holder)
                 continue
             raise StoreError(_busy_message(store, path, holder)) from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f)
+        if fd is not None:
+            with os.fdopen(fd, "w") as f:
+                json.dump(record, f)
         return token
     raise StoreError(f"Could not take the write lock {path} of {store}: it keeps changing; try again.")
+
+
+def _create(path, record):
+    """Create the lock file (an open descriptor to write the record into), or raise FileExistsError.
+
+    On an object store the record is written here: put if absent, then read back.
+    """
+    if not isinstance(path, Location):
+        return os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    if path.exists():
+        raise FileExistsError(path.url)
+    path.write_text(json.dumps(record))
+    if _read(path).get("token") != record["token"]:
+        raise FileExistsError(path.url)  # another writer's put landed last: theirs
+    return None
 
 
 def _busy_message(store, path, holder) -> str:
@@ -138,7 +165,7 @@ def _busy_message(store, path, holder) -> str:
     )
 
 
-def _read(path: Path) -> dict | None:
+def _read(path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -171,7 +198,10 @@ def _zombie(pid: int) -> bool:
         return False
 
 
-def _break(path: Path, holder) -> None:
+def _break(path, holder) -> None:
+    if isinstance(path, Location):
+        path.unlink(missing_ok=True)
+        return
     # Renamed aside first, so that of two processes breaking the same stale lock only one removes it.
     aside = path.with_name(f"{path.name}.stale-{uuid.uuid4().hex}")
     try:
@@ -188,7 +218,7 @@ def _break(path: Path, holder) -> None:
     aside.unlink(missing_ok=True)
 
 
-def _owned(path: Path, token: str) -> bool:
+def _owned(path, token: str) -> bool:
     holder = _read(path)
     return bool(holder) and holder.get("token") == token
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from pathlib import Path
+from cpzarr.store._location import as_location, zarr_target
 
 __all__ = ["record_provenance", "read_provenance", "now_iso", "root_attrs", "update_root_attrs"]
 
@@ -21,7 +21,7 @@ def record_provenance(store, group, record) -> None:
     """
     from cpzarr import __version__
 
-    store = Path(store)
+    store = as_location(store)
     records = read_provenance(store)
     entry = dict(record)
     entry.setdefault("cpzarr_version", __version__)
@@ -38,7 +38,7 @@ def read_provenance(store) -> dict:
     >>> read_provenance("screen.zarr")["/"]["stage"]  # doctest: +SKIP
     'ingest'
     """
-    attrs = root_attrs(Path(store)) or {}
+    attrs = root_attrs(store) or {}
     text = attrs.get("provenance") or "{}"
     return json.loads(text)
 
@@ -50,12 +50,10 @@ def now_iso() -> str:
 
 def root_attrs(path) -> dict | None:
     """The attributes of the Zarr v3 group at ``path``, or None when there is none."""
-    meta = Path(path) / "zarr.json"
-    if not meta.is_file():
-        return None
+    meta = as_location(path) / "zarr.json"
     try:
         doc = json.loads(meta.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # FileNotFoundError, a folder, damaged JSON
         return None
     if doc.get("zarr_format") != 3 or doc.get("node_type") != "group":
         return None
@@ -66,5 +64,5 @@ def update_root_attrs(path, updates: dict) -> None:
     """Set root attributes of the store at ``path``."""
     import zarr
 
-    group = zarr.open_group(Path(path), mode="r+", zarr_format=3)
+    group = zarr.open_group(zarr_target(as_location(path)), mode="r+", zarr_format=3)
     group.attrs.update(updates)

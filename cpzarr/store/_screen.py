@@ -34,6 +34,7 @@ import numpy as np
 
 from cpzarr.errors import StoreError
 from cpzarr.store._layout import IMAGE_DIMS
+from cpzarr.store._location import Location, as_location, zarr_target
 from cpzarr.store._provenance import read_provenance
 from cpzarr.store._provenance import root_attrs as _root_attrs
 from cpzarr.store._provenance import update_root_attrs as _update_root_attrs
@@ -59,11 +60,12 @@ def is_store(path) -> bool:
     >>> is_store("/nonexistent")
     False
     """
-    attrs = _root_attrs(Path(path))
-    return attrs is not None and "cpzarr_version" in attrs and (Path(path) / "images" / "zarr.json").is_file()
+    path = as_location(path)
+    attrs = _root_attrs(path)
+    return attrs is not None and "cpzarr_version" in attrs and (path / "images" / "zarr.json").is_file()
 
 
-def open_screen(path, *, node=None, allow_incomplete=False):
+def open_screen(path, *, node=None, allow_incomplete=False, storage_options=None):
     """Open a screen store as a lazy, dask-backed ``xarray.DataTree``.
 
     ``images`` has one dask chunk per site (all channels), so selecting one site reads one chunk;
@@ -72,13 +74,16 @@ def open_screen(path, *, node=None, allow_incomplete=False):
 
     Parameters
     ----------
-    path : str or Path
-        The store directory made by :func:`cpzarr.ingest`.
+    path : str, Path or Location
+        The store made by :func:`cpzarr.ingest`: a local path, or an fsspec URL
+        (``s3://bucket/screen.zarr``).
     node : str, optional
         Return only this node and its children (``"cells"``, ``"features/efficientnet-lite0"``)
         as a tree of its own, so ``screen["plate"]`` of ``node="cells"`` is the cells' plate.
     allow_incomplete : bool
         Open a store whose ingest has not finished, with a warning, instead of raising.
+    storage_options : dict, optional
+        fsspec options of a URL store (``{"endpoint_url": ..., "key": ..., "secret": ...}`` for S3).
 
     Returns
     -------
@@ -100,7 +105,7 @@ def open_screen(path, *, node=None, allow_incomplete=False):
     """
     import xarray as xr
 
-    path = Path(path)
+    path = as_location(path, storage_options)
     _check_store(path)
     attrs = _root_attrs(path)
     if not attrs.get("complete", False):
@@ -131,8 +136,9 @@ def open_screen(path, *, node=None, allow_incomplete=False):
     # Each group is opened on its own and assembled with from_dict: open_datatree drops a child's
     # data variables named like an inherited coordinate (/cells' plate, well and site along cell).
     datasets = {}
+    target = zarr_target(path, read_only=True)
     for group in groups:
-        ds = xr.open_dataset(path, group=group or None, engine="zarr", consolidated=False, chunks={}, zarr_format=3)
+        ds = xr.open_dataset(target, group=group or None, engine="zarr", consolidated=False, chunks={}, zarr_format=3)
         relative = group[len(node):].lstrip("/") if node else group
         ds.attrs = {k: v for k, v in ds.attrs.items() if k not in STORE_ATTRS}
         datasets["/" + relative] = _tidy_dataset(ds)
@@ -172,11 +178,12 @@ def open_node(store, group, *, allow_incomplete=False):
     """
     import xarray as xr
 
+    store = as_location(store)
     group = str(group).strip("/")
     if not node_exists(store, group):
         raise StoreError(f"The store {store} has no node {group!r}; run the stage that makes it.")
     check_node(store, group, allow_incomplete=allow_incomplete)
-    ds = xr.open_zarr(store, group=group, zarr_format=3, consolidated=False)
+    ds = xr.open_zarr(zarr_target(store, read_only=True), group=group, zarr_format=3, consolidated=False)
     ds.attrs = {k: v for k, v in ds.attrs.items() if k not in STORE_ATTRS}
     strings = {k: v.astype(object) for k, v in ds.coords.items() if v.dtype.kind == "T"}
     return ds.assign_coords(strings)
@@ -195,7 +202,7 @@ def node_exists(store, group) -> bool:
     False
     """
     group = str(group).strip("/")
-    return bool(group) and (Path(store) / group / "zarr.json").is_file()
+    return bool(group) and (as_location(store) / group / "zarr.json").is_file()
 
 
 def write_node(store, group, dataset, *, encoding=None, provenance=None, overwrite=False, create=False):
@@ -248,7 +255,7 @@ def write_node(store, group, dataset, *, encoding=None, provenance=None, overwri
     from cpzarr.store import _write
     from cpzarr.store._lock import store_lock
 
-    store = Path(store)
+    store = as_location(store)
     with store_lock(store, f"write {group}"):
         if create:
             _require_node_store(store)
@@ -269,13 +276,15 @@ def remove_node(store, group) -> None:
     from cpzarr.store._lock import store_lock
     from cpzarr.store._write import scratch_dir
 
-    store = Path(store)
+    store = as_location(store)
     _check_store(store)
     group = str(group).strip("/")
     if not group or group in ("images", "present"):
         raise StoreError(f"{group or 'the root'!r} is part of the ingested screen and cannot be removed.")
     with store_lock(store, f"remove {group}"):
-        if node_exists(store, group):
+        if isinstance(store, Location):
+            (store / group).rmtree()  # no rename on an object store: the node's objects go one by one
+        elif node_exists(store, group):
             tmp_root = scratch_dir(store)
             tmp_root.mkdir(exist_ok=True)
             trash = tmp_root / f"old-{uuid.uuid4().hex}"
@@ -311,14 +320,14 @@ def screen_info(path) -> dict:
     """
     import zarr
 
-    path = Path(path)
+    path = as_location(path)
     _check_store(path)
-    group = zarr.open_group(path, mode="r", zarr_format=3)
+    group = zarr.open_group(zarr_target(path, read_only=True), mode="r", zarr_format=3)
     images = group["images"]
     present = np.asarray(group["present"][...], dtype=bool)
     _, _, _, n_channels, ny, nx = images.shape
     itemsize = np.dtype(images.dtype).itemsize
-    disk = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    disk = path.du() if isinstance(path, Location) else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     attrs = dict(group.attrs)
     return {
         "path": str(path),
@@ -370,7 +379,7 @@ def format_info(info: dict) -> str:
 # --- internals -------------------------------------------------------------------------------
 
 
-def _check_store(path: Path) -> None:
+def _check_store(path) -> None:
     if not path.exists():
         raise StoreError(f"There is no store at {path}; make one with `cpzarr ingest TABLE {path}`.")
     if not is_store(path):
@@ -388,7 +397,7 @@ def _require_node_store(path: Path) -> None:
         return
     if path.exists() and not (path.is_dir() and not any(path.iterdir())):
         raise StoreError(f"{path} exists and is not a Zarr store; refusing to write a node into it.")
-    zarr.open_group(path, mode="a", zarr_format=3)
+    zarr.open_group(zarr_target(path), mode="a", zarr_format=3)
 
 
 def _nodes(path: Path, prefix: str = "") -> list[str]:

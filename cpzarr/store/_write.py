@@ -15,6 +15,10 @@ A store is written in two kinds of pieces, and each has one writer here:
 
 :func:`create_store` writes a store's skeleton beside the target and renames it in;
 :func:`sweep_scratch` removes what killed writers left (``*.partial`` files, scratch folders).
+On an object store (a :class:`~cpzarr.store.Location`), where rename is not atomic, the same
+writers write in place: a node's marker attribute is false from its first object and set true
+last, a unit's marker is written after its blocks, and readers go by the markers alone.
+
 All of them run under the store's lock (:func:`cpzarr.store.store_lock`), taken by the caller
 that plans the work, never by a worker.
 """
@@ -32,6 +36,7 @@ import numpy as np
 
 from cpzarr.errors import StoreError
 from cpzarr.store._layout import COMPLETE_ATTR, UNIT_MARKER, UNITS_ATTR
+from cpzarr.store._location import Location, as_location, zarr_target
 
 __all__ = [
     "write_node",
@@ -57,7 +62,7 @@ def scratch_dir(store) -> Path:
     Beside the store, not inside it: zarr warns about any foreign folder in a hierarchy, and a
     rename within one file system is atomic.
     """
-    store = Path(store)
+    store = as_location(store)
     return store.parent / f".{store.name}.cpzarr-tmp"
 
 
@@ -92,13 +97,20 @@ def write_node(store, group, dataset, *, encoding=None, provenance=None, overwri
     """
     from cpzarr.store._provenance import record_provenance
 
-    store = Path(store)
+    store = as_location(store)
     group = str(group).strip("/")
     if not group:
         raise StoreError("write_node needs a node name such as 'cells'; the root is written by ingest.")
     target = store / group
     if (target / "zarr.json").is_file() and not overwrite:
         raise StoreError(f"The node {group!r} already exists in {store}; pass overwrite=True to replace it.")
+    if isinstance(store, Location):
+        target.rmtree()  # the old node's objects, so that none outlives the new write
+        _require_parents(store, group)
+        _write_marked(dataset, store, encoding, group=group)
+        if provenance is not None:
+            record_provenance(store, group, provenance)
+        return target
     tmp_root = scratch_dir(store)
     tmp_root.mkdir(exist_ok=True)
     tmp = tmp_root / uuid.uuid4().hex
@@ -120,15 +132,20 @@ def write_node(store, group, dataset, *, encoding=None, provenance=None, overwri
     return target
 
 
-def _write_marked(dataset, path, encoding):
-    """``dataset`` to ``path`` with its completion marker false, then true once it is all there."""
+def _write_marked(dataset, path, encoding, group=None):
+    """``dataset`` to ``path`` (its ``group``) with its completion marker false, then true once
+    it is all there."""
     import zarr
 
     ds = dataset.copy(deep=False)
     ds.attrs = {k: v for k, v in dataset.attrs.items() if k not in STORE_ATTRS}
     ds.attrs[COMPLETE_ATTR] = False
-    ds.to_zarr(path, mode="w", zarr_format=3, consolidated=False, encoding=encoding or {})
-    zarr.open_group(path, mode="r+", zarr_format=3).attrs[COMPLETE_ATTR] = True
+    target = zarr_target(as_location(path))
+    ds.to_zarr(target, group=group, mode="w", zarr_format=3, consolidated=False, encoding=encoding or {})
+    node = zarr.open_group(target, mode="r+", zarr_format=3)
+    if group:
+        node = node[group]
+    node.attrs[COMPLETE_ATTR] = True
 
 
 def create_unit_node(store, group, skeleton, *, encoding=None, marker=UNIT_MARKER):
@@ -144,12 +161,19 @@ def create_unit_node(store, group, skeleton, *, encoding=None, marker=UNIT_MARKE
     pathlib.Path
         The node's folder.
     """
-    store = Path(store)
+    store = as_location(store)
     group = str(group).strip("/")
     if marker not in skeleton or skeleton[marker].dims != ("unit",):
         raise ValueError(f"a unit-written node needs a bool {marker!r} variable along 'unit'")
     ds = skeleton.copy(deep=False)
     ds.attrs = {**{k: v for k, v in skeleton.attrs.items() if k not in STORE_ATTRS}, UNITS_ATTR: marker}
+    if isinstance(store, Location):
+        # in place: every unit's flag is False from the start, so no unit looks written
+        (store / group).rmtree()
+        _require_parents(store, group)
+        ds.to_zarr(zarr_target(store), group=group, mode="w", compute=False, consolidated=False, zarr_format=3,
+                   encoding=encoding or {})
+        return store / group
     tmp_root = scratch_dir(store)
     tmp_root.mkdir(exist_ok=True)
     token = uuid.uuid4().hex
@@ -179,7 +203,15 @@ def create_store(store, build, *, replace=False):
     replace : bool
         Replace what is at ``store`` (the caller has checked it may).
     """
-    store = Path(store)
+    store = as_location(store)
+    if isinstance(store, Location):
+        # in place: the caller's skeleton says it is incomplete until its last marker is written
+        if store.exists():
+            if not replace:
+                raise StoreError(f"{store} appeared while its skeleton was written; not replacing it.")
+            store.rmtree()
+        build(store)
+        return store
     tmp_root = scratch_dir(store)
     tmp_root.mkdir(parents=True, exist_ok=True)
     tmp = tmp_root / uuid.uuid4().hex
@@ -207,15 +239,16 @@ def write_block(array_path, index, block) -> None:
     """
     from cpzarr._shards import ShardWriter
 
-    array_path = Path(array_path)
+    array_path = as_location(array_path)
     block = np.asarray(block)
-    writer = ShardWriter.open(array_path)
+    writer = None if isinstance(array_path, Location) else ShardWriter.open(array_path)
     if writer is not None and writer.block_shape == block.shape:
         writer.write(index, block)
         return
     import zarr
 
-    array = zarr.open_array(array_path, mode="r+", zarr_format=3)
+    # an object store's put is atomic per object, so zarr's own write of a whole block is too
+    array = zarr.open_array(zarr_target(array_path), mode="r+", zarr_format=3)
     full = writer.block_shape if writer is not None else (array.shards or array.chunks)
     array[tuple(slice(i * n, i * n + b) for i, n, b in zip(index, full, block.shape))] = block
 
@@ -241,7 +274,9 @@ def sweep_scratch(store, *, partials=True) -> int:
     same). ``partials=False`` spares the walk over the store's files (a node written whole
     leaves nothing inside the store). Returns the number of files and folders removed.
     """
-    store = Path(store)
+    store = as_location(store)
+    if isinstance(store, Location):
+        return 0  # objects are put whole: nothing half-written to sweep
     removed = 0
     if partials and store.is_dir():
         for partial in store.rglob("*.partial"):
@@ -295,7 +330,9 @@ def node_status(store, group) -> NodeStatus:
     """
     import zarr
 
-    path = Path(store) / str(group).strip("/")
+    path = as_location(store)
+    if str(group).strip("/"):
+        path = path / str(group).strip("/")
     try:
         meta = json.loads((path / "zarr.json").read_text())
     except (OSError, ValueError):
@@ -306,7 +343,8 @@ def node_status(store, group) -> NodeStatus:
     marker = attrs.get(UNITS_ATTR, UNIT_MARKER)
     if meta.get("node_type") == "group" and (path / marker / "zarr.json").is_file():
         try:
-            done = np.asarray(zarr.open_array(path / marker, mode="r", zarr_format=3)[...], dtype=bool)
+            done = np.asarray(zarr.open_array(zarr_target(path / marker, read_only=True), mode="r",
+                                              zarr_format=3)[...], dtype=bool)
         except Exception:  # a damaged marker: every unit it covers is to redo
             done = np.zeros(0, dtype=bool)
             return NodeStatus(exists=True, complete=False, units=0)
@@ -337,7 +375,7 @@ def _require_parents(store: Path, group: str) -> None:
     parts = group.split("/")[:-1]
     if not parts:
         return
-    node = zarr.open_group(store, mode="r+", zarr_format=3)
+    node = zarr.open_group(zarr_target(store), mode="r+", zarr_format=3)
     for part in parts:
         node = node.require_group(part)
 
