@@ -77,11 +77,15 @@ def well_sort_key(name: str) -> tuple:
     return (0, len(row), row, int(match.group(2)))
 
 
-def read_table(table, *, what: str = "table") -> tuple[pd.DataFrame, str]:
-    """Read a CSV/TSV path or accept a DataFrame; return ``(frame, name for messages)``."""
+def read_table(table, *, what: str = "table", storage_options=None) -> tuple[pd.DataFrame, str]:
+    """Read a CSV/TSV path or fsspec URL, or accept a DataFrame; return ``(frame, name for messages)``."""
+    from cpzarr.store import is_url
+
     if isinstance(table, pd.DataFrame):
         return table.reset_index(drop=True).copy(), f"the {what} DataFrame"
-    path = Path(table).resolve()
+    if is_url(table):
+        return _read_url_table(str(table), what, storage_options)
+    path = Path(str(table).removeprefix("file://")).resolve()
     if not path.is_file():
         raise InputError(f"The {what} {path} does not exist or is not a file.")
     sep = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
@@ -92,13 +96,29 @@ def read_table(table, *, what: str = "table") -> tuple[pd.DataFrame, str]:
     return frame, str(path)
 
 
-def read_image_table(table, channels=None) -> tuple[pd.DataFrame, pd.DataFrame, list[str], dict]:
+def _read_url_table(url, what, storage_options):
+    import fsspec
+
+    sep = "\t" if url.lower().endswith((".tsv", ".txt")) else ","
+    try:
+        with fsspec.open(url, "rb", **(storage_options or {})) as f:
+            frame = pd.read_csv(f, sep=sep, low_memory=False)
+    except FileNotFoundError as exc:
+        raise InputError(f"The {what} {url} does not exist.") from exc
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"The {what} {url} cannot be read as a {sep!r}-separated table: {exc}") from exc
+    return frame, url
+
+
+def read_image_table(table, channels=None, storage_options=None) -> tuple[pd.DataFrame, pd.DataFrame, list[str], dict]:
     """Read a load_data CSV or a DeepProfiler index.csv into a per-site frame.
 
     Parameters
     ----------
     table : str, Path or DataFrame
-        The image table. A DataFrame's relative paths are taken relative to the working directory.
+        The image table, a path or an fsspec URL (``s3://…``; its relative image paths are then
+        relative to the URL's folder). A DataFrame's relative paths are taken relative to the
+        working directory.
     channels : sequence of str, optional
         Channels to keep, in this order. Default: every channel of the table, Cell Painting
         channels first in the order DNA, ER, RNA, AGP, Mito.
@@ -122,8 +142,15 @@ def read_image_table(table, channels=None) -> tuple[pd.DataFrame, pd.DataFrame, 
     --------
     >>> sites, meta, channels, info = read_image_table("index.csv")  # doctest: +SKIP
     """
-    frame, source = read_table(table, what="image table")
-    base = Path(table).resolve().parent if not isinstance(table, pd.DataFrame) else Path.cwd()
+    from cpzarr.store import is_url
+
+    frame, source = read_table(table, what="image table", storage_options=storage_options)
+    if isinstance(table, pd.DataFrame):
+        base = Path.cwd()
+    elif is_url(table):
+        base = str(table).rsplit("/", 1)[0]
+    else:
+        base = Path(source).parent
     lower = {c.lower(): c for c in frame.columns}
     missing = [c for c in ("Metadata_Plate", "Metadata_Well", "Metadata_Site") if c.lower() not in lower]
     if missing:
@@ -179,7 +206,7 @@ def read_image_table(table, channels=None) -> tuple[pd.DataFrame, pd.DataFrame, 
     return sites, well_metadata, order, {"format": fmt, "source": source, "unknown_channels": unknown, "found_channels": found}
 
 
-def read_platemap(platemap) -> tuple[pd.DataFrame, str]:
+def read_platemap(platemap, storage_options=None) -> tuple[pd.DataFrame, str]:
     """Read a platemap (CSV/TSV path or DataFrame) and normalise its column names.
 
     Parameters
@@ -199,7 +226,7 @@ def read_platemap(platemap) -> tuple[pd.DataFrame, str]:
     --------
     >>> frame, source = read_platemap("platemap.csv")  # doctest: +SKIP
     """
-    frame, source = read_table(platemap, what="platemap")
+    frame, source = read_table(platemap, what="platemap", storage_options=storage_options)
     frame = normalize_columns(frame)
     if "well" not in frame.columns:
         raise InputError(f"The platemap {source} has no well column (well, well_position or Metadata_Well).")
@@ -340,9 +367,21 @@ def _looks_like_images(column: pd.Series) -> bool:
     return bool(values) and all(v.lower().endswith(IMAGE_SUFFIXES) for v in values)
 
 
-def _absolute(base: Path, path: str) -> Path:
+def _absolute(base, path: str):
+    """``path`` relative to ``base`` (a folder or a URL prefix) unless absolute or a URL."""
+    from cpzarr.store import join_input, is_url
+
+    if is_url(base) or is_url(path):
+        return _Joined(join_input(base, path))
     p = Path(path).expanduser()
-    return p if p.is_absolute() else base / p
+    return p if p.is_absolute() else Path(base) / p
+
+
+class _Joined(str):
+    """A URL that, like a Path, takes ``/ name`` (load_data's PathName / FileName)."""
+
+    def __truediv__(self, name):
+        return _Joined(f"{self.rstrip('/')}/{name}")
 
 
 def is_blank(value) -> bool:

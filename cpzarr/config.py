@@ -57,6 +57,8 @@ SCHEMA: dict[str, Any] = {
         "platemap": Key(_opt_str, None, path=True, help="platemap / well metadata table"),
         "moa": Key(_opt_str, None, path=True, help="MOA table joined on the compound"),
         "store": Key(_opt_str, None, path=True, help="an existing store (skips ingest when no images)"),
+        "storage_options": Key((dict, type(None)), None,
+                               help="fsspec options (credentials, endpoint_url) for inputs given as URLs"),
     },
     "locate": {
         "method": Key((str,), "import", choices=("import", "detect"), help="import location files or detect nuclei"),
@@ -114,7 +116,10 @@ SCHEMA: dict[str, Any] = {
         "profile": Key((bool,), False, help="run distributed's stack-sampling profiler in local workers"),
     },
     "output": {
-        "store": Key((str,), "screen.zarr", path=True, help="the Zarr store of the run"),
+        "store": Key((str,), "screen.zarr", path=True, help="the Zarr store of the run: a path or an fsspec URL "
+                     "(s3://bucket/screen.zarr)"),
+        "storage_options": Key((dict, type(None)), None,
+                               help="fsspec options (credentials, endpoint_url) of a store given as a URL"),
         "report": Key((str,), "report", path=True, help="folder of the report"),
     },
 }
@@ -314,7 +319,7 @@ def _check_value(value: Any, spec: Key, path: str, base: Path, problems: list[st
         problems.append(f"{path}: {value!r} is not allowed{hint} (allowed: {allowed})")
     if spec.minimum is not None and isinstance(value, _num) and value < spec.minimum:
         problems.append(f"{path}: {value!r} is below the minimum {spec.minimum}")
-    if spec.path and isinstance(value, str):
+    if spec.path and isinstance(value, str) and "://" not in value:  # URLs are taken as they are
         value = str((base / os.path.expanduser(value)).resolve())
     return value
 

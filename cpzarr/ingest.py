@@ -38,7 +38,7 @@ import pandas as pd
 
 from cpzarr import _tables
 from cpzarr.errors import InputError, StoreError
-from cpzarr.store import write_block, write_unit
+from cpzarr.store import as_location, write_block, write_unit
 
 logger = logging.getLogger("cpzarr")
 
@@ -61,18 +61,20 @@ def ingest(
     compression_level=1,
     progress=True,
     overwrite=False,
+    storage_options=None,
 ):
     """Ingest the site images listed in an image table into a screen store.
 
     Parameters
     ----------
     table : str, Path or DataFrame
-        A CellProfiler load_data CSV (``FileName_Orig<Ch>``, ``PathName_Orig<Ch>``) or a
+        A path or fsspec URL (``s3://…``) of a CellProfiler load_data CSV (``FileName_Orig<Ch>``, ``PathName_Orig<Ch>``) or a
         DeepProfiler index.csv (one column of paths per channel, relative to the CSV's folder);
         the format is recognised from the columns. Its other ``Metadata_*`` columns that are
         constant within a well become well metadata.
-    store : str or Path
-        The store directory to create (or resume).
+    store : str, Path or cpzarr.store.Location
+        The store to create (or resume): a local directory or an fsspec URL
+        (``s3://bucket/screen.zarr``).
     platemap : str, Path or DataFrame, optional
         Well metadata keyed by (plate, well), or by well only when one layout serves every plate
         (``well_position`` is accepted). Its columns win over the image table's. Field names are
@@ -98,6 +100,9 @@ def ingest(
     overwrite : bool
         Replace an existing store made from other inputs. Without it, an existing store made by the
         same ingest is resumed and any other existing store raises StoreError.
+    storage_options : dict, optional
+        fsspec options (credentials, ``endpoint_url``) for a URL store and for image tables,
+        platemaps and images given as URLs.
 
     Returns
     -------
@@ -121,8 +126,11 @@ def ingest(
     from cpzarr import __version__
     from cpzarr.store import open_screen, store_lock
 
-    plan = plan_ingest(table, platemap=platemap, channels=channels)
-    store = Path(store)
+    from cpzarr.store import Location, as_location
+
+    plan = plan_ingest(table, platemap=platemap, channels=channels, storage_options=storage_options)
+    # a Location keeps its own options; storage_options then serve the inputs
+    store = as_location(store, None if isinstance(store, Location) else storage_options)
     with store_lock(store, "ingest"):
         _ingest_locked(store, plan, __version__, overwrite=overwrite, compression_level=compression_level,
                        scheduler=scheduler, n_workers=n_workers, batch_size=batch_size, progress=progress)
@@ -175,6 +183,7 @@ class IngestPlan:
     files: dict = field(repr=False)  # (plate index, well index) -> [(site index, [path per channel])]
     metadata: object = field(repr=False)  # xarray.Dataset of well metadata and batch
     fingerprint: str = ""
+    storage_options: dict = field(default_factory=dict, repr=False)  # for images given as URLs
 
     @property
     def wells_with_sites(self):
@@ -187,12 +196,12 @@ class IngestPlan:
         return mask
 
 
-def plan_ingest(table, *, platemap=None, channels=None) -> IngestPlan:
+def plan_ingest(table, *, platemap=None, channels=None, storage_options=None) -> IngestPlan:
     """Read and validate the image table and platemap; nothing is written.
 
     Parameters
     ----------
-    table, platemap, channels
+    table, platemap, channels, storage_options
         As for :func:`ingest`.
 
     Returns
@@ -212,7 +221,7 @@ def plan_ingest(table, *, platemap=None, channels=None) -> IngestPlan:
     >>> plan.shape, plan.dtype  # doctest: +SKIP
     ((1080, 1080), 'uint8')
     """
-    sites, table_meta, channels, info = _tables.read_image_table(table, channels)
+    sites, table_meta, channels, info = _tables.read_image_table(table, channels, storage_options=storage_options)
     source = info["source"]
     problems: list[str] = [
         f"channel {c!r} is not in the table, which has {', '.join(info['found_channels'])}"
@@ -234,9 +243,9 @@ def plan_ingest(table, *, platemap=None, channels=None) -> IngestPlan:
         for line in good.loc[good[ch].isna(), "line"]:
             problems.append(f"line {line}: no file for channel {ch}")
 
-    metadata_frame, platemap_source, notes = _join_metadata(table_meta, good, platemap, problems)
+    metadata_frame, platemap_source, notes = _join_metadata(table_meta, good, platemap, problems, storage_options)
 
-    headers = _read_headers(good, channels)
+    headers = _read_headers(good, channels, storage_options)
     shape, dtype = _common_format(headers)
     for (line, ch, path), header in headers.items():
         if isinstance(header, str):
@@ -278,12 +287,13 @@ def plan_ingest(table, *, platemap=None, channels=None) -> IngestPlan:
         dtype=dtype,
         files=files,
         metadata=metadata,
+        storage_options=dict(storage_options or {}),
     )
     plan.fingerprint = _fingerprint(plan, headers)
     return plan
 
 
-def read_image(path, shape=None, dtype=None, out=None) -> np.ndarray:
+def read_image(path, shape=None, dtype=None, out=None, storage_options=None) -> np.ndarray:
     """Decode one single-channel image (TIFF with tifffile, PNG with Pillow), read-only.
 
     Parameters
@@ -296,6 +306,8 @@ def read_image(path, shape=None, dtype=None, out=None) -> np.ndarray:
     out : ndarray (y, x), optional
         Decode into this array (of the image's shape and dtype) instead of a new one; a TIFF's
         pixels are then read straight into it.
+    storage_options : dict, optional
+        fsspec options when ``path`` is a URL (``s3://…``).
 
     Returns
     -------
@@ -310,10 +322,11 @@ def read_image(path, shape=None, dtype=None, out=None) -> np.ndarray:
     path = str(path)
     if out is not None:
         shape, dtype = out.shape, out.dtype
+    source = _source(path, storage_options)
     if _is_tiff(path):
         import tifffile
 
-        with tifffile.TiffFile(path) as tif:
+        with tifffile.TiffFile(source) as tif:
             page, found = _tiff_page(tif)
             _check_decoded(path, found, shape, dtype)
             if page is not None and out is not None:
@@ -323,7 +336,7 @@ def read_image(path, shape=None, dtype=None, out=None) -> np.ndarray:
     else:
         from PIL import Image
 
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             image = np.squeeze(np.asarray(im))
     _check_decoded(path, (image.shape, str(image.dtype)), shape, dtype)
     if out is None:
@@ -332,7 +345,7 @@ def read_image(path, shape=None, dtype=None, out=None) -> np.ndarray:
     return out
 
 
-def image_header(path) -> tuple[tuple, str]:
+def image_header(path, storage_options=None) -> tuple[tuple, str]:
     """Return ``(shape, dtype)`` of a single-channel image without decoding its pixels.
 
     Raises OSError (or a decoder error) when the file is missing or unreadable.
@@ -343,17 +356,32 @@ def image_header(path) -> tuple[tuple, str]:
     ((256, 256), 'uint16')
     """
     path = str(path)
+    source = _source(path, storage_options)
     if _is_tiff(path):
         import tifffile
 
-        with tifffile.TiffFile(path) as tif:
+        with tifffile.TiffFile(source) as tif:
             return _tiff_page(tif)[1]
     from PIL import Image
 
-    with Image.open(path) as im:
+    with Image.open(source) as im:
         if im.mode not in _PIL_DTYPES:
             return (im.size[1], im.size[0], len(im.getbands())), f"PIL mode {im.mode}"
         return (im.size[1], im.size[0]), _PIL_DTYPES[im.mode]
+
+
+def _source(path: str, storage_options):
+    """A local path as it is; a URL's bytes, fetched whole (one request per image file)."""
+    from cpzarr.store import is_url
+
+    if not is_url(path):
+        return path
+    import io
+
+    import fsspec
+
+    with fsspec.open(path, "rb", **(storage_options or {})) as f:
+        return io.BytesIO(f.read())
 
 
 def _is_tiff(path: str) -> bool:
@@ -384,13 +412,13 @@ def _check_decoded(path, found, shape, dtype):
 # --- validation helpers ----------------------------------------------------------------------
 
 
-def _join_metadata(table_meta, sites, platemap, problems):
+def _join_metadata(table_meta, sites, platemap, problems, storage_options=None):
     """Well metadata frame keyed by (plate, well): image-table metadata under the platemap's."""
     imaged = sites[["plate", "well"]].drop_duplicates()
     frame = imaged.merge(table_meta, on=["plate", "well"], how="left")
     platemap_source = None
     if platemap is not None:
-        pm, platemap_source = _tables.read_platemap(platemap)
+        pm, platemap_source = _tables.read_platemap(platemap, storage_options)
         keys = ["plate", "well"] if "plate" in pm.columns else ["well"]
         joined = imaged.merge(pm, on=keys, how="left", indicator=True)
         missing = joined[joined["_merge"] == "left_only"]
@@ -412,13 +440,22 @@ def _join_metadata(table_meta, sites, platemap, problems):
     return frame, platemap_source, notes
 
 
-def _read_headers(sites, channels) -> dict:
+def _read_headers(sites, channels, storage_options=None) -> dict:
     """(line, channel, path) -> (shape, dtype), or a string saying what is wrong with the file."""
     rows = zip(sites["line"], *(sites[ch] for ch in channels))
     jobs = [(line, ch, path) for line, *paths in rows for ch, path in zip(channels, paths) if path is not None]
 
+    from cpzarr.store import is_url
+
     def check(job):
         path = job[2]
+        if is_url(path):
+            try:
+                return image_header(path, storage_options)
+            except FileNotFoundError:
+                return "does not exist"
+            except Exception as exc:  # any decoder failure means the same thing to the user
+                return f"cannot be read as an image ({type(exc).__name__}: {exc})"
         if not os.path.isfile(path):
             return "does not exist"
         try:
@@ -478,11 +515,22 @@ def _fingerprint(plan, headers) -> str:
     digest.update(json.dumps([plan.channels, plan.plates, plan.wells, plan.sites.tolist(), list(plan.shape), plan.dtype]).encode())
     for key in sorted(plan.files):
         digest.update(json.dumps([key, plan.files[key]]).encode())
-    sizes = sorted((path, os.path.getsize(path)) for (_, _, path) in headers)
+    sizes = sorted((path, _size(path, plan.storage_options)) for (_, _, path) in headers)
     digest.update(json.dumps(sizes).encode())
     wells = plan.metadata.drop_dims(["site", "channel"])
     digest.update(wells.to_dataframe().to_csv().encode())
     return digest.hexdigest()
+
+
+def _size(path, storage_options):
+    from cpzarr.store import is_url
+
+    if not is_url(path):
+        return os.path.getsize(path)
+    import fsspec
+
+    fs, inner = fsspec.core.url_to_fs(path, **(storage_options or {}))
+    return int(fs.size(inner))
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -512,7 +560,7 @@ def _write_skeleton(path: Path, plan: IngestPlan, params: dict, compression_leve
     import zarr
 
     from cpzarr import __version__
-    from cpzarr.store import image_chunks, image_codec, now_iso, present_codec
+    from cpzarr.store import image_chunks, image_codec, now_iso, present_codec, zarr_target
 
     ds = plan.metadata.copy()
     ds.attrs = {
@@ -523,8 +571,9 @@ def _write_skeleton(path: Path, plan: IngestPlan, params: dict, compression_leve
         "ingest_fingerprint": plan.fingerprint,
         "provenance": "{}",
     }
-    ds.to_zarr(path, mode="w", zarr_format=3, consolidated=False)
-    group = zarr.open_group(path, mode="r+", zarr_format=3)
+    target = zarr_target(path)
+    ds.to_zarr(target, mode="w", zarr_format=3, consolidated=False)
+    group = zarr.open_group(target, mode="r+", zarr_format=3)
     n_p, n_w, n_s, n_c = len(plan.plates), len(plan.wells), len(plan.sites), len(plan.channels)
     ny, nx = plan.shape
     chunks, shards = image_chunks(n_s, n_c, plan.shape)
@@ -555,7 +604,9 @@ def _wells_to_write(store: Path, plan: IngestPlan) -> list:
     """Wells whose ``present`` chunk is missing, unreadable or not what the plan expects."""
     import zarr
 
-    present = zarr.open_array(store / "present", mode="r", zarr_format=3)
+    from cpzarr.store import zarr_target
+
+    present = zarr.open_array(zarr_target(store / "present", read_only=True), mode="r", zarr_format=3)
     try:
         whole = np.asarray(present[...])
     except Exception:  # some marker is damaged: find it well by well below
@@ -575,7 +626,7 @@ def _wells_to_write(store: Path, plan: IngestPlan) -> list:
     return todo
 
 
-def write_well(store, p, w, n_sites, site_files, shape, dtype) -> int:
+def write_well(store, p, w, n_sites, site_files, shape, dtype, storage_options=None) -> int:
     """Read one well's files and write its shard of ``images``, then its ``present`` chunk.
 
     This is the body of each ``ingest-well-<plate>-<well>`` task; it is a module-level function so
@@ -583,8 +634,8 @@ def write_well(store, p, w, n_sites, site_files, shape, dtype) -> int:
 
     Parameters
     ----------
-    store : str
-        The store directory.
+    store : str, Path or cpzarr.store.Location
+        The store.
     p, w : int
         Plate and well index.
     n_sites : int
@@ -593,6 +644,8 @@ def write_well(store, p, w, n_sites, site_files, shape, dtype) -> int:
         Site index and the path of each channel's image.
     shape, dtype
         Expected image shape and dtype.
+    storage_options : dict, optional
+        fsspec options of images given as URLs.
 
     Returns
     -------
@@ -604,10 +657,11 @@ def write_well(store, p, w, n_sites, site_files, shape, dtype) -> int:
     mask = np.zeros((1, 1, n_sites), dtype=bool)
     for s, paths in site_files:
         for c, path in enumerate(paths):
-            read_image(path, shape, dtype, out=block[0, 0, s, c])
+            read_image(path, shape, dtype, out=block[0, 0, s, c], storage_options=storage_options)
         mask[0, 0, s] = True
     # the well's shard, then its present chunk: the unit's completion marker
-    write_unit([(Path(store) / "images", (p, w, 0, 0, 0, 0), block)], (Path(store) / "present", (p, w, 0), mask))
+    store = as_location(store)
+    write_unit([(store / "images", (p, w, 0, 0, 0, 0), block)], (store / "present", (p, w, 0), mask))
     return len(site_files)
 
 
@@ -619,7 +673,8 @@ def _write_block(path: Path, index: tuple, block: np.ndarray):
 def _run_wells(store, plan, todo, *, scheduler, n_workers, batch_size, progress):
     if not todo:
         return
-    items = [(str(store), p, w, len(plan.sites), plan.files[(p, w)], plan.shape, plan.dtype) for p, w in todo]
+    items = [(store if not isinstance(store, Path) else str(store), p, w, len(plan.sites), plan.files[(p, w)],
+              plan.shape, plan.dtype, plan.storage_options or None) for p, w in todo]
     names = [f"{plan.plates[p]}-{plan.wells[w]}" for p, w in todo]
     client = scheduler if _is_client(scheduler) else None
     if client is None and isinstance(scheduler, str) and scheduler not in _LOCAL_SCHEDULERS:

@@ -61,7 +61,9 @@ class RunState:
     """The per-store record of finished stages, written atomically after each stage."""
 
     def __init__(self, store: Path):
-        self.path = Path(str(store).rstrip("/") + ".run.json")
+        # beside the store: on an object store as the object <store>.run.json (a put is atomic)
+        self.path = store.with_name(store.name + ".run.json") if not isinstance(store, Path) else \
+            Path(str(store).rstrip("/") + ".run.json")
         self.data: dict[str, Any] = {}
         if self.path.exists():
             try:
@@ -76,6 +78,9 @@ class RunState:
         self.data.setdefault("stages", {})[stage] = {
             "fingerprint": fingerprint, "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info
         }
+        if not isinstance(self.path, Path):
+            self.path.write_text(json.dumps(self.data, indent=2, default=str))
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".run.", suffix=".tmp")
         with os.fdopen(fd, "w") as fh:
@@ -142,7 +147,9 @@ def run(
     first = order.index(start) if start else 0
     last = order.index(until) if until else len(order) - 1
 
-    store = Path(cfg.get("output.store") or cfg.get("input.store"))
+    from cpzarr.store import as_location
+
+    store = as_location(cfg.get("output.store") or cfg.get("input.store"), cfg.get("output.storage_options"))
     state = RunState(store)
     result = RunResult(store=store, report=None)
     ctx = stage_impl.Context(cfg=cfg, store=store, state=state, progress=progress, echo=say)

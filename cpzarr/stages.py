@@ -110,7 +110,7 @@ def stage_ingest(ctx: Context) -> dict:
     previous = ctx.state.info("ingest").get("fingerprint")
     overwrite = ctx.force or (previous is not None and previous != ctx.fingerprint)
     ingest(table, ctx.store, platemap=platemap, scheduler=ctx.client, progress=ctx.progress,
-           overwrite=overwrite)
+           overwrite=overwrite, storage_options=inp["storage_options"])
     _save_config(ctx)
     return info
 

@@ -670,8 +670,10 @@ def _write_unit(block, path, units, chunk_cells, block_info=None):
     """Write one chunk-aligned range of cells, then mark it complete (:func:`cpzarr.store.write_unit`)."""
     from cpzarr.store import UNIT_MARKER, write_unit
 
+    from cpzarr.store import as_location
+
     unit = units[block_info[0]["chunk-location"][0]]
-    path = Path(path)
+    path = as_location(path)
     write_unit([(path / "features", (unit, 0), block)], (path / UNIT_MARKER, (unit,), np.ones(1, dtype=bool)))
     return np.array([unit])
 
@@ -714,9 +716,9 @@ def write_features(
     --------
     >>> write_features("screen.zarr", "efficientnet-lite0", extract(view))  # doctest: +SKIP
     """
-    from cpzarr.store import store_lock
+    from cpzarr.store import as_location, store_lock
 
-    store = Path(store)
+    store = as_location(store)
     with store_lock(store, f"features {name}"):
         return _write_features(store, name, features, chunk_cells=chunk_cells, overwrite=overwrite,
                                scheduler=scheduler, progress=progress)
@@ -726,7 +728,7 @@ def _write_features(store, name, features, *, chunk_cells, overwrite, scheduler,
     """The body of :func:`write_features`, run while holding the store's lock."""
     import zarr
 
-    from cpzarr.store import node_status, sweep_scratch
+    from cpzarr.store import node_status, sweep_scratch, zarr_target
 
     if not (store / "zarr.json").is_file():
         raise StoreError(f"{store} is not a Zarr v3 store (no zarr.json); create it with cpzarr ingest")
@@ -744,7 +746,7 @@ def _write_features(store, name, features, *, chunk_cells, overwrite, scheduler,
 
     fresh, done = True, np.zeros(n_units, dtype=bool)
     if final.exists() and not overwrite:
-        existing = xr.open_zarr(store, group=f"features/{name}", consolidated=False)
+        existing = xr.open_zarr(zarr_target(store, read_only=True), group=f"features/{name}", consolidated=False)
         reason = _same_node(existing, skeleton)
         if reason:
             raise StoreError(
@@ -769,7 +771,7 @@ def _write_features(store, name, features, *, chunk_cells, overwrite, scheduler,
         # One array over the units left to do, written by one map_blocks: a crop chunk that
         # straddles two units is then extracted once, not once per unit.
         written = data.blocks[todo].map_blocks(
-            _write_unit, str(final), todo, chunk_cells, drop_axis=1, chunks=((1,) * len(todo),),
+            _write_unit, str(final) if isinstance(final, Path) else final, todo, chunk_cells, drop_axis=1, chunks=((1,) * len(todo),),
             dtype=np.int64, meta=np.empty((0,), dtype=np.int64), name=f"write-unit-{uuid.uuid4().hex}",
         )
         _compute(list(written.to_delayed()), scheduler, progress, f"features {name}")
@@ -778,7 +780,7 @@ def _write_features(store, name, features, *, chunk_cells, overwrite, scheduler,
     })
     root_meta = json.loads((store / "zarr.json").read_text())
     if root_meta.get("consolidated_metadata"):
-        zarr.consolidate_metadata(str(store))
+        zarr.consolidate_metadata(zarr_target(store))
     return final
 
 

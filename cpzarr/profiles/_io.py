@@ -166,18 +166,23 @@ def read_profiles(path, node=None, features="infer"):
     --------
     >>> profiles = read_profiles("SQ00015054_normalized_feature_select.csv.gz")  # doctest: +SKIP
     """
-    path = Path(path)
+    from cpzarr.store import as_location, zarr_target
+
+    path = as_location(path)
     if not path.exists():
         raise InputError(f"profile file {path} does not exist")
     kind = _kind(path)
     if kind == "parquet":
-        frame = pd.read_parquet(path)
+        source, options = _source(path)
+        frame = pd.read_parquet(source, storage_options=options)
         # Parquet gives None for missing strings where CSV and the written frame had NaN.
         for column in frame.columns[frame.dtypes == object]:
             frame[column] = frame[column].where(frame[column].notna(), np.nan)
         return from_pycytominer(frame, features=features)
     if kind == "csv":
-        return from_pycytominer(pd.read_csv(path, float_precision="round_trip"), features=features)
+        source, options = _source(path)
+        return from_pycytominer(pd.read_csv(source, storage_options=options, float_precision="round_trip"),
+                                features=features)
     _zarr_threads_like_dask()
     from cpzarr.store import STORE_ATTRS, node_status
 
@@ -186,7 +191,7 @@ def read_profiles(path, node=None, features="infer"):
         raise StoreError(f"node {node or '/'!r} of store {path} is {status.describe()}; re-run the command "
                          "that writes it")
     try:
-        dataset = xr.open_zarr(path, group=node, zarr_format=3, consolidated=False)
+        dataset = xr.open_zarr(zarr_target(path, read_only=True), group=node, zarr_format=3, consolidated=False)
     except Exception as error:  # zarr raises several types for a missing group
         raise StoreError(f"cannot open node {node!r} of store {path}: {error}") from error
     dataset.attrs = {k: v for k, v in dataset.attrs.items() if k not in STORE_ATTRS}
@@ -228,9 +233,13 @@ def write_profiles(profiles, path, node=None, mode="w", overwrite=False):
     --------
     >>> write_profiles(profiles, "plate_normalized.parquet")  # doctest: +SKIP
     """
+    from cpzarr.store import as_location
+
     _check_profiles(profiles)
-    path = Path(path)
+    path = as_location(path)
     kind = _kind(path)
+    if kind in ("parquet", "csv") and not isinstance(path, Path):
+        raise InputError(f"{path}: write a table to an object store as a Zarr node (or to a local file)")
     if kind in ("parquet", "csv"):
         if path.is_dir():
             raise StoreError(f"{path} is a folder; a {kind} table is written as a file")
@@ -275,7 +284,7 @@ def _write_zarr(dataset, path, node, *, mode, overwrite):
     """
     import zarr
 
-    from cpzarr.store import _write, is_store, root_attrs, store_lock
+    from cpzarr.store import _write, is_store, root_attrs, store_lock, zarr_target
 
     if mode not in ("w", "w-"):
         raise InputError(f"mode must be 'w' or 'w-', not {mode!r}")
@@ -304,14 +313,21 @@ def _write_zarr(dataset, path, node, *, mode, overwrite):
                 if node is None:
                     _write._write_marked(dataset, tmp, encoding)
                 else:
-                    zarr.open_group(tmp, mode="w", zarr_format=3)
+                    zarr.open_group(zarr_target(tmp), mode="w", zarr_format=3)
                     _write.write_node(tmp, node, dataset, encoding=encoding)
 
             _write.create_store(path, build, replace=True)
             return
         if attrs is None:
-            zarr.open_group(path, mode="a", zarr_format=3)
+            zarr.open_group(zarr_target(path), mode="a", zarr_format=3)
         _write.write_node(path, node, dataset, encoding=encoding, overwrite=mode == "w")
+
+
+def _source(path):
+    """``(path or URL, storage_options)`` as pandas takes them."""
+    if isinstance(path, Path):
+        return path, None
+    return path.url, path.storage_options or None
 
 
 def _zarr_threads_like_dask():
