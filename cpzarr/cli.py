@@ -13,20 +13,72 @@ def main():
 
 # Each stage's command lives below in data-flow order; keep every command a thin wrapper.
 
+
+class _PathOrURL(click.ParamType):
+    """A local path (checked as ``click.Path`` checks it) or an fsspec URL (``s3://…``), taken as is."""
+
+    name = "path-or-url"
+
+    def __init__(self, **path_kwargs):
+        self.path = click.Path(**path_kwargs)
+
+    def convert(self, value, param, ctx):
+        text = str(value)
+        if "://" in text and not text.startswith("file://"):
+            return text
+        return self.path.convert(text.removeprefix("file://"), param, ctx)
+
+
+def _parse_storage_options(values):
+    """``--storage-options`` values (a JSON object, or KEY=VALUE, repeatable) as one dict, or None."""
+    import json
+
+    import yaml
+
+    options = {}
+    for value in values or ():
+        value = value.strip()
+        if value.startswith("{"):
+            try:
+                parsed = json.loads(value)
+            except ValueError as exc:
+                raise click.BadParameter(f"{value!r} is not a JSON object: {exc}", param_hint="--storage-options")
+            options.update(parsed)
+        elif "=" in value:
+            key, raw = value.split("=", 1)
+            options[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        else:
+            raise click.BadParameter(f"{value!r} is neither a JSON object nor KEY=VALUE", param_hint="--storage-options")
+    return options or None
+
+
+_storage_options = click.option(
+    "--storage-options", "storage_options", multiple=True, metavar="JSON|KEY=VALUE",
+    help="fsspec options of a store or input given as a URL (s3://…), e.g. "
+         "'{\"endpoint_url\": \"http://host:9000\"}' or anon=true (repeatable).")
+
+
+def _store(store, storage_options):
+    """STORE as the API takes it: a path, or a URL with its storage options."""
+    from cpzarr.store import as_location
+
+    return as_location(store, _parse_storage_options(storage_options))
+
 # --- ingest / info ---
 
 
 @main.command("ingest")
-@click.argument("table", type=click.Path(exists=True, dir_okay=False))
-@click.argument("store", type=click.Path(file_okay=False))
-@click.option("--platemap", type=click.Path(exists=True, dir_okay=False),
+@click.argument("table", type=_PathOrURL(exists=True, dir_okay=False))
+@click.argument("store", type=_PathOrURL(file_okay=False))
+@click.option("--platemap", type=_PathOrURL(exists=True, dir_okay=False),
               help="Well metadata CSV/TSV keyed by (plate, well) or by well.")
 @click.option("--channels", help="Comma-separated channels to ingest, in store order (default: all).")
 @click.option("--scheduler", help="Dask scheduler address (tcp://host:8786) or threads / processes / sync.")
 @click.option("--workers", type=int, help="Workers of the local scheduler (default: one per core).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store made from other inputs.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar over wells.")
-def ingest_command(table, store, platemap, channels, scheduler, workers, overwrite, progress):
+@_storage_options
+def ingest_command(table, store, platemap, channels, scheduler, workers, overwrite, progress, storage_options):
     """Ingest the site images of TABLE (load_data CSV or DeepProfiler index.csv) into STORE.
 
     Re-running the same command resumes an interrupted ingest.
@@ -35,23 +87,26 @@ def ingest_command(table, store, platemap, channels, scheduler, workers, overwri
     from cpzarr.ingest import ingest
     from cpzarr.store import format_info, screen_info
 
+    options = _parse_storage_options(storage_options)
     try:
         ingest(table, store, platemap=platemap, scheduler=scheduler, n_workers=workers, progress=progress,
-               channels=[c.strip() for c in channels.split(",")] if channels else None, overwrite=overwrite)
+               channels=[c.strip() for c in channels.split(",")] if channels else None, overwrite=overwrite,
+               storage_options=options)
     except CpzarrError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(format_info(screen_info(store)))
+    click.echo(format_info(screen_info(_store(store, storage_options))))
 
 
 @main.command("info")
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
-def info_command(store):
-    """Summarise STORE: plates, wells, sites, channels, sizes and the nodes it holds."""
+@click.argument("store", type=_PathOrURL(exists=True, file_okay=False))
+@_storage_options
+def info_command(store, storage_options):
+    """Summarise STORE: plates, wells, sites, channels, sizes and the nodes it holds (INCOMPLETE ones named)."""
     from cpzarr.errors import CpzarrError
     from cpzarr.store import format_info, screen_info
 
     try:
-        click.echo(format_info(screen_info(store)))
+        click.echo(format_info(screen_info(_store(store, storage_options))))
     except CpzarrError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -59,7 +114,7 @@ def info_command(store):
 # --- locate ---
 
 @main.command("locate")
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store", type=_PathOrURL(exists=True, file_okay=False))
 @click.option("--from", "source", type=click.Path(exists=True),
               help="DeepProfiler locations folder, or CellProfiler Nuclei.csv (+ Image.csv) / their folder.")
 @click.option("--kind", type=click.Choice(["auto", "deepprofiler", "cellprofiler"]), default="auto", show_default=True)
@@ -75,14 +130,16 @@ def info_command(store):
 @click.option("--keep-border/--exclude-border", default=False, show_default=True,
               help="Keep nuclei touching the image border (--detect).")
 @click.option("--progress/--no-progress", default=True, help="Progress bar over sites (--detect).")
+@_storage_options
 def locate_command(store, source, kind, on_invalid, detect, channel, sigma, threshold, min_distance, min_area,
-                   max_area, keep_border, progress):
+                   max_area, keep_border, progress, storage_options):
     """Find the cells of STORE (import location files or detect nuclei) and write its /cells node."""
     from cpzarr.cells import detect_nuclei, import_locations, write_cells
     from cpzarr.store import open_screen
 
     if bool(source) == bool(detect):
         raise click.UsageError("give either --from PATH or --detect")
+    store = _store(store, storage_options)
     screen = open_screen(store)
     if detect:
         try:
@@ -100,7 +157,7 @@ def locate_command(store, source, kind, on_invalid, detect, channel, sigma, thre
 # --- profile (features) ---
 
 @main.command("profile")
-@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("store", type=_PathOrURL(exists=True, file_okay=False))
 @click.option("--model", type=click.Choice(["efficientnet-lite0", "efficientnet-b0", "resnet50", "trained"]),
               default="efficientnet-lite0", show_default=True, help="Network; lite0 works offline.")
 @click.option("--weights", default="imagenet", show_default=True,
@@ -121,8 +178,9 @@ def locate_command(store, source, kind, on_invalid, detect, channel, sigma, thre
 @click.option("--workers", type=int, default=None, help="Threads of the local scheduler (default: cores).")
 @click.option("--overwrite", is_flag=True, help="Start the node afresh instead of resuming it.")
 @click.option("--progress/--no-progress", default=True)
+@_storage_options
 def profile_command(store, model, weights, layer, name, box, channels, edge, batch_size, dtype, mixed_precision,
-                    chunk_cells, scheduler, workers, overwrite, progress):
+                    chunk_cells, scheduler, workers, overwrite, progress, storage_options):
     """Compute CNN features of every cell of STORE into /features/<name> (resumable)."""
     import dask
 
@@ -131,6 +189,7 @@ def profile_command(store, model, weights, layer, name, box, channels, edge, bat
     from cpzarr.features.cnn import extract, write_features
     from cpzarr.store import open_screen
 
+    store = _store(store, storage_options)
     if not scheduler:  # this process's threads each run their own forward passes
         os.environ.update(tensorflow_threads(workers or local_threads()))
     view = crops(open_screen(store), box=box, channels=channels.split(",") if channels else None, edge=edge)
@@ -185,10 +244,11 @@ def _profiles_io(source, target, node, out_node, operation):
     from cpzarr.errors import CpzarrError
     from cpzarr.profiles import read_profiles, write_profiles
 
-    overwrite = click.get_current_context().params.get("overwrite", False)
+    params = click.get_current_context().params
+    overwrite, options = params.get("overwrite", False), params.get("storage_options")
     try:
-        result = operation(read_profiles(source, node=node))
-        write_profiles(result, target, node=out_node, overwrite=overwrite)
+        result = operation(read_profiles(_store(source, options), node=node))
+        write_profiles(result, _store(target, options), node=out_node, overwrite=overwrite)
     except CpzarrError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote {result.sizes['sample']} samples x {result.sizes['feature']} features to {target}"
@@ -196,13 +256,14 @@ def _profiles_io(source, target, node, out_node, operation):
 
 
 _IN_OUT = [
-    click.argument("source", type=click.Path(exists=True)),
-    click.argument("target", type=click.Path()),
+    click.argument("source", type=_PathOrURL(exists=True)),
+    click.argument("target", type=_PathOrURL()),
     click.option("--node", default=None, help="Input node of a Zarr store, e.g. profiles/efficientnet/well."),
     click.option("--out-node", default=None, help="Output node when TARGET is a Zarr store (into a screen "
                  "store only this node is written)."),
     click.option("--overwrite", is_flag=True, help="Replace TARGET when it exists and is not a Zarr store of "
                  "profiles."),
+    _storage_options,
 ]
 
 
@@ -224,7 +285,7 @@ def profiles_group():
 @click.option("--by", default="plate", show_default=True, help="Coordinate(s), comma-separated; 'none' for one group.")
 @click.option("--samples", default="all", show_default=True, help='Fitting samples, e.g. \'control == "negcon"\'.')
 @click.option("--match-pycytominer", is_flag=True, help="Divide zero-MAD features by epsilon, as Pycytominer.")
-def profiles_normalize(source, target, node, out_node, overwrite, method, by, samples, match_pycytominer):
+def profiles_normalize(source, target, node, out_node, overwrite, storage_options, method, by, samples, match_pycytominer):
     """Normalize SOURCE per group and write TARGET."""
     from cpzarr.profiles import normalize
 
@@ -241,7 +302,7 @@ def profiles_normalize(source, target, node, out_node, overwrite, method, by, sa
 @click.option("--samples", default="all", show_default=True)
 @click.option("--corr-threshold", type=float, default=0.9, show_default=True)
 @click.option("--outlier-cutoff", type=float, default=500, show_default=True)
-def profiles_feature_select(source, target, node, out_node, overwrite, operations, samples, corr_threshold, outlier_cutoff):
+def profiles_feature_select(source, target, node, out_node, overwrite, storage_options, operations, samples, corr_threshold, outlier_cutoff):
     """Drop features of SOURCE by Pycytominer's rules and write TARGET."""
     from cpzarr.profiles import feature_select
 
@@ -256,7 +317,7 @@ def profiles_feature_select(source, target, node, out_node, overwrite, operation
               show_default=True)
 @click.option("--samples", default='control == "negcon"', show_default=True)
 @click.option("--epsilon", type=float, default=1e-6, show_default=True)
-def profiles_spherize(source, target, node, out_node, overwrite, method, samples, epsilon):
+def profiles_spherize(source, target, node, out_node, overwrite, storage_options, method, samples, epsilon):
     """Whiten SOURCE with a transform fitted on SAMPLES and write TARGET."""
     from cpzarr.profiles import spherize
 
@@ -268,7 +329,7 @@ def profiles_spherize(source, target, node, out_node, overwrite, method, samples
 @_in_out
 @click.option("--operation", type=click.Choice(["median", "mean", "modz"]), default="median", show_default=True)
 @click.option("--replicate-columns", default="compound,dose", show_default=True)
-def profiles_consensus(source, target, node, out_node, overwrite, operation, replicate_columns):
+def profiles_consensus(source, target, node, out_node, overwrite, storage_options, operation, replicate_columns):
     """Collapse the replicates of SOURCE into one profile per treatment and write TARGET."""
     from cpzarr.profiles import consensus
 
@@ -280,7 +341,7 @@ def profiles_consensus(source, target, node, out_node, overwrite, operation, rep
 @_in_out
 @click.option("--recipe", required=True, help="spherize_only, mad_robustize_select_spherize, "
               "mad_robustize_select_outliers, or a YAML file with a list of steps.")
-def profiles_pipeline(source, target, node, out_node, overwrite, recipe):
+def profiles_pipeline(source, target, node, out_node, overwrite, storage_options, recipe):
     """Apply a recipe of profile steps to SOURCE and write TARGET."""
     from pathlib import Path
 
