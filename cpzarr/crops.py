@@ -299,7 +299,7 @@ def crops(screen, box=128, channels=None, edge="skip", scale=None, chunks="site"
     read = _StoreSites(images, root)
     array = _crop_array(
         images, rows[index], columns[index], pos[index], box, channel_index,
-        len(channel_names), scale, chunks, read=read if read.array is not None else None,
+        len(channel_names), scale, chunks, read=read if read.shards is not None else None,
     )
     picked = table.iloc[index]
     coords = {
@@ -325,10 +325,10 @@ def crops(screen, box=128, channels=None, edge="skip", scale=None, chunks="site"
 class _StoreSites:
     """Whole site images ``(channel, y, x)`` by positional (plate, well, site); safe across threads.
 
-    The store's own Zarr array is read when ``images`` is the store's ``images`` variable as
-    opened (no selection, no computation on it); anything else (an in-memory Dataset, a subset, a
-    computed array) is read block by block through its dask or numpy array. A store in the
-    contract's layout on a local disk is read straight from its shard files
+    The store's own reader (:func:`cpzarr.store.site_reader`) is used when ``images`` is the
+    store's ``images`` variable as opened (no selection, no computation on it) from a local disk;
+    anything else (an object store, an in-memory Dataset, a subset, a computed array) is read
+    block by block through its dask or numpy array. The store's reader reads its shard files
     (:class:`cpzarr._shards.SiteReader`): a site costs one read of its chunk's bytes and its
     decode, where a call of the Zarr array also re-reads and checks the shard index and hands the
     chunk through Zarr's event-loop thread and buffers (30-45 % more CPU time per 8-bit
@@ -338,47 +338,18 @@ class _StoreSites:
     """
 
     def __init__(self, images, root):
-        array = _opened_store_array(images, root)
-        self.shards = None if array is None else _shard_reader(array)
-        self.array = array
+        from cpzarr.store import site_reader
+
+        self.shards = site_reader(images)
         # kept only when needed: a task graph that carries this reader stays small to ship
-        self.data = images.data if array is None else None
+        self.data = images.data if self.shards is None else None
 
     def __call__(self, p, w, s, need=None):
         """The site's pixels; ``need = (rows, box, channels)`` allows leaving every other row unread."""
         if self.shards is not None:
             return self.shards.site(p, w, s, need)
-        if self.array is not None:
-            return self.array[p, w, s]
         block = self.data[p, w, s]
         return np.asarray(block.compute(scheduler="sync") if hasattr(block, "compute") else block)
-
-
-def _opened_store_array(images, root):
-    source = root.encoding.get("source")
-    # xarray names the lazily opened variable "open_dataset-<name>-<token>"; any selection or
-    # computation on it renames the dask array, and must then be honoured by reading through it.
-    name = getattr(images.data, "name", "")
-    if not source or not isinstance(name, str) or not name.startswith("open_dataset-images-"):
-        return None
-    import zarr
-
-    try:
-        array = zarr.open_array(f"{source}/images", mode="r")
-    except Exception:  # not a Zarr store zarr can open by path: dask reads it as well
-        return None
-    return array if array.shape == images.shape and array.dtype == images.dtype else None
-
-
-def _shard_reader(array):
-    """A reader of the store array's shard files when they lie on a local disk, else None."""
-    from zarr.storage import LocalStore
-
-    from cpzarr._shards import SiteReader
-
-    if not isinstance(array.store, LocalStore):
-        return None
-    return SiteReader.open(Path(array.store.root) / array.path)
 
 
 class _Draws:

@@ -29,7 +29,6 @@ import xarray as xr
 
 from cpzarr.cluster import local_threads
 from cpzarr.errors import InputError
-from cpzarr.profiles._chunk_files import ChunkFiles
 from cpzarr.profiles._samples import as_dask, constant_coords, group_codes, record_step
 from cpzarr.profiles._segments import BLOCK_BYTES, pack_evenly, segment_reduce, segments_in_input_order
 
@@ -108,7 +107,9 @@ def aggregate(features, strata=("plate", "well"), operation="mean", block_bytes=
         return _reduce(block, lengths, operation, block_bytes)
 
     if in_order:
-        data = _reduce_sorted(x, lengths, operation, block_bytes, ChunkFiles.of(x))
+        from cpzarr.store import row_reader
+
+        data = _reduce_sorted(x, lengths, operation, block_bytes, row_reader(features, x))
     else:
         data = segment_reduce(x, lengths, reduce, x.shape[1], order=order, block_bytes=block_bytes)
     if not np.array_equal(to_key_order, np.arange(len(to_key_order))):

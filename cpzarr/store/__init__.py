@@ -9,10 +9,13 @@ Every other module of cpzarr reads and writes a screen store only through this p
 - :mod:`cpzarr.store._location` — where a store lives: a local path or an fsspec URL
   (:class:`Location`) with storage options;
 - :mod:`cpzarr.store._lock` — one writer per store (:func:`store_lock`);
+- :mod:`cpzarr.store._backend` — fast local reads behind xarray's ``BackendArray``
+  (:class:`SitesArray`, :class:`RowsArray`);
 - :mod:`cpzarr.store._screen` — :func:`open_screen`, :func:`open_node`, :func:`screen_info`;
 - :mod:`cpzarr.store._provenance` — what made each node.
 """
 
+from cpzarr.store._backend import RowsArray, SitesArray, row_reader, site_reader
 from cpzarr.store._layout import (
     BLOSC_BLOCK,
     CELLS_NODE,
@@ -61,6 +64,10 @@ from cpzarr.store._write import (
 )
 
 __all__ = [
+    "site_reader",
+    "row_reader",
+    "SitesArray",
+    "RowsArray",
     "Location",
     "as_location",
     "is_url",

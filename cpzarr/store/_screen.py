@@ -141,6 +141,10 @@ def open_screen(path, *, node=None, allow_incomplete=False, storage_options=None
         ds = xr.open_dataset(target, group=group or None, engine="zarr", consolidated=False, chunks={}, zarr_format=3)
         relative = group[len(node):].lstrip("/") if node else group
         ds.attrs = {k: v for k, v in ds.attrs.items() if k not in STORE_ATTRS}
+        if not group and "images" in ds and not isinstance(path, Location):
+            from cpzarr.store._backend import backed_images
+
+            ds["images"] = backed_images(ds["images"].variable, path / "images")
         datasets["/" + relative] = _tidy_dataset(ds)
     return xr.DataTree.from_dict(datasets, name=node.rsplit("/", 1)[-1] if node else None)
 
@@ -185,6 +189,10 @@ def open_node(store, group, *, allow_incomplete=False):
     check_node(store, group, allow_incomplete=allow_incomplete)
     ds = xr.open_zarr(zarr_target(store, read_only=True), group=group, zarr_format=3, consolidated=False)
     ds.attrs = {k: v for k, v in ds.attrs.items() if k not in STORE_ATTRS}
+    if "features" in ds and not isinstance(store, Location):
+        from cpzarr.store._backend import backed_features
+
+        ds["features"] = backed_features(ds["features"].variable, store / group / "features")
     strings = {k: v.astype(object) for k, v in ds.coords.items() if v.dtype.kind == "T"}
     return ds.assign_coords(strings)
 

@@ -10,14 +10,14 @@ cache straight into its destination rows (a block, or a buffer reused from chunk
 the calling thread; :meth:`ChunkFiles.chunks` hands a chunk Blosc could not shrink (stored as it
 was) out as a read-only view of the mapping, without that copy.
 
-:meth:`ChunkFiles.of` recognises the dask array that ``xarray.open_zarr`` makes of such a node
-(no selection, no computation on it), whose files :func:`cpzarr._shards.layout` describes as it
-does the images' shards; for anything else it returns None and the caller reads through dask.
+:meth:`ChunkFiles.open` reads such a node's files, which :func:`cpzarr._shards.layout` describes
+as it does the images' shards; :func:`cpzarr.store.open_node` puts it behind the node's
+``features`` variable (an xarray ``BackendArray``, :mod:`cpzarr.store._backend`), and aggregation
+asks :func:`cpzarr.store.row_reader` for it to read whole chunks into its own buffers.
 """
 
 import mmap
 import queue
-from pathlib import Path
 
 import numpy as np
 
@@ -25,7 +25,7 @@ import numpy as np
 class ChunkFiles:
     """Reads row ranges of a 2-D Zarr v3 array whose chunks hold whole rows.
 
-    Use :meth:`of`; construct only through it.
+    Use :meth:`open`; construct only through it.
 
     Parameters
     ----------
@@ -53,29 +53,25 @@ class ChunkFiles:
         self._spare = queue.SimpleQueue()
 
     @classmethod
-    def of(cls, x):
-        """A reader of the node behind the dask array ``x``, or None when it is not one read here.
+    def open(cls, path, dtype=None):
+        """A reader of the 2-D array at ``path``, or None when it is not one read here.
 
-        Read here: ``x`` is the array ``xarray.open_zarr`` made of a local Zarr v3 array (its
-        name still ``open_dataset-...``, so nothing was selected or computed on it), not decoded
-        by xarray (no scale or offset), of a native-endian float dtype, in a
-        :func:`~cpzarr._shards.layout` that is unsharded, encoded ``bytes`` then ``blosc``, with
-        chunks holding every column.
+        Read here: a local Zarr v3 array of a native-endian float dtype (``dtype``, when given,
+        the dtype the caller reads it as), in a :func:`~cpzarr._shards.layout` that is
+        unsharded, encoded ``bytes`` then ``blosc``, with chunks holding every column.
         """
-        # numcodecs, which cpzarr._shards needs, is imported on a reader's first use, not with
-        # cpzarr.profiles
+        # numcodecs, which cpzarr._shards needs, is imported on a reader's first use
         from numcodecs import Blosc
 
         from cpzarr._shards import layout
 
-        path = _local_array_path(x)
-        found = None if path is None else layout(path)
+        found = layout(path)
         if found is None or found.sharded or not isinstance(found.codec, Blosc):
             return None
-        # rows are handed out as stored, with no byte swap or cast to x's dtype
-        if found.dtype.kind != "f" or not found.dtype.isnative or found.dtype != x.dtype:
+        # rows are handed out as stored, with no byte swap or cast
+        if found.dtype.kind != "f" or not found.dtype.isnative or (dtype is not None and found.dtype != dtype):
             return None
-        if len(found.shape) != 2 or found.chunk_shape[1] != found.shape[1] or found.shape != tuple(x.shape):
+        if len(found.shape) != 2 or found.chunk_shape[1] != found.shape[1]:
             return None
         return cls(found)
 
@@ -166,30 +162,3 @@ class ChunkFiles:
                 return mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
         except FileNotFoundError:
             return None
-
-
-def _local_array_path(x):
-    """The folder of the local ``zarr.Array`` behind ``xarray.open_zarr``'s dask array ``x``, or None."""
-    from xarray.backends.zarr import ZarrArrayWrapper
-    from xarray.core import indexing
-    from zarr.storage import LocalStore
-
-    name = getattr(x, "name", "")
-    if not isinstance(name, str) or not name.startswith("open_dataset-"):
-        return None
-    # xarray wraps its backend array once, under "original-<name>", and each chunk task indexes it.
-    layer = x.__dask_graph__().layers.get("original-" + name)
-    wrapped = layer.get("original-" + name) if layer is not None else None
-    while wrapped is not None and not isinstance(wrapped, ZarrArrayWrapper):
-        if isinstance(wrapped, indexing.LazilyIndexedArray):
-            key = wrapped.key
-            if not (isinstance(key, indexing.BasicIndexer)
-                    and all(k == slice(None) for k in key.tuple)):
-                return None
-        elif not isinstance(wrapped, (indexing.ImplicitToExplicitIndexingAdapter, indexing.CopyOnWriteArray)):
-            return None  # e.g. xarray's CF decoding (scale, offset, masking) wraps the array
-        wrapped = wrapped.array
-    if wrapped is None:
-        return None
-    array = wrapped.get_array()
-    return Path(array.store.root) / array.path if isinstance(array.store, LocalStore) else None
