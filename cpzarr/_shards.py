@@ -15,7 +15,7 @@ bytes in the calling thread (Blosc and zstd release the GIL, so threads work in 
 - :class:`SiteReader` reads one site (an inner chunk) of a shard, and of a Blosc chunk can decode
   only the blocks under a few boxes (:func:`blosc_blocks`);
 - :func:`blosc_stored` finds the bytes of a chunk Blosc stored as they were, to be read in place;
-- ``cpzarr.profiles._chunk_files.ChunkFiles`` reads rows of an unsharded features node by its
+- ``cpzarr.store._chunk_files.ChunkFiles`` reads rows of an unsharded features node by its
   :class:`Layout`.
 
 The bytes follow the Zarr v3 specification. A chunk is encoded by ``bytes`` (either byte order),

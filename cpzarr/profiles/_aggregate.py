@@ -7,7 +7,7 @@ one block of cells (at most ``max(block_bytes, the largest well)``, read in once
 Cells sorted by well (as a store holds them) go to independent tasks that each read their own
 block of rows, so no input chunk waits in memory for a second task (see ``_reduce_sorted``).
 A features node as ``write_features`` writes it is read from its chunk files, not through zarr
-(see ``_chunk_files``); a mean then needs one chunk of its block in memory at a time.
+(see ``cpzarr.store._chunk_files``); a mean then needs one chunk of its block in memory at a time.
 
 Means sum float32 rows into float64 one well at a time (``np.sum`` along the cell axis streams
 rows, several times faster than ``np.add.reduceat`` with a float64 accumulator). Medians of
