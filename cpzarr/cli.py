@@ -359,7 +359,7 @@ def profiles_pipeline(source, target, node, out_node, overwrite, storage_options
 
 
 @main.command("evaluate")
-@click.argument("profiles", type=click.Path(exists=True))
+@click.argument("profiles", type=_PathOrURL(exists=True))
 @click.option("--groups", "-g", multiple=True, required=True,
               help="Sample coordinate(s) defining positives, e.g. --groups moa (repeatable).")
 @click.option("--mask", default=None, metavar="QUERY",
@@ -377,8 +377,9 @@ def profiles_pipeline(source, target, node, out_node, overwrite, storage_options
 @click.option("--block-size", type=int, default=None, help="Queries per block (default: about 2**24 similarities).")
 @click.option("--plots/--no-plots", default=True, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@_storage_options
 def evaluate_command(profiles, groups, mask, node, output, ks, null_size, seed, method, dtype,
-                     block_size, plots, progress):
+                     block_size, plots, progress, storage_options):
     """Precision/Recall@K, Precision@R, AP/mAP with p-values, Hit@K and Enrichment of PROFILES.
 
     PROFILES is a Pycytominer table (.parquet, .csv, .csv.gz) or a Zarr store (with --node).
@@ -390,7 +391,7 @@ def evaluate_command(profiles, groups, mask, node, output, ks, null_size, seed, 
     from cpzarr.profiles import read_profiles
 
     try:
-        table = read_profiles(profiles, node=node)
+        table = read_profiles(_store(profiles, storage_options), node=node)
         results = evaluate(table, list(groups), mask=mask, k=ks, null_size=null_size, seed=seed,
                            method=method, dtype=dtype, block_size=block_size, progress=progress)
     except CpzarrError as exc:
