@@ -32,8 +32,6 @@ Random access
     quarter of a site (``benchmarks/benchmark_crops.py``).
 """
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import xarray as xr

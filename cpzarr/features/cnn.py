@@ -44,7 +44,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import threading
 import uuid
 import warnings

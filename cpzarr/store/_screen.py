@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 
 from cpzarr.errors import StoreError
-from cpzarr.store._layout import IMAGE_DIMS
 from cpzarr.store._location import Location, as_location, zarr_target
 from cpzarr.store._provenance import read_provenance
 from cpzarr.store._provenance import root_attrs as _root_attrs
