@@ -225,3 +225,29 @@ def test_cli_ingest_and_info(source, tmp_path):
     assert "channel 'Nope' is not in the table" in result.output and "Traceback" not in result.output
     result = runner.invoke(main, ["info", str(tmp_path)])
     assert result.exit_code == 1 and "is not a cpzarr screen store" in result.output
+
+
+def test_backend_arrays_ship_to_other_processes(pristine, tmp_path):
+    """The fast readers behind images and features pickle (as for a distributed worker) and read the same."""
+    import pickle
+
+    from cpzarr.store import row_reader, site_reader
+
+    tree = open_screen(pristine)
+    assert site_reader(tree["images"]) is not None  # the variable as opened: read by the store's reader
+    assert site_reader(tree["images"].isel(site=[0])) is None
+    images = pickle.loads(pickle.dumps(tree["images"].data))
+    np.testing.assert_array_equal(images.compute(scheduler="sync"),
+                                  zarr.open_array(pristine / "images", mode="r")[...])
+    values = np.random.default_rng(0).random((7, 3)).astype("float32")
+    node = xr.Dataset({"features": (("cell", "feature"), values)})
+    store = tmp_path / "f.zarr"
+    zarr.open_group(store, mode="w", zarr_format=3)
+    write_node(store, "features/x", node, create=True,
+               encoding={"features": {"chunks": (3, 3), "compressors": zarr.codecs.BloscCodec(cname="lz4")}})
+    from cpzarr.store import open_node
+
+    feats = open_node(store, "features/x")["features"]
+    assert row_reader(feats) is not None
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(feats.data)).compute(scheduler="sync"), values)
+    np.testing.assert_array_equal(feats[::-2, 1:].values, values[::-2, 1:])
