@@ -13,13 +13,13 @@ import json
 import logging
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cpzarr._files import write_atomic
 from cpzarr.config import STAGES, Config, load_config
 from cpzarr.errors import ConfigError, StoreError
 
@@ -77,10 +77,7 @@ class RunState:
             "fingerprint": fingerprint, "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".run.", suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self.data, fh, indent=2, default=str)
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(self.data, indent=2, default=str))
 
     def info(self, stage: str) -> dict:
         return self.data.get("stages", {}).get(stage, {})
