@@ -206,8 +206,9 @@ def montage_cells(screen, by="compound", *, per_group=4, max_groups=24, box=64, 
                   cells=None) -> pd.DataFrame:
     """Draw a few cells of each treatment (or other well label) to show in a montage.
 
-    Cells whose box lies wholly inside the image are preferred, so crops show whole cells
-    rather than padding; groups are taken in sorted order, at most ``max_groups``.
+    Cells whose box lies wholly inside the image are preferred (others only fill a group up),
+    so crops show whole cells rather than padding; groups are taken in sorted order, at most
+    ``max_groups``.
 
     Parameters
     ----------
@@ -250,10 +251,10 @@ def montage_cells(screen, by="compound", *, per_group=4, max_groups=24, box=64, 
     rng = np.random.default_rng(seed)
     picked = []
     for _, group in sorted(table.groupby(by), key=lambda kv: str(kv[0]))[:max_groups]:
-        pool = group[inside.loc[group.index]]
-        pool = pool if len(pool) >= min(per_group, len(group)) else group
-        take = rng.choice(len(pool), size=min(per_group, len(pool)), replace=False)
-        picked.append(pool.iloc[np.sort(take)])
+        whole = inside.loc[group.index].to_numpy()
+        # Cells wholly inside first, in random order; cells at the edge only to fill up.
+        order = np.concatenate([rng.permutation(np.flatnonzero(whole)), rng.permutation(np.flatnonzero(~whole))])
+        picked.append(group.iloc[np.sort(order[:per_group])])
     return pd.concat(picked) if picked else table.iloc[:0]
 
 
@@ -451,7 +452,7 @@ def _headline_html(metrics: pd.DataFrame) -> str:
         for i, name in enumerate(wide.index):
             row = wide.loc[name].to_numpy(dtype=float)
             finite = np.isfinite(row)
-            if finite.sum() > 1:
+            if finite.sum() > 1 and np.unique(row[finite]).size > 1:
                 lower = any(w in name.lower() for w in LOWER_IS_BETTER)
                 best = np.nanmin(np.where(finite, row, np.nan)) if lower else np.nanmax(np.where(finite, row, np.nan))
                 bold |= {(i, c) for c, v in zip(wide.columns, row) if v == best}
@@ -471,6 +472,7 @@ h3{font-size:1.05em;margin:1.1em 0 .4em}
 .sub{color:#666;margin-top:0}.grid{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}
 figure{margin:0 0 1em 0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{color:#555;font-size:.9em;max-width:1100px}
+.grid.two figure{flex:1 1 45%;max-width:calc(50% - .5em)}
 table.tbl{border-collapse:collapse;font-size:.85em;margin:.3em 0 .8em}
 table.tbl td,table.tbl th{padding:.2em .6em;border-bottom:1px solid #eee;text-align:left}
 table.tbl td.num{text-align:right;font-variant-numeric:tabular-nums}
@@ -484,6 +486,9 @@ details{margin:.5em 0;border:1px solid #e4e4e4;border-radius:4px;padding:.3em .7
 summary{cursor:pointer;font-weight:600}
 pre{background:#f7f7f7;padding:.8em;overflow-x:auto;font-size:.78em;max-height:40em}
 """
+
+#: Sections whose figures are laid out two per row, scaled down if need be.
+TWO_PER_ROW = ("similarity", "enrichment")
 
 # The order a scientist reads a profiling run in; unknown sections go last, before the details.
 SECTIONS = (
@@ -599,7 +604,7 @@ def write_report(
                 body.append(f"<h3>{html.escape(caption)}</h3>")
             body.append(_table_html(table))
         if figures.get(section):
-            body.append("<div class='grid'>")
+            body.append("<div class='grid two'>" if section in TWO_PER_ROW else "<div class='grid'>")
             for caption, fig in figures[section]:
                 data = base64.b64encode(_png_bytes(fig)).decode("ascii")
                 body.append(

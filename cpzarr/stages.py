@@ -437,8 +437,10 @@ def stage_report(ctx: Context) -> dict:
     headline = pd.concat([headline, _report_replicates(ctx, sets, figures, tables, notes)],
                          ignore_index=True)
     if headline["profiles"].nunique() > 1:
-        figures["comparison"] = [("Headline metrics of each profile pipeline (bars: value; "
-                                  "inf drawn to the panel's edge)", plots.compare(headline))]
+        # Precision/Recall@K have their own curves below; the bars compare the summary metrics.
+        key = headline[~headline["metric"].str.match(r"(precision|recall)@\d")]
+        figures["comparison"] = [("Summary metrics of each profile pipeline (inf drawn to the "
+                                  "panel's edge and labelled)", plots.compare(key))]
     summary = ctx.summary()
     _report_quality(ctx, summary, figures, tables, notes)
     _report_crops(ctx, figures, notes)
@@ -590,8 +592,11 @@ def _report_quality(ctx: Context, summary: dict, figures: dict, tables: dict, no
                     if any(w in k.lower() for w in ("left_out", "leftout", "skipped", "dropped", "edge"))}
         line = (f"features/{name}: {profiled} of {located} located cells profiled, "
                 f"{left} left out ({left / located:.1%})" if located else f"features/{name}: no cells")
-        if left and ctx.cfg.get("crops.edge") == "skip":
+        edge = ctx.cfg.get("crops.edge")
+        if left and edge == "skip":
             line += "; crops.edge is 'skip', so cells whose box leaves the image are not profiled"
+        elif edge == "pad":
+            line += "; crops.edge is 'pad': boxes that leave the image are zero-padded"
         if recorded:
             line += "; recorded by the features stage: " + ", ".join(f"{k} = {v}" for k, v in recorded.items())
         notes.setdefault("summary", []).append(line)
@@ -691,12 +696,13 @@ def _report_profiles(ctx: Context, sets: dict, figures: dict, notes: dict, max_h
             continue
         clipped = len(figure.cpzarr_clipped)
         extra = f"; {clipped} samples beyond the axes, on the border" if clipped else ""
-        pcas.append((f"PCA of well profiles: {label} (axes: quartiles ± 3 IQR{extra})", figure))
+        pcas.append((f"PCA of well profiles: {label}{extra}", figure))
     if pcas:
         figures["pca"] = pcas
-        notes["pca"] = ["Axes are robust: each spans the quartiles of its scores widened by 3 "
-                        "interquartile ranges, so a few extreme wells do not squash the rest; wells "
-                        "beyond are drawn as hollow triangles on the border."]
+        notes["pca"] = ["Axes are robust: each spans the 5th–95th percentiles of its scores, widened "
+                        "by half that range on each side (never beyond the data), so a few extreme wells "
+                        "do not squash the rest; wells beyond are drawn as hollow triangles on the "
+                        "border and counted in the panel's title."]
     level = "consensus" if ctx.cfg.get("profiles.consensus") else "well"
     heat = []
     labels = list(profile_sets(ctx, level=level).items())
