@@ -432,7 +432,7 @@ def stage_report(ctx: Context) -> dict:
     figures: dict[str, list] = {}
     tables: dict[str, list] = {}
     notes: dict[str, list[str]] = {}
-    sets = {label: prof.load() for label, prof in profile_sets(ctx, level="well").items()}
+    sets = profile_sets(ctx, level="well")  # lazy: each helper loads one set at a time
 
     headline = pd.concat([headline, _report_replicates(ctx, sets, figures, tables, notes)],
                          ignore_index=True)
@@ -538,6 +538,7 @@ def _report_replicates(ctx: Context, sets: dict, figures: dict, tables: dict, no
             failed.append(f"{label}: no replicate columns {columns} on the profiles")
             continue
         try:
+            prof = prof.load()
             score, med = replicate_reproducibility(prof, present, mask=_exclude_mask(ctx, prof))
         except InputError as err:
             failed.append(f"{label}: {err}")
@@ -664,7 +665,8 @@ def _map_wide(per_set: dict) -> pd.DataFrame:
     wide = None
     for label, table in per_set.items():
         m_col, p_col = map_columns(table)
-        keys = [c for c in table.columns if c not in derived and table[c].dtype == object]
+        keys = [c for c in table.columns if c not in derived
+                and not pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c])]
         part = table[keys].astype(str).copy()
         if "n_queries" in table.columns and wide is None:
             part["queries"] = table["n_queries"].to_numpy()
@@ -690,7 +692,7 @@ def _report_profiles(ctx: Context, sets: dict, figures: dict, notes: dict, max_h
         if not color:
             continue
         try:
-            figure = plots.pca(prof, color=color)
+            figure = plots.pca(prof.load(), color=color)
         except InputError as err:
             notes.setdefault("pca", []).append(f"{label}: no PCA: {err}")
             continue

@@ -273,24 +273,23 @@ def pca(profiles, color=("batch", "control"), path=None, max_points=20_000, seed
 def _principal_scores(values, k):
     """Scores on the first ``k`` principal components and their shares of the variance.
 
-    From the eigen-decomposition of the smaller of the two Gram matrices of the centred data
+    From the top ``k`` eigenpairs of the smaller of the two Gram matrices of the centred data
     (samples × samples or features × features): the same scores as an SVD, up to each
-    component's sign, for a fraction of its cost when one side is small.
+    component's sign, at a fraction of its cost (only ``k`` eigenpairs are computed).
     """
+    from scipy.linalg import eigh
+
     centred = np.asarray(values, dtype=np.float64) - values.mean(axis=0, dtype=np.float64)
     n, d = centred.shape
-    if n <= d:
-        eigval, eigvec = np.linalg.eigh(centred @ centred.T)
-        order = np.argsort(eigval)[::-1][:k]
-        scores = eigvec[:, order] * np.sqrt(np.clip(eigval[order], 0, None))
-    else:
-        eigval, eigvec = np.linalg.eigh(centred.T @ centred)
-        order = np.argsort(eigval)[::-1][:k]
-        scores = centred @ eigvec[:, order]
-    eigval = np.clip(eigval, 0, None)
-    total = eigval.sum()
+    gram = centred @ centred.T if n <= d else centred.T @ centred
+    m = gram.shape[0]
+    top = min(k, m)
+    eigval, eigvec = eigh(gram, subset_by_index=[m - top, m - 1])
+    eigval, eigvec = np.clip(eigval[::-1], 0, None), eigvec[:, ::-1]
+    scores = eigvec * np.sqrt(eigval) if n <= d else centred @ eigvec
+    total = np.trace(gram)
     explained = np.zeros(k)
-    explained[: order.size] = eigval[order] / total if total > 0 else 0.0
+    explained[:top] = eigval / total if total > 0 else 0.0
     if scores.shape[1] < k:
         scores = np.column_stack([scores, np.zeros((n, k - scores.shape[1]))])
     return scores, explained
