@@ -579,8 +579,17 @@ def _report_quality(ctx: Context, summary: dict, figures: dict, tables: dict, no
         tables["cells"] = [("Cells per well, by plate", cells_per_well_summary(counts))]
     if not node_exists(ctx.store, "cells"):
         return
-    located = int(open_node(ctx.store, "cells").sizes["cell"])
+    cells = open_node(ctx.store, "cells")
+    located = int(cells.sizes["cell"])
     summary["cells located"] = located
+    try:
+        dropped = json.loads(cells.attrs.get("dropped") or "{}")
+    except (TypeError, ValueError):
+        dropped = {}
+    if isinstance(dropped, dict) and dropped:
+        n = sum(int(p.get("count", 0)) for p in dropped.values() if isinstance(p, dict))
+        notes.setdefault("summary", []).append(
+            f"locate: {n} invalid locations left out ({', '.join(map(str, dropped))})")
     for name in ctx.feature_sets():
         if not node_exists(ctx.store, f"features/{name}"):
             continue

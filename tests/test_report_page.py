@@ -387,3 +387,33 @@ def test_crop_montage_draws_agp_er_dna_as_red_green_blue():
 def test_format_value_spells_non_finite_values():
     assert [report.format_value(v) for v in (np.float32(np.inf), -np.inf, np.nan, np.int64(3), np.True_)] == \
         ["inf", "-inf", "NaN", "3", "yes"]
+
+
+# --- quality control: cells left out -----------------------------------------------------------
+
+def test_quality_notes_count_cells_left_out(tmp_path, monkeypatch):
+    from cpzarr import stages
+    from cpzarr.config import load_config
+
+    store = tmp_path / "screen.zarr"
+    cells = xr.Dataset(
+        {"x": ("cell", np.arange(5.0)), "y": ("cell", np.arange(5.0))},
+        coords={"plate": ("cell", np.array(["P1"] * 5, dtype=object)),
+                "well": ("cell", np.array(["A01"] * 3 + ["A02"] * 2, dtype=object)),
+                "site": ("cell", np.ones(5, dtype=np.int64))},
+        attrs={"dropped": json.dumps({"outside the image": {"count": 2, "examples": ["r1"]}})},
+    )
+    stages._write_plain_node(store, "cells", cells)
+    features = xr.Dataset({"features": (("cell", "feature"), np.zeros((3, 4), np.float32))},
+                          coords={"cell": [0, 2, 3]}, attrs={"cells_left_out": 2, "model": "m"})
+    stages._write_plain_node(store, "features/efficientnet-lite0", features)
+    cfg = load_config(text=f"input: {{store: {store}}}\nlocate: {{method: detect}}\ncrops: {{edge: skip}}\n")
+    ctx = stages.Context(cfg=cfg, store=store, state=None, progress=False)
+    monkeypatch.setattr(stages, "_cells_per_well", lambda ctx: None)  # needs a store with images
+    summary, notes = {}, {}
+    stages._report_quality(ctx, summary, {}, {}, notes)
+    assert summary["cells located"] == 5 and summary["cells profiled"] == 3
+    [located, profiled] = notes["summary"]
+    assert located == "locate: 2 invalid locations left out (outside the image)"
+    assert profiled.startswith("features/efficientnet-lite0: 3 of 5 located cells profiled, 2 left out (40.0%)")
+    assert "crops.edge is 'skip'" in profiled and "cells_left_out = 2" in profiled
