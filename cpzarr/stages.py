@@ -598,8 +598,10 @@ def _report_quality(ctx: Context, summary: dict, figures: dict, tables: dict, no
         left = located - profiled
         key = "cells profiled" if len(ctx.feature_sets()) == 1 else f"cells profiled ({name})"
         summary[key] = profiled
+        # What the features stage recorded about cells it left out or padded (any such count).
         recorded = {k: v for k, v in node.attrs.items()
-                    if any(w in k.lower() for w in ("left_out", "leftout", "skipped", "dropped", "edge"))}
+                    if any(w in k.lower() for w in ("left_out", "leftout", "skipped", "dropped", "edge"))
+                    and v not in ("", None)}
         line = (f"features/{name}: {profiled} of {located} located cells profiled, "
                 f"{left} left out ({left / located:.1%})" if located else f"features/{name}: no cells")
         edge = ctx.cfg.get("crops.edge")
