@@ -426,7 +426,7 @@ def headline_table(metrics: pd.DataFrame) -> pd.DataFrame:
     Examples
     --------
     >>> m = pd.DataFrame({"profiles": ["raw", "sph"], "metric": ["mAP", "mAP"], "value": [0.2, 0.4]})
-    >>> headline_table(m).loc["mAP", "sph"]
+    >>> float(headline_table(m).loc["mAP", "sph"])
     0.4
     """
     sets = list(dict.fromkeys(metrics["profiles"].astype(str)))
