@@ -31,6 +31,7 @@ __all__ = [
     "cells_per_well_summary",
     "format_value",
     "headline_table",
+    "is_count",
     "montage_cells",
     "percent_replicating",
     "plot_cells_per_well",
@@ -203,7 +204,7 @@ MONTAGE_CHANNELS = ("AGP", "ER", "DNA")
 
 
 def montage_cells(screen, by="compound", *, per_group=4, max_groups=24, box=64, seed=0,
-                  cells=None) -> pd.DataFrame:
+                  cells=None, describe=("moa",)) -> pd.DataFrame:
     """Draw a few cells of each treatment (or other well label) to show in a montage.
 
     Cells whose box lies wholly inside the image are preferred (others only fill a group up),
@@ -226,11 +227,15 @@ def montage_cells(screen, by="compound", *, per_group=4, max_groups=24, box=64, 
         Seed of the draw.
     cells : pandas.DataFrame, optional
         Cells to draw from (plate, well, site, x, y) instead of the store's ``/cells``.
+    describe : sequence of str
+        Further well-level variables copied onto the drawn cells when the store has them (for
+        labels such as ``"cpd01 · moa01"``).
 
     Returns
     -------
     pandas.DataFrame
-        The drawn cells (plate, well, site, x, y, ``by``), grouped, ``per_group`` or fewer each.
+        The drawn cells (plate, well, site, x, y, ``by`` and the ``describe`` variables found),
+        grouped, ``per_group`` or fewer each.
     """
     from cpzarr.cells import cells_table, screen_parts
 
@@ -242,9 +247,11 @@ def montage_cells(screen, by="compound", *, per_group=4, max_groups=24, box=64, 
         raise ValueError(f"montage: the store has no well-level variable {by!r} (it has {known})")
     plates = pd.Index(root["plate"].values.astype(str))
     wells = pd.Index(root["well"].values.astype(str))
-    labels = np.asarray(root[by].values).astype(str)
-    table[by] = labels[plates.get_indexer(table["plate"].astype(str)),
-                       wells.get_indexer(table["well"].astype(str))]
+    pi = plates.get_indexer(table["plate"].astype(str))
+    wi = wells.get_indexer(table["well"].astype(str))
+    for name in dict.fromkeys([by, *describe]):
+        if name in root.data_vars and root[name].dims == ("plate", "well"):
+            table[name] = np.asarray(root[name].values).astype(str)[pi, wi]
     height, width = images.sizes["y"], images.sizes["x"]
     half = box / 2
     inside = (table["x"].between(half, width - half - 1)) & (table["y"].between(half, height - half - 1))
@@ -408,6 +415,23 @@ HEADLINE_ORDER = ("mAP", "fraction retrieved", "precision@R", "percent replicati
 LOWER_IS_BETTER = ("batch",)
 
 
+def is_count(metric: str) -> bool:
+    """True for headline rows that count things (``n_queries``), not score them.
+
+    Examples
+    --------
+    >>> is_count("n_queries"), is_count("mAP")
+    (True, False)
+    """
+    return metric.startswith("n_") or metric.startswith("number of")
+
+
+def _better(metric: str) -> str:
+    if is_count(metric):
+        return ""
+    return "lower" if any(w in metric.lower() for w in LOWER_IS_BETTER) else "higher"
+
+
 def headline_table(metrics: pd.DataFrame) -> pd.DataFrame:
     """The headline as a profile set × metric table: one row per metric, one column per set.
 
@@ -452,13 +476,12 @@ def _headline_html(metrics: pd.DataFrame) -> str:
         for i, name in enumerate(wide.index):
             row = wide.loc[name].to_numpy(dtype=float)
             finite = np.isfinite(row)
-            if finite.sum() > 1 and np.unique(row[finite]).size > 1:
-                lower = any(w in name.lower() for w in LOWER_IS_BETTER)
+            if finite.sum() > 1 and np.unique(row[finite]).size > 1 and not is_count(name):
+                lower = _better(name) == "lower"
                 best = np.nanmin(np.where(finite, row, np.nan)) if lower else np.nanmax(np.where(finite, row, np.nan))
                 bold |= {(i, c) for c, v in zip(wide.columns, row) if v == best}
     frame = wide.reset_index()
-    frame.insert(1, "better", ["lower" if any(w in n.lower() for w in LOWER_IS_BETTER) else "higher"
-                               for n in wide.index])
+    frame.insert(1, "better", [_better(n) for n in wide.index])
     cols = list(frame.columns)
     bold = {(i, c) for i, c in bold if c in cols}
     return _table_html(frame, max_rows=200, bold=bold, table_id="headline-table")

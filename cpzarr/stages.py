@@ -423,7 +423,7 @@ def _load_results(ctx: Context) -> dict[str, dict[str, pd.DataFrame]]:
 
 def stage_report(ctx: Context) -> dict:
     from cpzarr.evaluate import plots
-    from cpzarr.report import write_report
+    from cpzarr.report import is_count, write_report
     from cpzarr.run import versions
 
     results = _load_results(ctx)
@@ -438,7 +438,8 @@ def stage_report(ctx: Context) -> dict:
                          ignore_index=True)
     if headline["profiles"].nunique() > 1:
         # Precision/Recall@K have their own curves below; the bars compare the summary metrics.
-        key = headline[~headline["metric"].str.match(r"(precision|recall)@\d")]
+        key = headline[~headline["metric"].str.match(r"(precision|recall)@\d")
+                       & ~headline["metric"].map(is_count)]
         figures["comparison"] = [("Summary metrics of each profile pipeline (inf drawn to the "
                                   "panel's edge and labelled)", plots.compare(key))]
     summary = ctx.summary()
@@ -631,7 +632,10 @@ def _report_crops(ctx: Context, figures: dict, notes: dict, per_group: int = 4) 
         by = "compound"
         drawn = montage_cells(screen, by=by, per_group=per_group, box=box)
         view = crops(screen, box=box, edge="pad", cells=drawn[["plate", "well", "site", "x", "y"]])
-        view = view.assign_coords({by: ("cell", drawn[by].to_numpy()[view["cell"].values])}).compute()
+        label = drawn[by].astype(str)
+        if "moa" in drawn.columns:
+            label = label + np.where(drawn["moa"].astype(str) != "", " · " + drawn["moa"].astype(str), "")
+        view = view.assign_coords({by: ("cell", label.to_numpy()[view["cell"].values])}).compute()
         figure = plot_crop_montage(view, by=by)
     except (CpzarrError, ValueError, KeyError) as err:
         notes["crops"] = [f"No sample cells: {err}"]

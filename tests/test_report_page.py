@@ -417,3 +417,12 @@ def test_quality_notes_count_cells_left_out(tmp_path, monkeypatch):
     assert located == "locate: 2 invalid locations left out (outside the image)"
     assert profiled.startswith("features/efficientnet-lite0: 3 of 5 located cells profiled, 2 left out (40.0%)")
     assert "crops.edge is 'skip'" in profiled and "cells_left_out = 2" in profiled
+
+
+def test_headline_counts_are_not_ranked(tmp_path):
+    metrics = pd.DataFrame({"profiles": ["raw", "sph"] * 2, "metric": ["n_queries"] * 2 + ["mAP"] * 2,
+                            "value": [16.0, 12.0, 0.2, 0.4]})
+    page = write_report(tmp_path, metrics=metrics).read_text()
+    rows = {r[0]: r for r in _table_rows(page, "headline-table")[1:]}
+    assert rows["n_queries"][1] == "" and rows["mAP"][1] == "higher"
+    assert "<b>16</b>" not in page and "<b>0.4</b>" in page
