@@ -82,7 +82,7 @@ SCHEMA: dict[str, Any] = {
         "layer": Key(_opt_str, None, help="named layer to take features from (spatially averaged)"),
         "path": Key(_opt_str, None, path=True, help="DeepProfiler / CellProfiler outputs to import"),
         "name": Key(_opt_str, None, help="node name under /features (default: the model name)"),
-        "batch_size": Key((int, type(None)), None, minimum=1, help="planes per forward pass (null: 8 on a CPU, 128 on a GPU)"),
+        "batch_size": Key((int, type(None)), None, minimum=1, help="planes per forward pass (null: 8 on a CPU, 512 on a GPU)"),
         "dtype": Key((str,), "float32", choices=("float32", "float16")),
         "compare_imagenet": Key((bool,), False, help="also profile the same architecture with ImageNet weights"),
     },
