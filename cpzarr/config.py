@@ -110,6 +110,8 @@ SCHEMA: dict[str, Any] = {
         "threads_per_worker": Key((int, type(None)), None, minimum=1),
         "memory_limit": Key((str, int), "auto"),
         "gpu": Key((int,), 0, minimum=0),
+        "keras_backend": Key(_opt_str, None, choices=(None, "tensorflow", "jax", "torch"),
+                             help="Keras backend of the local workers (null: KERAS_BACKEND, else tensorflow)"),
         "processes": Key((bool,), True),
         "profile": Key((bool,), False, help="run distributed's stack-sampling profiler in local workers"),
     },

@@ -69,11 +69,16 @@ def _features_in(backend_name, crops, tmp_path):
     return np.load(path_out)
 
 
+@pytest.fixture(scope="module")
+def tensorflow_features(lincs_crops, tmp_path_factory):
+    return _features_in("tensorflow", lincs_crops, tmp_path_factory.mktemp("tensorflow"))
+
+
 @pytest.mark.parametrize("name", ["torch", "jax"])
-def test_gpu_backends_equal_tensorflow_on_real_lincs_crops(name, lincs_crops, tmp_path):
+def test_gpu_backends_equal_tensorflow_on_real_lincs_crops(name, lincs_crops, tensorflow_features, tmp_path):
     if importlib.util.find_spec(name) is None:
         pytest.skip(f"{name} is not installed")
-    reference = _features_in("tensorflow", lincs_crops, tmp_path)
+    reference = tensorflow_features
     got = _features_in(name, lincs_crops, tmp_path)
     assert got.shape == reference.shape == (len(lincs_crops), 5 * 1280)
     assert np.isfinite(got).all()
