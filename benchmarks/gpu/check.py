@@ -81,7 +81,7 @@ def _cpu_features(store, cells, backend, batch_size):
     return np.asarray(json.loads(done.stdout.strip().splitlines()[-1]), dtype=np.float32)
 
 
-def _split_one_site(screen, backend, batch_size):
+def _split_one_site(screen, backend, batch_size, max_cells=None):
     """Seconds of one site's decode, crop, transfer and network, each on its own (one stream)."""
     from cpzarr.crops import crops
     from cpzarr.features import cnn
@@ -93,7 +93,7 @@ def _split_one_site(screen, backend, batch_size):
     view = crops(screen, box=BOX, edge="skip")
     first = view.isel(cell=np.flatnonzero((view["plate"].values == view["plate"].values[0])
                                           & (view["well"].values == view["well"].values[0])
-                                          & (view["site"].values == view["site"].values[0])))
+                                          & (view["site"].values == view["site"].values[0]))[:max_cells])
     t2 = time.perf_counter()
     block = first.values  # cut every box of the site (reads the site again: subtracted below)
     t3 = time.perf_counter()
@@ -165,6 +165,8 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=None, help="planes per forward pass (default: cpzarr's)")
     parser.add_argument("--compare-cells", type=int, default=64, help="cells compared with the CPU result")
     parser.add_argument("--train-cells", type=int, default=0, help="cells per epoch of a short training run (0: none)")
+    parser.add_argument("--max-cells", type=int, default=None,
+                        help="profile only the first cells (for a run on the CPU; default: all)")
     parser.add_argument("--allow-cpu", action="store_true", help="run without a GPU (tests the script)")
     args = parser.parse_args(argv)
 
@@ -189,13 +191,15 @@ def main(argv=None):
 
     screen = open_screen(store)
     view = crops(screen, box=BOX, edge="skip")
-    sites = args.wells * 4
+    if args.max_cells:
+        view = view.isel(cell=slice(0, args.max_cells))
+    sites = len(set(zip(view["plate"].values, view["well"].values, view["site"].values)))
     summary = {"device": info, "sites": sites, "cells": int(view.sizes["cell"]), "batch_size": batch_size,
                "threads": args.threads}
     samples, stop = [], threading.Event()
     with get_client(n_workers=1, threads_per_worker=args.threads, gpu=1, processes=False,
                     dashboard_address=None) as client:
-        warm = view.isel(cell=slice(0, 256))
+        warm = view.isel(cell=slice(0, min(256, view.sizes["cell"])))
         cnn.write_features(store, "warm-up", cnn.extract(warm, batch_size=batch_size, scheduler=client),
                            overwrite=True, progress=False, scheduler=client)
         sampler = threading.Thread(target=_gpu_sampler, args=(stop, samples), daemon=True)
@@ -226,7 +230,7 @@ def main(argv=None):
     reference = _cpu_features(store, chosen, info["backend"], cnn.BATCH_CPU)
     summary["compare"] = {"cells": len(chosen), "max_abs_diff": float(np.abs(got - reference).max()),
                           "tolerance": 1e-3}
-    summary["split_one_site"] = _split_one_site(screen, info["backend"], batch_size)
+    summary["split_one_site"] = _split_one_site(screen, info["backend"], batch_size, args.max_cells)
     text = json.dumps(summary, indent=2)
     print(text)
     print(f"\n{summary['s_per_site']:.4f} s/site (target <= {TARGET_S_PER_SITE}, DeepProfiler "
