@@ -126,6 +126,7 @@ def run(
     """
     from cpzarr import stages as stage_impl
     from cpzarr.cluster import dashboard_link, get_client
+    from cpzarr.features.backend import use_backend
 
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
     say = echo or (lambda s: None)
@@ -144,6 +145,8 @@ def run(
     result = RunResult(store=store, report=None)
     ctx = stage_impl.Context(cfg=cfg, store=store, state=state, progress=progress, echo=say)
     cl = cfg["cluster"]
+    # Worker processes of a local cluster inherit the environment, KERAS_BACKEND included.
+    use_backend(cl.get("keras_backend"))
     with get_client(
         scheduler or cl["scheduler"],
         n_workers=cl["n_workers"],
