@@ -756,6 +756,8 @@ def _write_features(store, name, features, *, chunk_cells, overwrite, scheduler,
     encoding = {"features": {"chunks": (chunk_cells, features.sizes["feature"]), "compressors": feature_compressor()},
                 "unit_complete": {"chunks": (1,)}}
 
+    # what a killed run left: half-written chunk files of this node, the scratch folder
+    sweep_scratch(store, under=f"features/{name}")
     fresh, done = True, np.zeros(n_units, dtype=bool)
     if final.exists() and not overwrite:
         existing = xr.open_zarr(zarr_target(store, read_only=True), group=f"features/{name}", consolidated=False)
@@ -767,7 +769,6 @@ def _write_features(store, name, features, *, chunk_cells, overwrite, scheduler,
         status = node_status(store, f"features/{name}")
         fresh, done = False, np.ones(n_units, dtype=bool)
         done[status.missing] = False
-        sweep_scratch(store)  # what a killed run left half-written
 
     if fresh:
         _create_node(store, name, skeleton, encoding)

@@ -267,19 +267,21 @@ def write_unit(blocks, marker) -> None:
     write_block(*marker)
 
 
-def sweep_scratch(store, *, partials=True) -> int:
+def sweep_scratch(store, *, partials=True, under=None) -> int:
     """Remove what killed writers left: the scratch folder and ``*.partial`` block files.
 
     Call it only while holding the store's lock (another writer's files in flight look the
     same). ``partials=False`` spares the walk over the store's files (a node written whole
-    leaves nothing inside the store). Returns the number of files and folders removed.
+    leaves nothing inside the store); ``under`` (a node) limits the walk to that node. Returns the
+    number of files and folders removed.
     """
     store = as_location(store)
     if isinstance(store, Location):
         return 0  # objects are put whole: nothing half-written to sweep
     removed = 0
-    if partials and store.is_dir():
-        for partial in store.rglob("*.partial"):
+    walked = store / under if under else store
+    if partials and walked.is_dir():
+        for partial in walked.rglob("*.partial"):
             partial.unlink(missing_ok=True)
             removed += 1
     tmp_root = scratch_dir(store)
