@@ -242,3 +242,14 @@ def test_write_node_refuses_an_existing_node_and_replaces_with_overwrite(store):
         write_node(store, "cells", first)
     write_node(store, "cells", first * 2, overwrite=True)
     np.testing.assert_array_equal(open_node(store, "cells")["x"].values, [0.0, 2.0, 4.0])
+
+
+def test_a_damaged_unit_flag_counts_as_a_unit_to_redo(store):
+    cnn.write_features(store, "toy", _features(), chunk_cells=3, scheduler="sync", progress=False)
+    flag = store / "features" / "toy" / "unit_complete" / "c" / "1"
+    flag.write_bytes(b"\x00garbage")  # e.g. a disk error in one marker chunk
+    status = node_status(store, "features/toy")
+    assert (status.complete, status.units, status.missing) == (False, 4, [1])
+    cnn.write_features(store, "toy", _features(), chunk_cells=3, scheduler="sync", progress=False)
+    assert node_status(store, "features/toy").complete
+    np.testing.assert_array_equal(open_node(store, "features/toy")["features"].values, _features().values)

@@ -344,12 +344,16 @@ def node_status(store, group) -> NodeStatus:
         return NodeStatus(exists=True, complete=False)
     marker = attrs.get(UNITS_ATTR, UNIT_MARKER)
     if meta.get("node_type") == "group" and (path / marker / "zarr.json").is_file():
+        flags = zarr.open_array(zarr_target(path / marker, read_only=True), mode="r", zarr_format=3)
         try:
-            done = np.asarray(zarr.open_array(zarr_target(path / marker, read_only=True), mode="r",
-                                              zarr_format=3)[...], dtype=bool)
-        except Exception:  # a damaged marker: every unit it covers is to redo
-            done = np.zeros(0, dtype=bool)
-            return NodeStatus(exists=True, complete=False, units=0)
+            done = np.asarray(flags[...], dtype=bool)
+        except Exception:  # some flag is damaged: read them one by one, a damaged one is a unit to redo
+            done = np.zeros(flags.shape[0], dtype=bool)
+            for unit in range(flags.shape[0]):
+                try:
+                    done[unit] = bool(flags[unit])
+                except Exception:  # noqa: BLE001 - any decode failure means: not known to be written
+                    done[unit] = False
         missing = np.flatnonzero(~done).tolist()
         return NodeStatus(exists=True, complete=not missing, units=int(done.size), missing=missing)
     return NodeStatus(exists=True, complete=True)
