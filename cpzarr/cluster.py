@@ -20,7 +20,7 @@ logger = logging.getLogger("cpzarr")
 _USER_TRIM_THRESHOLD = os.environ.get("MALLOC_TRIM_THRESHOLD_")
 
 __all__ = ["get_client", "dashboard_link", "has_gpu_workers", "map_batches", "batched", "default_workers",
-           "local_threads", "tensorflow_threads", "DASHBOARD", "CONNECT_TIMEOUT"]
+           "local_threads", "tensorflow_threads", "run_task", "compute_bounded", "in_flight", "DASHBOARD", "CONNECT_TIMEOUT"]
 
 #: Where a local cluster's dashboard listens by default: this machine only, a free port.
 DASHBOARD = "127.0.0.1:0"
@@ -526,6 +526,143 @@ def map_batches(
         return results
     finally:
         bar.close()
+
+
+def in_flight(client: Any, per_thread: int = 4) -> int:
+    """Work units to keep submitted at once on ``client``'s cluster: ``per_thread`` per worker thread.
+
+    Enough that no thread waits for the next unit, few enough that the scheduler's task count
+    and the client's futures do not grow with the screen.
+    """
+    threads = sum(w.get("nthreads", 1) for w in client.scheduler_info().get("workers", {}).values())
+    return max(8, per_thread * max(threads, 1))
+
+
+def compute_bounded(
+    client: Any,
+    tasks: Sequence[Any],
+    *,
+    limit: int | None = None,
+    on_done: Callable[[Any], None] | None = None,
+) -> list[Any]:
+    """Compute dask collections on ``client``, at most ``limit`` submitted at a time.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    tasks : sequence of dask collections
+        Usually ``Delayed`` objects, one per work unit (a range of cells, a well).
+    limit : int, optional
+        Units in flight; by default :func:`in_flight` of the cluster. They are submitted in
+        batches of half the limit, whenever half the window has finished.
+    on_done : callable, optional
+        Called with each result as it arrives (a progress bar).
+
+    Returns
+    -------
+    list
+        The results, in the order of ``tasks``.
+    """
+    from distributed import as_completed
+
+    limit = int(limit or in_flight(client))
+    step = max(1, limit // 2)
+    results: list[Any] = [None] * len(tasks)
+    index_of: dict[str, int] = {}
+    nxt = 0
+    window = as_completed()
+
+    def submit(count: int) -> None:
+        nonlocal nxt
+        chunk = list(range(nxt, min(nxt + count, len(tasks))))
+        nxt += len(chunk)
+        for i, future in zip(chunk, client.compute([tasks[i] for i in chunk])):
+            index_of[future.key] = i
+            window.add(future)
+
+    submit(limit)
+    running = len(index_of)
+    for future in window:
+        results[index_of.pop(future.key)] = value = future.result()
+        future.release()
+        running -= 1
+        if on_done is not None:
+            on_done(value)
+        if running <= limit - step and nxt < len(tasks):
+            before = len(index_of)
+            submit(step)
+            running += len(index_of) - before
+    return results
+
+
+def run_task(client: Any, key: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``func(*args, **kwargs)`` as one task named ``key`` on ``client``'s cluster.
+
+    For a step that is one out-of-core reduction over a table (aggregate, normalize, consensus,
+    evaluate): the step runs on a worker, reading its input from the store and writing its
+    output there, so the client neither computes nor holds it. Dask collections the step
+    computes run on that worker's own threads (never back through the scheduler, where a
+    worker waiting on its own tasks could starve the cluster). Warnings the step raised are
+    raised again here, so they are printed where the run is watched.
+
+    Parameters
+    ----------
+    client : distributed.Client or None
+        Without one, ``func`` runs in this process.
+    key : str
+        Task name shown on the dashboard (``"aggregate-efficientnet-lite0"``); a short random
+        suffix keeps it unique on a long-lived scheduler.
+    func : callable
+        A module-level function (shipped to the worker by reference).
+
+    Returns
+    -------
+    object
+        What ``func`` returned.
+
+    Examples
+    --------
+    >>> run_task(None, "double", lambda x: 2 * x, 21)
+    42
+    """
+    import uuid
+    import warnings
+
+    if client is None:
+        return func(*args, **kwargs)
+    future = client.submit(_task_in_worker, func, args, kwargs, key=f"{key}-{uuid.uuid4().hex[:8]}", pure=False)
+    try:
+        result, caught = future.result()
+    finally:
+        future.release()
+    for category, message in caught:
+        warnings.warn(message, category if isinstance(category, type) else UserWarning, stacklevel=2)
+    return result
+
+
+def _task_in_worker(func: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[Any, list]:
+    """Run a step inside a worker on its own threads; return its result and its warnings."""
+    import warnings
+
+    import dask
+
+    threads = 1
+    try:
+        from distributed import get_worker
+
+        threads = get_worker().state.nthreads
+    except ValueError:  # not in a worker
+        threads = local_threads()
+    with warnings.catch_warnings(record=True) as caught, dask.config.set(scheduler="threads", num_workers=threads):
+        warnings.simplefilter("always")
+        result = func(*args, **kwargs)
+    seen, out = set(), []
+    for w in caught:
+        item = (w.category, str(w.message))
+        if item[1] not in seen:
+            seen.add(item[1])
+            out.append(item)
+    return result, out
 
 
 def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

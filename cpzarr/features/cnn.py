@@ -802,11 +802,9 @@ def _compute(tasks, scheduler, progress, label):
     bar = tqdm(total=len(tasks), desc=label, unit="unit", disable=not progress, leave=False)
     try:
         if client is not None:
-            from distributed import as_completed
+            from cpzarr.cluster import compute_bounded
 
-            for future in as_completed(client.compute(tasks)):
-                future.result()
-                bar.update(1)
+            compute_bounded(client, tasks, on_done=lambda _: bar.update(1))
             return
         from dask.callbacks import Callback
 
