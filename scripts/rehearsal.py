@@ -304,8 +304,12 @@ def main(argv=None) -> dict:
     written = {"images": _du(store) - sum(_du(store / n) for n in ("cells", "features", "profiles")),
                "cells": _du(store / "cells"), "features": _du(store / "features"),
                "profiles": _du(store / "profiles"), "report": _du(out / "report")}
+    log = (out / "cluster.log").read_text(errors="replace")
+    memory_events = {what: log.count(what) for what in (
+        "Unmanaged memory use is high", "spill", "Worker is at", "Restarting worker", "KilledWorker")}
     result = {"size": size, "workers": args.workers, "memory_limit": args.memory_limit, "model": args.model,
               "wall_s": round(total, 1), "stages": stats, "bytes_written": written,
+              "memory_events": memory_events,
               "load_average": os.getloadavg(), "cores": os.cpu_count()}
     (out / "rehearsal.json").write_text(json.dumps(result, indent=2, default=str))
     print(table(result))
@@ -330,7 +334,8 @@ def table(result: dict) -> str:
             f"{result['workers']} workers × 1 thread, {result['memory_limit']} each; model {result['model']}; "
             f"{result['wall_s']} s in all")
     written = ", ".join(f"{k} {v / mib:.1f} MiB" for k, v in result["bytes_written"].items())
-    return f"{head}\n\n" + "\n".join(rows) + f"\n\nwritten: {written}\n"
+    events = ", ".join(f"{k!r}: {v}" for k, v in result.get("memory_events", {}).items())
+    return f"{head}\n\n" + "\n".join(rows) + f"\n\nwritten: {written}\nworker memory events in the log: {events}\n"
 
 
 if __name__ == "__main__":

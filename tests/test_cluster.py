@@ -253,3 +253,33 @@ def test_ctrl_c_stops_workers_without_their_tracebacks(tmp_path):
     assert "Aborted!" in out
     for noise in ("Traceback", "KeyboardInterrupt", "CancelledError", "still alive"):
         assert noise not in err, err[-3000:]
+
+
+def test_compute_bounded_keeps_a_window_of_units_on_the_scheduler():
+    from distributed import Client, LocalCluster
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    from cpzarr.cluster import compute_bounded
+
+    class MostHeld(SchedulerPlugin):
+        def __init__(self, scheduler):
+            self.scheduler, self.most = scheduler, 0
+
+        def transition(self, *args, **kwargs):
+            self.most = max(self.most, len(self.scheduler.tasks))
+
+    def unit(u):  # 3 reads -> one sum -> one "write": 5 tasks a unit
+        reads = [dask.delayed(lambda i: i)(3 * u + s, dask_key_name=f"read-{u}-{s}") for s in range(3)]
+        total = dask.delayed(sum)(reads, dask_key_name=f"sum-{u}")
+        return dask.delayed(lambda v: v * 10)(total, dask_key_name=f"write-{u}")
+
+    n, limit = 120, 6
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        plugin = MostHeld(cluster.scheduler)
+        cluster.scheduler.add_plugin(plugin)
+        done = []
+        out = compute_bounded(client, [unit(u) for u in range(n)], limit=limit, on_done=done.append)
+    assert out == [10 * (9 * u + 3) for u in range(n)]  # sum of 3u, 3u+1, 3u+2, times 10; in order
+    assert sorted(done) == sorted(out)
+    assert plugin.most <= 5 * limit + 10  # all at once: 600
