@@ -544,6 +544,7 @@ def compute_bounded(
     *,
     limit: int | None = None,
     on_done: Callable[[Any], None] | None = None,
+    optimize_graph: bool = True,
 ) -> list[Any]:
     """Compute dask collections on ``client``, at most ``limit`` submitted at a time.
 
@@ -557,6 +558,8 @@ def compute_bounded(
         batches of half the limit, whenever half the window has finished.
     on_done : callable, optional
         Called with each result as it arrives (a progress bar).
+    optimize_graph : bool
+        Passed to ``Client.compute`` (dask fuses tasks, and drops their annotations, when true).
 
     Returns
     -------
@@ -576,7 +579,7 @@ def compute_bounded(
         nonlocal nxt
         chunk = list(range(nxt, min(nxt + count, len(tasks))))
         nxt += len(chunk)
-        for i, future in zip(chunk, client.compute([tasks[i] for i in chunk])):
+        for i, future in zip(chunk, client.compute([tasks[i] for i in chunk], optimize_graph=optimize_graph)):
             index_of[future.key] = i
             window.add(future)
 
