@@ -9,9 +9,11 @@ are written to ``<out>/rehearsal.json`` and printed as a table.
 
 Examples
 --------
-The size run on a 2-core machine (2 plates × 96 wells × 3 sites, 96 px, ~10 cells a site)::
+The two sizes run on a 2-core machine for docs/scaling.md (96 and 960 sites of 96 px with ~10
+cells each; 2 and 9 minutes at a load average of 22)::
 
-    python scripts/rehearsal.py --out /tmp/rehearsal-small --plates 2 --wells 96 --sites 3
+    python scripts/rehearsal.py --out /tmp/reh-s --plates 1 --wells 96 --sites 1
+    python scripts/rehearsal.py --out /tmp/reh-b --plates 10 --wells 96 --sites 1
 
 A JUMP source's shape (20 plates × 384 wells × 9 sites × 5 channels, 96 px, ~10 cells a site:
 69,120 sites, ~690,000 cells), on 16 workers with 2 GiB each::
