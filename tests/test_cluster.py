@@ -1,8 +1,22 @@
 import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
 
 import dask
+import psutil
+import pytest
 
 from cpzarr.cluster import batched, dashboard_link, get_client, local_threads, map_batches
+from cpzarr.errors import ClusterError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_map_batches_in_process_keeps_order():
@@ -91,23 +105,6 @@ def test_worker_processes_reuse_freed_memory(monkeypatch):
 
 
 # --- dashboard, addresses, shutdown -----------------------------------------------------------
-
-import re
-import signal
-import socket
-import subprocess
-import sys
-import textwrap
-import time
-import urllib.request
-from pathlib import Path
-
-import psutil
-import pytest
-
-from cpzarr.errors import ClusterError
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _listening(port):

@@ -2,7 +2,6 @@
 a worker killed mid-features."""
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +15,6 @@ import pytest
 import xarray as xr
 from distributed import Client, LocalCluster, get_task_stream
 
-from cpzarr.config import load_config
 from cpzarr.run import run
 
 REPO = Path(__file__).resolve().parents[1]
