@@ -253,3 +253,21 @@ def test_a_damaged_unit_flag_counts_as_a_unit_to_redo(store):
     cnn.write_features(store, "toy", _features(), chunk_cells=3, scheduler="sync", progress=False)
     assert node_status(store, "features/toy").complete
     np.testing.assert_array_equal(open_node(store, "features/toy")["features"].values, _features().values)
+
+
+def _write_profiles_task(store):
+    write_profiles(_profiles(), store, node="profiles/toy/worker")
+    return True
+
+
+def test_worker_processes_write_for_the_client_that_holds_the_lock(store):
+    """cpzarr run holds the lock and runs its profile steps as tasks of worker processes."""
+    from distributed import Client, LocalCluster
+
+    with store_lock(store, "cpzarr run"):
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+                Client(cluster) as client:
+            assert client.submit(_write_profiles_task, store).result()
+        assert lock_holder(store)["purpose"] == "cpzarr run"
+    np.testing.assert_array_equal(read_profiles(store, node="profiles/toy/worker").values, _profiles().values)
+    assert not lock_path(store).exists()

@@ -20,7 +20,10 @@ same fraction of a second could both pass, so on object stores the lock guards a
 common mistake (a second run on a store in use), not against a race. The same stale rule holds.
 
 Within one process the lock is re-entrant: ``cpzarr run`` holds it, and the ingest it calls
-takes it again. Dask workers never take it; only the process that plans and submits does.
+takes it again. Dask workers never take it: a writer running inside a worker's task writes on
+behalf of the client that planned the work and holds the lock (``cpzarr run`` runs its profile
+steps as worker tasks), so :class:`store_lock` is a no-op there, and so are the sweeps of
+:func:`cpzarr.store.sweep_scratch` (another task's files may be in flight).
 """
 
 from __future__ import annotations
@@ -37,10 +40,24 @@ from pathlib import Path
 from cpzarr.errors import StoreError
 from cpzarr.store._location import Location, as_location
 
-__all__ = ["store_lock", "lock_path", "lock_holder"]
+__all__ = ["store_lock", "lock_path", "lock_holder", "in_worker"]
 
 _HELD: dict[str, list] = {}  # lock path -> [token, depth], for this process
 _GUARD = threading.Lock()
+
+
+def in_worker() -> bool:
+    """True inside a task of a ``distributed`` worker (whose client holds the store's lock)."""
+    import sys
+
+    distributed = sys.modules.get("distributed")  # not imported: no worker in this process
+    if distributed is None:
+        return False
+    try:
+        distributed.get_worker()
+    except ValueError:
+        return False
+    return True
 
 
 def lock_path(store) -> Path:
@@ -90,6 +107,9 @@ class store_lock:
         self.purpose = purpose
 
     def __enter__(self):
+        self.skipped = in_worker()
+        if self.skipped:
+            return self
         key = _key(self.path)
         with _GUARD:
             held = _HELD.get(key)
@@ -101,6 +121,8 @@ class store_lock:
         return self
 
     def __exit__(self, *exc):
+        if self.skipped:
+            return False
         key = _key(self.path)
         with _GUARD:
             held = _HELD.get(key)

@@ -275,9 +275,11 @@ def sweep_scratch(store, *, partials=True, under=None) -> int:
     leaves nothing inside the store); ``under`` (a node) limits the walk to that node. Returns the
     number of files and folders removed.
     """
+    from cpzarr.store._lock import in_worker
+
     store = as_location(store)
-    if isinstance(store, Location):
-        return 0  # objects are put whole: nothing half-written to sweep
+    if isinstance(store, Location) or in_worker():
+        return 0  # objects are put whole; a worker's task writes beside others' tasks
     removed = 0
     walked = store / under if under else store
     if partials and walked.is_dir():
