@@ -12,20 +12,26 @@ from . import plots
 from ._enrichment import batch_enrichment, enrichment
 from ._evaluate import evaluate
 from ._hitk import hitk
-from ._map import average_precision, benjamini_hochberg, mean_average_precision
+from ._map import add_p_values, average_precision, benjamini_hochberg, mean_average_precision
+from ._modes import fraction_retrieved, nscb, phenotypic_activity, phenotypic_consistency
 from ._precision import precision_recall
 from ._replicates import grit, replicate_reproducibility
 from ._similarity import sample_table, similarity
 
 __all__ = [
+    "add_p_values",
     "average_precision",
     "batch_enrichment",
     "benjamini_hochberg",
     "enrichment",
     "evaluate",
+    "fraction_retrieved",
     "grit",
     "hitk",
     "mean_average_precision",
+    "nscb",
+    "phenotypic_activity",
+    "phenotypic_consistency",
     "plots",
     "precision_recall",
     "replicate_reproducibility",
