@@ -1,0 +1,196 @@
+"""copairs' mAP modes on the real LINCS plate, checked against copairs 0.5.5 run in the test.
+
+AP per query, n_pos/n_total, per-query p-values and mAP per group are compared bit for bit
+(copairs with a fresh null cache and the same seed); BH-corrected p-values to 1e-15 (copairs
+uses statsmodels, cpzarr its own Benjamini–Hochberg).
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+import cpzarr.evaluate as ev
+from cpzarr.errors import InputError
+
+PLATE = "lincs_level4b_SQ00015054/SQ00015054_normalized_feature_select.csv.gz"
+NULL, SEED = 1000, 3
+
+
+@pytest.fixture(scope="module")
+def plate(shared_data):
+    """The plate as (Pycytominer frame, features, DataArray with Metadata_ coordinates)."""
+    frame = pd.read_csv(shared_data / PLATE)
+    meta = [c for c in frame if c.startswith("Metadata_")]
+    features = [c for c in frame if c not in meta]
+    profiles = xr.DataArray(
+        frame[features].to_numpy(np.float64),
+        dims=("sample", "feature"),
+        coords={c: ("sample", frame[c].to_numpy()) for c in meta},
+    )
+    return frame, frame[features].to_numpy(np.float64), profiles
+
+
+@pytest.fixture(scope="module")
+def copairs():
+    return pytest.importorskip("copairs.map")
+
+
+def assert_same_ap(got, peer):
+    np.testing.assert_array_equal(got["n_pos_pairs"], peer["n_pos_pairs"])
+    np.testing.assert_array_equal(got["n_total_pairs"], peer["n_total_pairs"])
+    np.testing.assert_array_equal(got["average_precision"], peer["average_precision"])
+
+
+def assert_same_map(got, peer, on):
+    both = got.merge(peer, on=on, suffixes=("", "_copairs"))
+    assert len(both) == len(got) == len(peer)
+    for column in ("mean_average_precision", "p_value"):
+        np.testing.assert_array_equal(both[column], both[column + "_copairs"])
+    np.testing.assert_allclose(both["corrected_p_value"], both["corrected_p_value_copairs"],
+                               rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(both["below_corrected_p"], both["below_corrected_p_copairs"])
+
+
+def test_pair_rules_equal_copairs(plate, copairs, tmp_path):
+    """Replicates = same compound at another dose; negatives = other compounds at the same dose."""
+    frame, features, profiles = plate
+    treated = (frame["Metadata_pert_type"] == "trt").to_numpy()
+    rows = frame[treated].reset_index(drop=True)
+    rules = dict(pos_sameby=["Metadata_pert_id"], pos_diffby=["Metadata_mmoles_per_liter"],
+                 neg_sameby=["Metadata_mmoles_per_liter"], neg_diffby=["Metadata_pert_id"])
+    peer = copairs.average_precision(
+        rows[["Metadata_pert_id", "Metadata_mmoles_per_liter"]], features[treated],
+        distance="correlation", progress_bar=False, **rules,
+    )
+    from copairs.map.average_precision import p_values
+
+    peer["p_value"] = p_values(peer, null_size=NULL, seed=SEED, progress_bar=False)
+    # Metadata_ names and un-prefixed ones both name the same coordinates.
+    got = ev.average_precision(
+        profiles, mask="Metadata_pert_type == 'trt'", block_size=37, null_size=NULL, seed=SEED,
+        pos_sameby=["pert_id"], pos_diffby=["Metadata_mmoles_per_liter"],
+        neg_sameby=["mmoles_per_liter"], neg_diffby=["Metadata_pert_id"],
+    )
+    assert_same_ap(got, peer)
+    np.testing.assert_array_equal(got["p_value"].astype(np.float32), peer["p_value"])
+    peer_map = copairs.mean_average_precision(
+        peer, ["Metadata_pert_id"], null_size=NULL, threshold=0.05, seed=SEED,
+        progress_bar=False, cache_dir=tmp_path,
+    )
+    got_map = ev.mean_average_precision(groups="pert_id", ap=got, null_size=NULL, seed=SEED)
+    assert_same_map(got_map, peer_map, "Metadata_pert_id")
+    # One pass for a table: the same numbers computed from the profiles directly.
+    direct = ev.mean_average_precision(profiles, mask=treated, null_size=NULL, seed=SEED, **rules)
+    pd.testing.assert_frame_equal(direct, got_map)
+
+
+def test_phenotypic_activity_equals_copairs(plate, copairs, tmp_path):
+    frame, features, profiles = plate
+    from copairs.map.average_precision import p_values
+    from copairs.matching import assign_reference_index
+
+    meta = assign_reference_index(frame[["Metadata_broad_sample", "Metadata_pert_type"]],
+                                  "Metadata_pert_type == 'control'", reference_col="ref")
+    columns = ["Metadata_broad_sample", "ref"]
+    peer = copairs.average_precision(meta, features, columns, [], [], columns,
+                                     distance="correlation", progress_bar=False)
+    peer["p_value"] = p_values(peer, null_size=NULL, seed=SEED, progress_bar=False)
+    peer = peer[peer["Metadata_pert_type"] == "trt"].reset_index(drop=True)
+    peer_map = copairs.mean_average_precision(
+        peer, ["Metadata_broad_sample"], null_size=NULL, threshold=0.05, seed=SEED,
+        progress_bar=False, cache_dir=tmp_path,
+    )
+    got = ev.phenotypic_activity(profiles, "broad_sample", "pert_type == 'control'",
+                                 null_size=NULL, seed=SEED, block_size=50)
+    ap = got["average_precision"]
+    assert_same_ap(ap, peer)
+    np.testing.assert_array_equal(ap["p_value"].astype(np.float32), peer["p_value"])
+    assert_same_map(got["mean_average_precision"], peer_map, "Metadata_broad_sample")
+    # Every treatment's replicates are ranked against the 24 DMSO wells only.
+    np.testing.assert_array_equal(ap["n_total_pairs"] - ap["n_pos_pairs"], 24)
+    assert ev.fraction_retrieved(got["mean_average_precision"]) == pytest.approx(
+        peer_map["below_corrected_p"].mean()
+    )
+
+
+def test_phenotypic_consistency_multilabel_equals_copairs(plate, copairs, tmp_path):
+    """Consensus per compound (median); MOAs joined by '|' are several labels."""
+    frame, _, _ = plate
+    features = [c for c in frame if not c.startswith("Metadata_")]
+    treated = frame[frame["Metadata_pert_type"] == "trt"]
+    consensus = treated.groupby("Metadata_broad_sample", sort=True).agg(
+        {**{f: "median" for f in features}, "Metadata_moa": "first"}
+    ).reset_index()
+    assert consensus["Metadata_moa"].str.contains("|", regex=False).any()
+    profiles = xr.DataArray(
+        consensus[features].to_numpy(np.float64), dims=("sample", "feature"),
+        coords={c: ("sample", consensus[c].to_numpy())
+                for c in ("Metadata_broad_sample", "Metadata_moa")},
+    )
+    annotated = consensus[consensus["Metadata_moa"].notna()].reset_index(names="row")
+    meta = annotated[["row"]].copy()
+    meta["Metadata_moa"] = annotated["Metadata_moa"].str.split("|")
+    peer = copairs.multilabel.average_precision(
+        meta, annotated[features].to_numpy(), ["Metadata_moa"], [], [], ["Metadata_moa"],
+        multilabel_col="Metadata_moa", distance="correlation", progress_bar=False,
+    )
+    peer_map = copairs.mean_average_precision(
+        peer, ["Metadata_moa"], null_size=NULL, threshold=0.05, seed=SEED, progress_bar=False,
+        cache_dir=tmp_path,
+    )
+    got = ev.phenotypic_consistency(profiles, "moa", multilabel=True, null_size=NULL, seed=SEED)
+    ap = got["average_precision"]
+    assert set(ap["sample"]) == set(annotated["row"])  # NaN MOAs left out
+    ap = ap[ap["n_pos_pairs"] > 0].sort_values(["sample", "Metadata_moa"]).reset_index(drop=True)
+    peer = peer.sort_values(["row", "Metadata_moa"]).reset_index(drop=True)
+    np.testing.assert_array_equal(ap["sample"], peer["row"])
+    np.testing.assert_array_equal(ap["Metadata_moa"], peer["Metadata_moa"])
+    assert_same_ap(ap, peer)
+    assert_same_map(got["mean_average_precision"], peer_map, "Metadata_moa")
+
+
+def test_nscb_equals_dense_reference(plate):
+    """NSCB by hand: neighbours of the same compound or the same dose (standing in for batch on
+    this one-plate set) are dropped; AP and 1-NN accuracy from a dense correlation matrix."""
+    frame, features, profiles = plate
+    keep = (frame["Metadata_pert_type"] == "trt") & frame["Metadata_moa"].notna()
+    got = ev.nscb(profiles, "Metadata_moa", compound="pert_id", batch="mmoles_per_liter",
+                  mask=keep.to_numpy(), null_size=100)
+    rows = frame[keep].reset_index(drop=True)
+    sims = np.corrcoef(features[keep.to_numpy()]).astype(np.float32)
+    moa, cpd = rows["Metadata_moa"].to_numpy(), rows["Metadata_pert_id"].to_numpy()
+    dose = rows["Metadata_mmoles_per_liter"].to_numpy()
+    expected_ap, expected_hit = [], []
+    for i in range(len(rows)):
+        allowed = (cpd != cpd[i]) & (dose != dose[i])
+        allowed[i] = False
+        cand = np.flatnonzero(allowed)
+        key = np.float32(1) - sims[i, cand]
+        positive = moa[cand] == moa[i]
+        order = np.lexsort((~positive, key))  # key ascending, positives first on ties
+        rel = positive[order]
+        if not rel.any():
+            expected_ap.append(np.nan)
+            expected_hit.append(False)
+            continue
+        hits = np.cumsum(rel)
+        expected_ap.append(np.mean((hits / np.arange(1, rel.size + 1))[rel]))
+        expected_hit.append(bool(rel[0]))
+    ap = got["average_precision"]
+    np.testing.assert_allclose(ap["average_precision"], expected_ap, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(ap["nearest_is_positive"], expected_hit)
+    assert got["accuracy"] == pytest.approx(np.mean(np.array(expected_hit)[~np.isnan(expected_ap)]))
+
+
+def test_metadata_prefix_everywhere(plate):
+    """Pycytominer names in groups and queries give the same tables as the coordinates' names."""
+    frame, _, profiles = plate
+    plain = profiles.rename({c: c.removeprefix("Metadata_") for c in profiles.coords})
+    a = ev.precision_recall(plain, "moa", k=[1, 5], mask="Metadata_pert_type != 'control'")
+    b = ev.precision_recall(profiles, "moa", k=[1, 5], mask="pert_type != 'control'")
+    c = ev.precision_recall(plain, "Metadata_moa", k=[1, 5], mask="pert_type != 'control'")
+    np.testing.assert_array_equal(a["precision"], b["precision"])
+    np.testing.assert_array_equal(a["precision"], c["precision"])
+    with pytest.raises(InputError, match="known"):
+        ev.precision_recall(plain, "Metadata_nothing")
