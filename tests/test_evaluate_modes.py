@@ -232,3 +232,59 @@ def test_pooled_precision_recall_equals_cytominer_rule(plate, groups):
     # Not the per-query mean: the issue's "only a few (MOA, k) rows agree".
     per_query = ev.precision_recall(profiles, groups, k=ks).groupby(groups + ["k"], dropna=False)
     assert not np.allclose(per_query["precision"].mean().to_numpy(), got["precision"])
+
+
+def cytominer_mp_reference(frame, features, replicate, controls, n_permutations, seed):
+    """Cytominer-eval's mp-value from its documented algorithm with scikit-learn: PCA keeping
+    90 % of the variance (full SVD) scaled by explained-variance ratio, squared Mahalanobis
+    distance (EmpiricalCovariance of the controls) of the replicates' mean, permutations from
+    NumPy's global generator in groupby order."""
+    from sklearn.covariance import EmpiricalCovariance
+    from sklearn.decomposition import PCA
+
+    control_rows = features[frame[replicate].isin(controls).to_numpy()]
+    np.random.seed(seed)
+    out = {}
+    for key, index in frame.groupby(replicate).groups.items():
+        pert = features[np.asarray(index)]
+        stacked = np.concatenate([pert, control_rows])
+        pca = PCA(n_components=0.9, svd_solver="full")
+        array = pca.fit_transform(stacked) * pca.explained_variance_ratio_
+
+        def distance(p, c):
+            return EmpiricalCovariance().fit(c).mahalanobis(p.mean(axis=0)[None])[0]
+
+        n = len(pert)
+        observed = distance(array[:n], array[n:])
+        mask = np.zeros(len(array), dtype=bool)
+        mask[:n] = True
+        null = []
+        for _ in range(n_permutations):
+            chosen = np.random.permutation(mask)
+            null.append(distance(array[chosen], array[~chosen]))
+        out[key] = (observed, np.mean(np.array(null) >= observed))
+    return out
+
+
+def test_mp_value_equals_cytominer_rule(plate):
+    """Same seed, same permutations: distances to 1e-8 relative, mp-values within the
+    documented tolerance (a permutation tying the observed distance to rounding may flip,
+    1/100 each); on this plate they are equal."""
+    frame, features, profiles = plate
+    # A subset keeps the test fast: DMSO and the compounds of the first 12 MOAs.
+    moas = sorted(frame["Metadata_moa"].dropna().unique())[:12]
+    chosen = (frame["Metadata_pert_type"] == "control") | frame["Metadata_moa"].isin(moas)
+    sub = frame[chosen].reset_index(drop=True)
+    expected = cytominer_mp_reference(sub, features[chosen.to_numpy()], "Metadata_broad_sample",
+                                      ["DMSO"], 100, seed=11)
+    got = ev.mp_value(profiles, "broad_sample", "broad_sample == 'DMSO'", mask=chosen.to_numpy(),
+                      n_permutations=100, seed=11)
+    assert list(got["Metadata_broad_sample"]) == list(expected)
+    distances = np.array([expected[k][0] for k in got["Metadata_broad_sample"]])
+    mp = np.array([expected[k][1] for k in got["Metadata_broad_sample"]])
+    np.testing.assert_allclose(got["distance"], distances, rtol=1e-8)
+    np.testing.assert_allclose(got["mp_value"], mp, rtol=0, atol=0.01)
+    assert (got["mp_value"] == mp).mean() >= 0.95
+    # Significant compounds exist and DMSO against itself is not one of them.
+    dmso = got.loc[got["Metadata_broad_sample"] == "DMSO", "mp_value"].item()
+    assert dmso > 0.05 and (got["mp_value"] < 0.05).any()

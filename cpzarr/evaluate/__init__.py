@@ -13,6 +13,7 @@ from ._enrichment import batch_enrichment, enrichment
 from ._evaluate import evaluate
 from ._hitk import hitk
 from ._map import add_p_values, average_precision, benjamini_hochberg, mean_average_precision
+from ._mp_value import mp_value
 from ._modes import fraction_retrieved, nscb, phenotypic_activity, phenotypic_consistency
 from ._precision import precision_recall
 from ._replicates import grit, replicate_reproducibility
@@ -29,6 +30,7 @@ __all__ = [
     "grit",
     "hitk",
     "mean_average_precision",
+    "mp_value",
     "nscb",
     "phenotypic_activity",
     "phenotypic_consistency",
