@@ -288,3 +288,33 @@ def test_mp_value_equals_cytominer_rule(plate):
     # Significant compounds exist and DMSO against itself is not one of them.
     dmso = got.loc[got["Metadata_broad_sample"] == "DMSO", "mp_value"].item()
     assert dmso > 0.05 and (got["mp_value"] < 0.05).any()
+
+
+def test_well_position_effect_finds_a_column_effect(copairs):
+    """Controls given a per-column offset: the column task's mAP is far above its random
+    expectation, without the offset it is not; the column mAP equals copairs' on the same
+    rules. (The synthetic layout puts DMSO in few columns, so rows are confounded with them.)"""
+    from cpzarr.synthetic import make_profiles
+
+    profiles = make_profiles(n_plates=4, n_batches=2, n_negcon=24, n_compounds=40,
+                             n_replicates=4, n_moas=8, n_features=60, n_samples=None, seed=3)
+    wells = profiles["well"].values.astype(str)
+    column = np.array([int(w[1:]) for w in wells])
+    rng = np.random.default_rng(0)
+    offsets = rng.normal(0, 3.0, size=(column.max() + 1, profiles.sizes["feature"]))
+    shifted = profiles.copy(data=profiles.values + offsets[column])
+    clean = ev.well_position_effect(profiles, null_size=200).set_index("factor")
+    dirty = ev.well_position_effect(shifted, null_size=200).set_index("factor")
+    assert abs(clean.loc["column", "excess"]) < 0.1
+    assert dirty.loc["column", "excess"] > 0.3
+    assert dirty.loc["column", "fraction_retrieved"] >= 0.8
+    assert dirty.loc["well", "excess"] > 0.3  # same well on other plates = same column
+    # The column task is copairs' same-column rule among the controls.
+    controls = profiles["control"].values == "negcon"
+    meta = pd.DataFrame({"column": column[controls]})
+    peer = copairs.average_precision(meta, shifted.values[controls], ["column"], [], [],
+                                     ["column"], distance="correlation", progress_bar=False)
+    peer = peer[peer["n_pos_pairs"] > 0]
+    assert dirty.loc["column", "mean_average_precision"] == pytest.approx(
+        peer["average_precision"].mean(), abs=1e-12)
+    assert dirty.loc["column", "n_queries"] == len(peer)

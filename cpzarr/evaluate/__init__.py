@@ -14,7 +14,14 @@ from ._evaluate import evaluate
 from ._hitk import hitk
 from ._map import add_p_values, average_precision, benjamini_hochberg, mean_average_precision
 from ._mp_value import mp_value
-from ._modes import fraction_retrieved, nscb, phenotypic_activity, phenotypic_consistency
+from ._modes import (
+    expected_average_precision,
+    fraction_retrieved,
+    nscb,
+    phenotypic_activity,
+    phenotypic_consistency,
+    well_position_effect,
+)
 from ._precision import precision_recall
 from ._replicates import grit, replicate_reproducibility
 from ._similarity import sample_table, similarity
@@ -26,6 +33,7 @@ __all__ = [
     "benjamini_hochberg",
     "enrichment",
     "evaluate",
+    "expected_average_precision",
     "fraction_retrieved",
     "grit",
     "hitk",
@@ -39,4 +47,5 @@ __all__ = [
     "replicate_reproducibility",
     "sample_table",
     "similarity",
+    "well_position_effect",
 ]

@@ -253,3 +253,111 @@ def nscb(
         "mean_average_precision": maps,
         "accuracy": float(scored["nearest_is_positive"].mean()) if len(scored) else float("nan"),
     }
+
+
+def expected_average_precision(n_pos, n_total):
+    """AP of a random ranking, on average: ``(1/L)·((M−1)/(L−1)·(L−H_L) + H_L)``.
+
+    ``M`` positives among ``L`` ranked partners, ``H_L`` the L-th harmonic number (the exact
+    finite-sample mean copairs uses to normalize AP).
+
+    Examples
+    --------
+    >>> float(expected_average_precision(1, 2))
+    0.75
+    """
+    m = np.asarray(n_pos, dtype=np.float64)
+    total = np.asarray(n_total, dtype=np.float64)
+    harmonic = np.array([np.sum(1.0 / np.arange(1, int(t) + 1)) for t in np.ravel(total)])
+    harmonic = harmonic.reshape(total.shape)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = ((m - 1) / (total - 1) * (total - harmonic) + harmonic) / total
+    return np.where(total == 1, (m == 1).astype(float), np.where(m == 0, 0.0, value))
+
+
+def _row_column(wells):
+    """Row letters and column numbers of well names such as ``A01`` / ``AA24``."""
+    parts = pd.Series(np.asarray(wells).astype(str)).str.extract(r"^\s*([A-Za-z]+)\s*0*(\d+)\s*$")
+    bad = parts[0].isna()
+    if bad.any():
+        raise InputError("well names must look like 'A01'", list(np.asarray(wells)[bad.to_numpy()][:20]))
+    return parts[0].str.upper().to_numpy(), parts[1].astype(int).to_numpy()
+
+
+def well_position_effect(
+    profiles,
+    well="well",
+    plate="plate",
+    control="control == 'negcon'",
+    null_size=1000,
+    threshold=0.05,
+    seed=0,
+    method="pearson",
+    dtype="float64",
+    block_size=None,
+):
+    """How much control profiles cluster by well position, plate row and plate column.
+
+    Among the negative controls, three retrieval tasks with copairs' rules: the same well on
+    other plates (``well``), the same row (``row``) and the same column (``column``) against
+    controls elsewhere. No position effect gives mAP near the random expectation; mAP well above
+    it (many groups retrieved) means position, not treatment, shapes the profiles, and
+    per-plate normalization on all wells or a position correction is needed.
+
+    Parameters
+    ----------
+    profiles : DataArray (sample, feature)
+        Well-level profiles with well and plate coordinates.
+    well, plate : str
+        Coordinates of the well name (``A01``) and the plate.
+    control : str or boolean array (sample,)
+        Which samples are the negative controls.
+    null_size, threshold, seed, method, dtype, block_size
+        As in :func:`mean_average_precision`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per ``factor`` (``well``, ``row``, ``column``): ``n_queries``,
+        ``mean_average_precision`` (over queries), ``expected`` (random-ranking mAP),
+        ``excess`` (difference), ``fraction_retrieved`` (groups with corrected p < threshold).
+
+    Examples
+    --------
+    >>> well_position_effect(wells, control="control == 'negcon'")  # doctest: +SKIP
+    """
+    profiles, _ = _check_profiles(profiles)
+    (well_name,) = _group_names(profiles, [well], "well")
+    (plate_name,) = _group_names(profiles, [plate], "plate")
+    is_control = _sample_mask(profiles, control, "control")
+    if is_control.sum() < 3:
+        raise InputError(f"well_position_effect needs controls; control={control!r} matches "
+                         f"{int(is_control.sum())} samples")
+    rows, columns = _row_column(profiles[well_name].values)
+    profiles = profiles.assign_coords(_row=("sample", rows), _column=("sample", columns))
+    tasks = {
+        "well": dict(pos_sameby=[well_name], pos_diffby=[plate_name], neg_diffby=[well_name]),
+        "row": dict(pos_sameby=["_row"], neg_diffby=["_row"]),
+        "column": dict(pos_sameby=["_column"], neg_diffby=["_column"]),
+    }
+    out = []
+    for factor, rules in tasks.items():
+        ap = average_precision(
+            profiles, mask=is_control, method=method, dtype=dtype, block_size=block_size,
+            pos_diffby=rules.get("pos_diffby", []), neg_sameby=[], **{
+                k: v for k, v in rules.items() if k != "pos_diffby"
+            },
+        )
+        scored = ap[ap["n_pos_pairs"] > 0]
+        if scored.empty:
+            out.append((factor, 0, np.nan, np.nan, np.nan, np.nan))
+            continue
+        maps = mean_average_precision(groups=rules["pos_sameby"], ap=scored, null_size=null_size,
+                                      threshold=threshold, seed=seed)
+        observed = float(scored["average_precision"].mean())
+        expected = float(np.mean(expected_average_precision(scored["n_pos_pairs"],
+                                                            scored["n_total_pairs"])))
+        out.append((factor, len(scored), observed, expected, observed - expected,
+                    fraction_retrieved(maps)))
+    return pd.DataFrame(out, columns=["factor", "n_queries", "mean_average_precision", "expected",
+                                      "excess", "fraction_retrieved"])
