@@ -292,14 +292,19 @@ def profiles_pipeline(source, target, node, out_node, recipe):
 @main.command("evaluate")
 @click.argument("profiles", type=click.Path(exists=True))
 @click.option("--groups", "-g", multiple=True, required=True,
-              help="Sample coordinate(s) defining positives, e.g. --groups moa (repeatable).")
+              help="Sample coordinate(s) defining positives, e.g. --groups moa or Metadata_moa (repeatable).")
 @click.option("--mask", default=None, metavar="QUERY",
               help="Samples to keep, a pandas query on the metadata, e.g. \"control != 'negcon'\".")
-@click.option("--node", default=None, help="Store node holding the profiles (Zarr input).")
+@click.option("--node", default=None,
+              help="Store node holding the profiles (Zarr input); without it the profile nodes are listed.")
 @click.option("--output", "-o", type=click.Path(file_okay=False), default="evaluation",
               show_default=True, help="Folder for the metric tables (CSV) and plots (PNG).")
-@click.option("--k", "ks", multiple=True, type=int, default=(1, 5, 10, 20, 50, 100), show_default=True,
-              help="K values of Precision@K and Recall@K (repeatable).")
+@click.option("--k", "ks", multiple=True, type=int, default=None,
+              help="K values of Precision@K and Recall@K (repeatable; default: those of 1, 5, 10, 20, "
+                   "50, 100 not above the largest group).")
+@click.option("--percentile", "percentiles", multiple=True, type=float, default=None,
+              help="Enrichment percentiles (repeatable; default: those of 99.5 ... 97 whose top holds "
+                   "at least 20 pairs).")
 @click.option("--null-size", default=10_000, show_default=True, help="Permutations of the mAP null.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the mAP null.")
 @click.option("--method", type=click.Choice(["pearson", "cosine"]), default="pearson", show_default=True)
@@ -308,35 +313,57 @@ def profiles_pipeline(source, target, node, out_node, recipe):
 @click.option("--block-size", type=int, default=None, help="Queries per block (default: about 2**24 similarities).")
 @click.option("--plots/--no-plots", default=True, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def evaluate_command(profiles, groups, mask, node, output, ks, null_size, seed, method, dtype,
-                     block_size, plots, progress):
+def evaluate_command(profiles, groups, mask, node, output, ks, percentiles, null_size, seed, method,
+                     dtype, block_size, plots, progress):
     """Precision/Recall@K, Precision@R, AP/mAP with p-values, Hit@K and Enrichment of PROFILES.
 
     PROFILES is a Pycytominer table (.parquet, .csv, .csv.gz) or a Zarr store (with --node).
+    The tables and headline are those of the evaluate stage of `cpzarr run` for the same options.
     """
+    import warnings
     from pathlib import Path
 
     from cpzarr.errors import CpzarrError
     from cpzarr.evaluate import evaluate, plots as figures
     from cpzarr.profiles import read_profiles
 
+    if node is None and Path(profiles).is_dir():
+        found = _profile_nodes(Path(profiles))
+        listing = "\n".join(f"  {n}" for n in found) if found else "  (none: run the profiles stage first)"
+        raise click.ClickException(
+            f"{profiles} is a Zarr store; choose its profiles with --node NODE. Profile nodes:\n{listing}")
     try:
         table = read_profiles(profiles, node=node)
-        results = evaluate(table, list(groups), mask=mask, k=ks, null_size=null_size, seed=seed,
-                           method=method, dtype=dtype, block_size=block_size, progress=progress)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            results = evaluate(table, list(groups), mask=mask, k=ks or None,
+                               percentiles=percentiles or None, null_size=null_size, seed=seed,
+                               method=method, dtype=dtype, block_size=block_size, progress=progress)
     except CpzarrError as exc:
         raise click.ClickException(str(exc)) from exc
+    for warning in caught:
+        click.echo(f"warning: {warning.message}", err=True)
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
     for name, result in results.items():
-        if name != "hits":
+        if name not in ("hits", "summary"):
             result.to_csv(folder / f"{name}.csv", index=False)
     if plots:
         figures.enrichment(results["enrichment"], folder / "enrichment.png")
         figures.precision_recall(results["precision_recall"], folder / "precision_recall.png")
         figures.hitk(results["hitk"], folder / "hitk.png")
-    click.echo(results["summary"].T.to_string(header=False))
+    click.echo(results["headline"].to_string(index=False, header=False))
     click.echo(f"tables and plots in {folder}")
+
+
+def _profile_nodes(store):
+    """Nodes of a Zarr store folder that hold a ``profiles`` array, as ``a/b`` paths."""
+    found = []
+    for meta in sorted(store.rglob("profiles/zarr.json")):
+        node = meta.parent.parent
+        if (node / "zarr.json").exists():
+            found.append(node.relative_to(store).as_posix())
+    return found
 
 
 # --- run / demo ---

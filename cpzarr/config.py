@@ -100,9 +100,14 @@ SCHEMA: dict[str, Any] = {
             (list,),
             ["mean_average_precision", "precision_recall", "enrichment", "hitk", "batch_enrichment"],
         ),
-        "percentiles": Key((list,), [99.5, 99.0, 98.5, 98.0, 97.5, 97.0]),
-        "k": Key((list,), [1, 5, 10, 20, 50]),
+        "percentiles": Key((list, type(None)), None,
+                           help="enrichment percentiles (null: those of 99.5…97 the data supports)"),
+        "k": Key((list, type(None)), None,
+                 help="K of Precision/Recall@K (null: those of 1…100 the group sizes support)"),
         "batch": Key((str,), "batch", help="coordinate holding the batch, for the batch enrichment score"),
+        "null_size": Key((int,), 10_000, minimum=1, help="random rankings of the mAP null"),
+        "seed": Key((int,), 0, help="seed of the mAP null"),
+        "threshold": Key((float, int), 0.05, help="significance level of the corrected p-values"),
     },
     "cluster": {
         "scheduler": Key(_opt_str, None, help="address of an existing Dask scheduler"),
@@ -386,10 +391,10 @@ def _check_semantics(values: dict, problems: list[str]) -> None:
             guess = difflib.get_close_matches(str(m), _METRICS, n=1)
             hint = f"; did you mean {guess[0]!r}?" if guess else ""
             problems.append(f"evaluate.metrics: unknown metric {m!r}{hint} (allowed: {', '.join(_METRICS)})")
-    for p in ev["percentiles"]:
+    for p in ev["percentiles"] or []:
         if not isinstance(p, _num) or isinstance(p, bool) or not 0 < p < 100:
             problems.append(f"evaluate.percentiles: {p!r} is not a percentile in (0, 100)")
-    for k in ev["k"]:
+    for k in ev["k"] or []:
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             problems.append(f"evaluate.k: {k!r} is not a positive integer")
     if values.get("train") is not None:

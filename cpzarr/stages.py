@@ -340,68 +340,60 @@ def profile_sets(ctx: Context, level: str | None = None) -> dict[str, Any]:
 
 
 def stage_evaluate(ctx: Context) -> dict:
+    """Every profile set through :func:`cpzarr.evaluate.evaluate` (the code path of
+    ``cpzarr evaluate``): its tables, and its headline rows labelled by profile set."""
     from cpzarr import evaluate as ev
 
     e = ctx.cfg["evaluate"]
     ctx.tables_dir.mkdir(parents=True, exist_ok=True)
     groups = e["groups"]
-    rows = []
+    mask = f"~({e['exclude']})" if e["exclude"] else None
+    options = dict(
+        k=e["k"], percentiles=e["percentiles"], null_size=e.get("null_size", 10_000),
+        seed=e.get("seed", 0), threshold=e.get("threshold", 0.05),
+    )
+    headlines = []
     results: dict[str, dict[str, pd.DataFrame]] = {}
     for label, prof in profile_sets(ctx).items():
         prof = prof.load()
-        if e["exclude"]:
-            prof = prof.isel(sample=~ev.sample_table(prof).eval(e["exclude"]).to_numpy(dtype=bool))
         res = results.setdefault(label, {})
-        if "precision_recall" in e["metrics"]:
-            pr = ev.precision_recall(prof, groups, k=tuple(e["k"]))
-            res["precision_recall"] = pr
-            rows += [(label, f"precision@{k}", v) for k, v in pr.groupby("k")["precision"].mean().items()]
-            rows += [(label, f"recall@{k}", v) for k, v in pr.groupby("k")["recall"].mean().items()]
-        if "mean_average_precision" in e["metrics"]:
-            ap = ev.average_precision(prof, groups)
-            m = ev.mean_average_precision(groups=groups, ap=ap, null_size=2000)
-            res["average_precision"], res["mean_average_precision"] = ap, m
-            rows.append((label, "mAP", float(m["mean_average_precision"].mean())))
-            rows.append((label, "precision@R", float(ap["precision_at_r"].mean())))
-            rows.append((label, "fraction retrieved (corrected p<0.05)", float(m["below_corrected_p"].mean())))
-        if "enrichment" in e["metrics"]:
-            en = ev.enrichment(prof, groups, percentiles=tuple(e["percentiles"]))
-            res["enrichment"] = en
-            top = _headline_percentile(en)
-            rows.append((label, f"enrichment@{top['percentile']:g}", float(top["odds_ratio"])))
-        if "hitk" in e["metrics"]:
-            hits, scores = ev.hitk(prof, groups)
-            res["hitk"] = scores
+        wanted = [m for m in ev.METRICS if m in e["metrics"]]
+        if wanted:
+            out = ev.evaluate(prof, groups, mask=mask, metrics=wanted, **options)
+            res.update({k: v for k, v in out.items() if k not in ("hits", "headline", "summary")})
+            headlines.append(out["headline"].assign(profiles=label))
         if "replicate_reproducibility" in e["metrics"]:
-            rr = ev.replicate_reproducibility(prof, groups)
-            res["replicate_reproducibility"] = rr
+            score, medians = ev.replicate_reproducibility(prof, groups, mask=mask)
+            res["replicate_reproducibility"] = medians.assign(score=score)
     if "batch_enrichment" in e["metrics"]:
         for label, prof in profile_sets(ctx, level="well").items():
-            if e["batch"] not in prof.coords or "control" not in prof.coords:
+            if ev.resolve_name(prof, e["batch"]) is None or ev.resolve_name(prof, "control") is None:
                 continue
-            be = ev.batch_enrichment(prof.load(), batch=e["batch"], percentiles=tuple(e["percentiles"]))
+            prof = prof.load()
+            n_controls = int((ev.sample_table(prof)[ev.resolve_name(prof, "control")] == "negcon").sum())
+            be = ev.batch_enrichment(prof, batch=e["batch"],
+                                     percentiles=ev.default_percentiles(n_controls, e["percentiles"]))
             results.setdefault(label, {})["batch_enrichment"] = be
-            top = _headline_percentile(be)
-            rows.append((label, f"DMSO batch enrichment@{top['percentile']:g}", float(top["odds_ratio"])))
+            top = ev.headline_percentile(be)
+            headlines.append(pd.DataFrame({
+                "metric": [f"DMSO batch enrichment@{top['percentile']:g}"],
+                "value": [float(top["odds_ratio"])], "profiles": [label]}))
     for label, res in results.items():
         for metric, table in res.items():
             table.to_csv(ctx.tables_dir / f"{_slug(label)}.{metric}.csv", index=False)
-    headline = pd.DataFrame(rows, columns=["profiles", "metric", "value"])
+    headline = (pd.concat(headlines, ignore_index=True) if headlines
+                else pd.DataFrame(columns=["profiles", "metric", "value"]))
+    headline = headline[["profiles", "metric", "value"]]
     headline.to_csv(ctx.tables_dir / "headline.csv", index=False)
     (ctx.tables_dir / "sets.json").write_text(json.dumps({_slug(k): k for k in results}))
     return {}
 
 
 def _headline_percentile(table: pd.DataFrame, min_pairs: int = 20) -> pd.Series:
-    """The row of the highest percentile whose "similar" side holds at least ``min_pairs`` pairs.
+    """Kept for callers of the old name: :func:`cpzarr.evaluate.headline_percentile`."""
+    from cpzarr.evaluate import headline_percentile
 
-    On a small screen the top 0.5 % of pairs can be a handful, whose odds ratio is noise (often
-    infinite); the full curve is in the tables and the report.
-    """
-    ordered = table.sort_values("percentile", ascending=False)
-    above = ordered["same_above"] + ordered["different_above"]
-    enough = ordered[above >= min_pairs]
-    return enough.iloc[0] if len(enough) else ordered.iloc[-1]
+    return headline_percentile(table, min_pairs)
 
 
 def _slug(label: str) -> str:

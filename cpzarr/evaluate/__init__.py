@@ -10,7 +10,14 @@ docstring states them.
 
 from . import plots
 from ._enrichment import batch_enrichment, enrichment
-from ._evaluate import evaluate
+from ._evaluate import (
+    METRICS,
+    default_k,
+    default_percentiles,
+    evaluate,
+    headline,
+    headline_percentile,
+)
 from ._hitk import hitk
 from ._map import add_p_values, average_precision, benjamini_hochberg, mean_average_precision
 from ._mp_value import mp_value
@@ -24,9 +31,14 @@ from ._modes import (
 )
 from ._precision import precision_recall
 from ._replicates import grit, replicate_reproducibility
-from ._similarity import sample_table, similarity
+from ._similarity import resolve_name, sample_table, similarity
 
 __all__ = [
+    "METRICS",
+    "default_k",
+    "default_percentiles",
+    "headline",
+    "headline_percentile",
     "add_p_values",
     "average_precision",
     "batch_enrichment",
@@ -45,6 +57,7 @@ __all__ = [
     "plots",
     "precision_recall",
     "replicate_reproducibility",
+    "resolve_name",
     "sample_table",
     "similarity",
     "well_position_effect",
