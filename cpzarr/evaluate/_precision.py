@@ -298,8 +298,14 @@ def _pooled_frame(profiles, names, z, codes, idx, queries, ks, block_size, progr
         sims = z[rows] @ z.T
         sims[np.arange(rows.size), rows] = -np.inf
         sims = _on_grid(sims)
-        # Stable: similarity descending, then neighbour position.
-        best = np.argsort(-sims, axis=1, kind="stable")[:, :top]
+        # The top-th largest similarity of each row; every neighbour at least that similar is a
+        # candidate (ties included), ordered by similarity descending, then neighbour position.
+        kth = -np.partition(-sims, top - 1, axis=1)[:, top - 1]
+        best = np.empty((rows.size, top), dtype=np.int64)
+        for r in range(rows.size):
+            candidates = np.flatnonzero(sims[r] >= kth[r])
+            order = np.argsort(-sims[r, candidates], kind="stable")[:top]
+            best[r] = candidates[order]
         values = np.take_along_axis(sims, best, axis=1)
         return values, codes[best] == codes[rows][:, None]
 
