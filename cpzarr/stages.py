@@ -359,7 +359,11 @@ def stage_evaluate(ctx: Context) -> dict:
         res = results.setdefault(label, {})
         wanted = [m for m in ev.METRICS if m in e["metrics"]]
         if wanted:
-            out = ev.evaluate(prof, groups, mask=mask, metrics=wanted, **options)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UserWarning)
+                out = ev.evaluate(prof, groups, mask=mask, metrics=wanted, **options)
+            for warning in caught:  # say which profile set a data-size warning is about
+                warnings.warn(f"evaluate {label}: {warning.message}", warning.category, stacklevel=2)
             res.update({k: v for k, v in out.items() if k not in ("hits", "headline", "summary")})
             headlines.append(out["headline"].assign(profiles=label))
         if "replicate_reproducibility" in e["metrics"]:
