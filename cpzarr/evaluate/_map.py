@@ -13,7 +13,7 @@ import pandas as pd
 from cpzarr.errors import InputError
 
 from ._precision import _count_within, _positive_ranks, _prepare, _query_frame
-from ._similarity import _check_profiles, _group_names, _sample_mask, _standardize
+from ._similarity import _check_profiles, _sample_mask, _standardize
 
 # Above this many cells (null_size × list length) a configuration's null is drawn row by row,
 # in bounded memory, instead of permuting a full null_size × list-length matrix as copairs does.
