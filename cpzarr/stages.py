@@ -375,8 +375,13 @@ def stage_evaluate(ctx: Context) -> dict:
                 continue
             prof = prof.load()
             n_controls = int((ev.sample_table(prof)[ev.resolve_name(prof, "control")] == "negcon").sum())
-            be = ev.batch_enrichment(prof, batch=e["batch"],
-                                     percentiles=ev.default_percentiles(n_controls, e["percentiles"]))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UserWarning)
+                wanted_p = ev.default_percentiles(n_controls, e["percentiles"])
+            for warning in caught:
+                warnings.warn(f"DMSO batch enrichment {label}: {warning.message}", warning.category,
+                              stacklevel=2)
+            be = ev.batch_enrichment(prof, batch=e["batch"], percentiles=wanted_p)
             results.setdefault(label, {})["batch_enrichment"] = be
             top = ev.headline_percentile(be)
             headlines.append(pd.DataFrame({
