@@ -318,3 +318,14 @@ def test_well_position_effect_finds_a_column_effect(copairs):
     assert dirty.loc["column", "mean_average_precision"] == pytest.approx(
         peer["average_precision"].mean(), abs=1e-12)
     assert dirty.loc["column", "n_queries"] == len(peer)
+
+
+def test_fraction_retrieved_of_groups_and_of_queries():
+    """Hand-worked: 2 of 3 groups below 0.05; per query, the row without positives is ignored."""
+    groups = pd.DataFrame({"corrected_p_value": [0.01, 0.04, 0.2],
+                           "below_corrected_p": [True, True, False]})
+    assert ev.fraction_retrieved(groups) == pytest.approx(2 / 3)
+    assert ev.fraction_retrieved(groups, threshold=0.02) == pytest.approx(1 / 3)
+    queries = pd.DataFrame({"corrected_p_value": [0.01, np.nan, 0.5, 0.03],
+                            "below_corrected_p": [True, False, False, True]})
+    assert ev.fraction_retrieved(queries) == pytest.approx(2 / 3)

@@ -27,12 +27,16 @@ _REFERENCE = "_reference_index"
 
 
 def fraction_retrieved(maps, threshold=None):
-    """Share of groups retrieved: corrected p-value below ``threshold``.
+    """Share retrieved: corrected p-value below ``threshold``.
+
+    On a :func:`mean_average_precision` table, the share of groups (compounds, MOAs) — the
+    number the JUMP papers report; on an :func:`average_precision` table with per-query p-values
+    (``null_size=``), the share of queries. Rows without a p-value (no positives) do not count.
 
     Parameters
     ----------
     maps : pandas.DataFrame
-        A :func:`mean_average_precision` table.
+        A table with ``corrected_p_value`` (and ``below_corrected_p``).
     threshold : float, optional
         Significance level; default: the table's own ``below_corrected_p`` column.
 
@@ -46,6 +50,7 @@ def fraction_retrieved(maps, threshold=None):
     >>> fraction_retrieved(pd.DataFrame({"corrected_p_value": [0.01, 0.2]}), 0.05)
     0.5
     """
+    maps = maps[maps["corrected_p_value"].notna()]
     if len(maps) == 0:
         return float("nan")
     if threshold is None:
