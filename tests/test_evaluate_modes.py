@@ -329,3 +329,18 @@ def test_fraction_retrieved_of_groups_and_of_queries():
     queries = pd.DataFrame({"corrected_p_value": [0.01, np.nan, 0.5, 0.03],
                             "below_corrected_p": [True, False, False, True]})
     assert ev.fraction_retrieved(queries) == pytest.approx(2 / 3)
+
+
+def test_multilabel_default_negatives_share_no_label():
+    """Hand-worked: labels a|b, a, b, c. Query 0 with label a: positive 1, negatives = those
+    sharing no label with 0 = {3}; sample 2 (label b) is neither for label a."""
+    values = np.array([[1.0, 0.0, 0.2], [0.9, 0.1, 0.0], [0.0, 1.0, 0.3], [0.2, 0.1, 1.0]])
+    profiles = xr.DataArray(values, dims=("sample", "feature"),
+                            coords={"moa": ("sample", ["a|b", "a", "b", "c"])})
+    ap = ev.average_precision(profiles, "moa", multilabel="moa", method="cosine")
+    row = ap[(ap["sample"] == 0) & (ap["moa"] == "a")].iloc[0]
+    assert (row["n_pos_pairs"], row["n_total_pairs"]) == (1, 2)
+    row = ap[(ap["sample"] == 1) & (ap["moa"] == "a")].iloc[0]
+    # Sample 1 (label a): positive 0; negatives share no label with it: 2 and 3.
+    assert (row["n_pos_pairs"], row["n_total_pairs"]) == (1, 3)
+    assert row["average_precision"] == 1.0  # 0 is by far its most similar partner

@@ -66,7 +66,8 @@ def make_rules(
     """Validated PairRules from the user's arguments (``Metadata_`` prefixes accepted).
 
     ``pos_sameby`` defaults to ``groups``. With no negative rule at all, negatives are the
-    partners that are not positives under ``pos_sameby`` (cpzarr's default, all other groups).
+    partners that are not positives under ``pos_sameby`` (cpzarr's default, all other groups);
+    with a multilabel coordinate, the partners sharing none of the query's labels.
     """
     pos_same = _group_names(profiles, pos_sameby if pos_sameby is not None else groups,
                             "pos_sameby (or groups)")
@@ -90,6 +91,9 @@ def make_rules(
         if both:
             raise InputError(f"{what}_sameby and {what}_diffby must be disjoint; both name {sorted(both)}")
     default_negatives = neg_sameby is None and neg_diffby is None
+    if default_negatives and multi is not None:
+        # "Not a positive" for labels: shares none of the query's labels.
+        neg_same, neg_diff, default_negatives = [], [multi], False
     return PairRules(
         pos_sameby=pos_same, pos_diffby=pos_diff, neg_sameby=neg_same, neg_diffby=neg_diff,
         multilabel=multi, exclude_same=exclude,
