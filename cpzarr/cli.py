@@ -311,10 +311,12 @@ def profiles_pipeline(source, target, node, out_node, recipe):
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
               help="Precision of the similarity products (float32: about twice as fast).")
 @click.option("--block-size", type=int, default=None, help="Queries per block (default: about 2**24 similarities).")
+@click.option("--pooled", is_flag=True,
+              help="Also Cytominer-eval's grouped Precision/Recall@K (precision_recall_pooled.csv).")
 @click.option("--plots/--no-plots", default=True, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def evaluate_command(profiles, groups, mask, node, output, ks, percentiles, null_size, seed, method,
-                     dtype, block_size, plots, progress):
+                     dtype, block_size, pooled, plots, progress):
     """Precision/Recall@K, Precision@R, AP/mAP with p-values, Hit@K and Enrichment of PROFILES.
 
     PROFILES is a Pycytominer table (.parquet, .csv, .csv.gz) or a Zarr store (with --node).
@@ -324,7 +326,7 @@ def evaluate_command(profiles, groups, mask, node, output, ks, percentiles, null
     from pathlib import Path
 
     from cpzarr.errors import CpzarrError
-    from cpzarr.evaluate import evaluate, plots as figures
+    from cpzarr.evaluate import DEFAULT_METRICS, evaluate, plots as figures
     from cpzarr.profiles import read_profiles
 
     if node is None and Path(profiles).is_dir():
@@ -336,7 +338,8 @@ def evaluate_command(profiles, groups, mask, node, output, ks, percentiles, null
         table = read_profiles(profiles, node=node)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", UserWarning)
-            results = evaluate(table, list(groups), mask=mask, k=ks or None,
+            metrics = DEFAULT_METRICS + (("precision_recall_pooled",) if pooled else ())
+            results = evaluate(table, list(groups), mask=mask, k=ks or None, metrics=metrics,
                                percentiles=percentiles or None, null_size=null_size, seed=seed,
                                method=method, dtype=dtype, block_size=block_size, progress=progress)
     except CpzarrError as exc:

@@ -127,7 +127,7 @@ SCHEMA: dict[str, Any] = {
 }
 
 _METRICS = ("mean_average_precision", "precision_recall", "enrichment", "hitk", "batch_enrichment",
-            "replicate_reproducibility", "grit")
+            "replicate_reproducibility", "grit", "precision_recall_pooled")
 # Node names that would clash with the store's coordinates or its aggregated level.
 _RESERVED = ("plate", "well", "site", "channel", "cell", "sample", "feature", "aggregated")
 _STEPS = ("normalize", "feature_select", "spherize", "consensus")

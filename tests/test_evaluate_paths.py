@@ -28,7 +28,8 @@ def test_stage_and_cli_give_the_same_tables_and_headline(tmp_path, monkeypatch):
     profiles = make_profiles(n=80, seed=4)
     monkeypatch.setattr(stages, "profile_sets", lambda ctx, level=None: {"set": profiles})
     options = {"groups": "moa", "exclude": "control == 'negcon'", "k": None, "percentiles": None,
-               "metrics": ["mean_average_precision", "precision_recall", "enrichment", "hitk"],
+               "metrics": ["mean_average_precision", "precision_recall", "enrichment", "hitk",
+                           "precision_recall_pooled"],
                "null_size": 300, "seed": 2, "threshold": 0.05, "batch": "batch"}
     ctx = SimpleNamespace(cfg={"evaluate": options}, tables_dir=tmp_path / "run")
     stages.stage_evaluate(ctx)
@@ -36,17 +37,23 @@ def test_stage_and_cli_give_the_same_tables_and_headline(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, [
         "evaluate", str(pycytominer_csv(profiles, tmp_path / "p.csv")), "-g", "Metadata_moa",
         "--mask", "~(Metadata_control == 'negcon')", "--null-size", "300", "--seed", "2",
-        "-o", str(tmp_path / "cli"), "--no-plots", "--no-progress"])
+        "-o", str(tmp_path / "cli"), "--pooled", "--no-plots", "--no-progress"])
     assert result.exit_code == 0, result.output
     run_headline = pd.read_csv(tmp_path / "run" / "headline.csv")
     cli_headline = pd.read_csv(tmp_path / "cli" / "headline.csv")
     assert list(run_headline["metric"]) == list(cli_headline["metric"])
     np.testing.assert_array_equal(run_headline["value"], cli_headline["value"])
     for metric in ("mean_average_precision", "average_precision", "precision_recall",
-                   "enrichment", "hitk"):
+                   "enrichment", "hitk", "precision_recall_pooled"):
         a = pd.read_csv(tmp_path / "run" / f"set.{metric}.csv")
         b = pd.read_csv(tmp_path / "cli" / f"{metric}.csv")
         pd.testing.assert_frame_equal(a, b, check_names=False)
+    ks = sorted(pd.read_csv(tmp_path / "run" / "set.precision_recall.csv")["k"].unique())
+    pooled = ev.precision_recall(profiles, "moa", k=[int(k) for k in ks],
+                                 mask="~(control == 'negcon')", pooled=True)
+    np.testing.assert_allclose(
+        pd.read_csv(tmp_path / "cli" / "precision_recall_pooled.csv")["precision"],
+        pooled["precision"], rtol=0, atol=1e-15)
     # The headline rules: mAP = mean of per-group mAP; fraction retrieved from corrected p.
     maps = pd.read_csv(tmp_path / "run" / "set.mean_average_precision.csv")
     line = run_headline.set_index("metric")["value"]

@@ -11,6 +11,7 @@ docstring states them.
 from . import plots
 from ._enrichment import batch_enrichment, enrichment
 from ._evaluate import (
+    DEFAULT_METRICS,
     METRICS,
     default_k,
     default_percentiles,
@@ -34,6 +35,7 @@ from ._replicates import grit, replicate_reproducibility
 from ._similarity import resolve_name, sample_table, similarity
 
 __all__ = [
+    "DEFAULT_METRICS",
     "METRICS",
     "default_k",
     "default_percentiles",

@@ -31,9 +31,11 @@ from cpzarr.errors import InputError
 from ._enrichment import enrichment as _enrichment
 from ._hitk import _hitk_tables
 from ._map import _average_precision_frame, add_p_values, mean_average_precision
-from ._precision import _check_k, _positive_ranks, _precision_frame, _prepare
+from ._precision import _check_k, _pooled_frame, _positive_ranks, _precision_frame, _prepare
 
-METRICS = ("mean_average_precision", "precision_recall", "enrichment", "hitk")
+METRICS = ("mean_average_precision", "precision_recall", "enrichment", "hitk",
+           "precision_recall_pooled")
+DEFAULT_METRICS = METRICS[:4]
 STANDARD_K = (1, 5, 10, 20, 50, 100)
 STANDARD_PERCENTILES = (99.5, 99.0, 98.5, 98.0, 97.5, 97.0)
 #: Fewest ordered pairs above an enrichment threshold for its odds ratio to be a headline.
@@ -131,7 +133,7 @@ def evaluate(
     dtype="float64",
     block_size=None,
     progress=False,
-    metrics=METRICS,
+    metrics=DEFAULT_METRICS,
 ):
     """Precision/Recall@K, AP/mAP with p-values, Precision@R, Hit@K and Enrichment at once.
 
@@ -155,7 +157,8 @@ def evaluate(
     method, dtype, block_size, progress
         As in :func:`precision_recall`.
     metrics : sequence of str
-        Which of ``mean_average_precision``, ``precision_recall``, ``enrichment``, ``hitk``.
+        Which of ``mean_average_precision``, ``precision_recall``, ``enrichment``, ``hitk``
+        (the default) and ``precision_recall_pooled`` (Cytominer-eval's grouped rule, same K).
 
     Returns
     -------
@@ -191,6 +194,16 @@ def evaluate(
             )
         if "hitk" in metrics:
             results["hits"], results["hitk"] = _hitk_tables(ranks, percent_list)
+    if "precision_recall_pooled" in metrics:
+        sizes = np.bincount(codes)
+        largest = int(sizes[codes[queries]].max()) - 1 if queries.size else 0
+        with warnings.catch_warnings():
+            if "precision_recall" in metrics:
+                warnings.simplefilter("ignore", UserWarning)  # warned once already
+            ks = default_k(largest, k)
+        results["precision_recall_pooled"] = _pooled_frame(
+            profiles, names, z, codes, idx, queries, ks, block_size, progress
+        )
     del z
     if "enrichment" in metrics:
         wanted = default_percentiles(idx.size, percentiles)
