@@ -285,40 +285,69 @@ def _steps(spec: list) -> list:
 
 
 def stage_profiles(ctx: Context) -> dict:
-    import dask
+    """Aggregate, then each pipeline and its consensus, each one task on the run's cluster.
 
-    # Profile tables are small next to images: reductions run in this process's threads, which
-    # spares shipping fitted matrices (a 6,400² whitening matrix is 330 MB) to the workers.
-    with dask.config.set(scheduler="threads"):
-        return _profiles(ctx)
-
-
-def _profiles(ctx: Context) -> dict:
-    from cpzarr.profiles import aggregate, consensus, pipeline, write_profiles
-    from cpzarr.store import open_node
+    Every step reads its input node from the store and writes its output node there, so the
+    client holds no table; fitted matrices (a 6,400² whitening matrix is 330 MB) stay on the
+    worker that fitted them.
+    """
+    from cpzarr.cluster import run_task
 
     p = ctx.cfg["profiles"]
+    remote = _remote(ctx)
     summary: dict[str, Any] = {}
     for name in ctx.feature_sets():
-        feats = open_node(ctx.store, f"features/{name}")
-        well = aggregate(feats["features"], operation=p["aggregate"])
-        well = well_metadata(ctx, well).compute()
-        write_profiles(well, ctx.store, node=f"profiles/{name}/aggregated")
-        summary.update(
-            plates=int(np.unique(well["plate"].values).size),
-            wells=int(well.sizes["sample"]),
-            cells=int(well["cell_count"].sum()) if "cell_count" in well.coords else None,
-            features=int(well.sizes["feature"]),
-        )
-        if "compound" in well.coords:
-            summary["treatments"] = int(np.unique(well["compound"].values.astype(str)).size)
+        summary.update(run_task(ctx.client, f"aggregate-{name}", _aggregate_node, remote, name))
         for pname, spec in p["pipelines"].items():
-            out = (pipeline(well, _steps(spec)) if spec else well).compute()
-            write_profiles(out, ctx.store, node=f"profiles/{name}/{pname}")
+            run_task(ctx.client, f"normalize-{name}-{pname}", _pipeline_node, remote, name, pname, spec)
             if p["consensus"]:
-                cons = consensus(out, **p["consensus"])
-                write_profiles(cons.compute(), ctx.store, node=f"profiles/{name}/{pname}_consensus")
+                run_task(ctx.client, f"consensus-{name}-{pname}", _consensus_node, remote, name, pname)
     return {"summary": summary}
+
+
+def _remote(ctx: Context) -> Context:
+    """What a stage's tasks need of ``ctx`` (no client, no printing), to ship to a worker."""
+    from dataclasses import replace
+
+    return replace(ctx, client=None, echo=None)
+
+
+def _aggregate_node(ctx: Context, name: str) -> dict:
+    """Well profiles of ``features/<name>`` with the store's metadata, written; their summary."""
+    from cpzarr.profiles import aggregate, write_profiles
+    from cpzarr.store import open_node
+
+    feats = open_node(ctx.store, f"features/{name}")
+    well = aggregate(feats["features"], operation=ctx.cfg["profiles"]["aggregate"])
+    well = well_metadata(ctx, well).compute()
+    write_profiles(well, ctx.store, node=f"profiles/{name}/aggregated")
+    summary = dict(
+        plates=int(np.unique(well["plate"].values).size),
+        wells=int(well.sizes["sample"]),
+        cells=int(well["cell_count"].sum()) if "cell_count" in well.coords else None,
+        features=int(well.sizes["feature"]),
+    )
+    if "compound" in well.coords:
+        summary["treatments"] = int(np.unique(well["compound"].values.astype(str)).size)
+    return summary
+
+
+def _pipeline_node(ctx: Context, name: str, pname: str, spec: list) -> None:
+    """One profile pipeline (normalize, feature_select, spherize …) of the well profiles, written."""
+    from cpzarr.profiles import pipeline, read_profiles, write_profiles
+
+    well = read_profiles(ctx.store, node=f"profiles/{name}/aggregated").load()
+    out = (pipeline(well, _steps(spec)) if spec else well).compute()
+    write_profiles(out, ctx.store, node=f"profiles/{name}/{pname}")
+
+
+def _consensus_node(ctx: Context, name: str, pname: str) -> None:
+    """Treatment profiles of one pipeline's output, written."""
+    from cpzarr.profiles import consensus, read_profiles, write_profiles
+
+    out = read_profiles(ctx.store, node=f"profiles/{name}/{pname}").load()
+    cons = consensus(out, **ctx.cfg["profiles"]["consensus"])
+    write_profiles(cons.compute(), ctx.store, node=f"profiles/{name}/{pname}_consensus")
 
 
 # --- evaluate -------------------------------------------------------------------------------
@@ -341,47 +370,26 @@ def profile_sets(ctx: Context, level: str | None = None) -> dict[str, Any]:
 
 def stage_evaluate(ctx: Context) -> dict:
     """Every profile set through :func:`cpzarr.evaluate.evaluate` (the code path of
-    ``cpzarr evaluate``): its tables, and its headline rows labelled by profile set."""
+    ``cpzarr evaluate``), one task per set on the run's cluster: its tables, and its headline
+    rows labelled by profile set, written here."""
     from cpzarr import evaluate as ev
+    from cpzarr.cluster import run_task
 
     e = ctx.cfg["evaluate"]
     ctx.tables_dir.mkdir(parents=True, exist_ok=True)
-    groups = e["groups"]
-    mask = f"~({e['exclude']})" if e["exclude"] else None
-    options = dict(
-        k=e["k"], percentiles=e["percentiles"], null_size=e.get("null_size", 10_000),
-        seed=e.get("seed", 0), threshold=e.get("threshold", 0.05),
-    )
     headlines = []
     results: dict[str, dict[str, pd.DataFrame]] = {}
     for label, prof in profile_sets(ctx).items():
-        prof = prof.load()
-        res = results.setdefault(label, {})
-        wanted = [m for m in ev.METRICS if m in e["metrics"]]
-        if wanted:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", UserWarning)
-                out = ev.evaluate(prof, groups, mask=mask, metrics=wanted, **options)
-            for warning in caught:  # say which profile set a data-size warning is about
-                warnings.warn(f"evaluate {label}: {warning.message}", warning.category, stacklevel=2)
-            res.update({k: v for k, v in out.items() if k not in ("hits", "headline", "summary")})
-            headlines.append(out["headline"].assign(profiles=label))
-        if "replicate_reproducibility" in e["metrics"]:
-            score, medians = ev.replicate_reproducibility(prof, groups, mask=mask)
-            res["replicate_reproducibility"] = medians.assign(score=score)
+        set_headline, res = run_task(ctx.client, f"evaluate-{_slug(label)}", _evaluate_set, prof,
+                                     label, e)
+        headlines.append(set_headline)
+        results[label] = res
     if "batch_enrichment" in e["metrics"]:
         for label, prof in profile_sets(ctx, level="well").items():
             if ev.resolve_name(prof, e["batch"]) is None or ev.resolve_name(prof, "control") is None:
                 continue
-            prof = prof.load()
-            n_controls = int((ev.sample_table(prof)[ev.resolve_name(prof, "control")] == "negcon").sum())
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", UserWarning)
-                wanted_p = ev.default_percentiles(n_controls, e["percentiles"])
-            for warning in caught:
-                warnings.warn(f"DMSO batch enrichment {label}: {warning.message}", warning.category,
-                              stacklevel=2)
-            be = ev.batch_enrichment(prof, batch=e["batch"], percentiles=wanted_p)
+            be = run_task(ctx.client, f"evaluate-batch-{_slug(label)}", _batch_enrichment, prof,
+                          label, e)
             results.setdefault(label, {})["batch_enrichment"] = be
             top = ev.headline_percentile(be)
             headlines.append(pd.DataFrame({
@@ -396,6 +404,53 @@ def stage_evaluate(ctx: Context) -> dict:
     headline.to_csv(ctx.tables_dir / "headline.csv", index=False)
     (ctx.tables_dir / "sets.json").write_text(json.dumps({_slug(k): k for k in results}))
     return {}
+
+
+def _evaluate_options(e: dict) -> dict:
+    """cpzarr.evaluate.evaluate's keyword arguments from the evaluate config section."""
+    return dict(
+        k=e["k"], percentiles=e["percentiles"], null_size=e.get("null_size", 10_000),
+        seed=e.get("seed", 0), threshold=e.get("threshold", 0.05),
+    )
+
+
+def _evaluate_set(prof, label: str, e: dict) -> tuple[pd.DataFrame, dict]:
+    """Headline rows and metric tables of one profile set (run as one task)."""
+    from cpzarr import evaluate as ev
+
+    groups = e["groups"]
+    mask = f"~({e['exclude']})" if e["exclude"] else None
+    prof = prof.load()
+    res: dict[str, pd.DataFrame] = {}
+    headline = pd.DataFrame(columns=["metric", "value", "profiles"])
+    wanted = [m for m in ev.METRICS if m in e["metrics"]]
+    if wanted:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            out = ev.evaluate(prof, groups, mask=mask, metrics=wanted, **_evaluate_options(e))
+        for warning in caught:  # say which profile set a data-size warning is about
+            warnings.warn(f"evaluate {label}: {warning.message}", warning.category, stacklevel=2)
+        res.update({k: v for k, v in out.items() if k not in ("hits", "headline", "summary")})
+        headline = out["headline"].assign(profiles=label)
+    if "replicate_reproducibility" in e["metrics"]:
+        score, medians = ev.replicate_reproducibility(prof, groups, mask=mask)
+        res["replicate_reproducibility"] = medians.assign(score=score)
+    return headline, res
+
+
+def _batch_enrichment(prof, label: str, e: dict) -> pd.DataFrame:
+    """DMSO batch enrichment of one set of well profiles (run as one task)."""
+    from cpzarr import evaluate as ev
+
+    prof = prof.load()
+    n_controls = int((ev.sample_table(prof)[ev.resolve_name(prof, "control")] == "negcon").sum())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        wanted = ev.default_percentiles(n_controls, e["percentiles"])
+    for warning in caught:
+        warnings.warn(f"DMSO batch enrichment {label}: {warning.message}", warning.category,
+                      stacklevel=2)
+    return ev.batch_enrichment(prof, batch=e["batch"], percentiles=wanted)
 
 
 def _headline_percentile(table: pd.DataFrame, min_pairs: int = 20) -> pd.Series:

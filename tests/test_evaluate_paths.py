@@ -31,7 +31,7 @@ def test_stage_and_cli_give_the_same_tables_and_headline(tmp_path, monkeypatch):
                "metrics": ["mean_average_precision", "precision_recall", "enrichment", "hitk",
                            "precision_recall_pooled"],
                "null_size": 300, "seed": 2, "threshold": 0.05, "batch": "batch"}
-    ctx = SimpleNamespace(cfg={"evaluate": options}, tables_dir=tmp_path / "run")
+    ctx = SimpleNamespace(cfg={"evaluate": options}, tables_dir=tmp_path / "run", client=None)
     stages.stage_evaluate(ctx)
     # The CLI, on the same profiles as a Pycytominer table, with Metadata_ names.
     result = CliRunner().invoke(main, [
