@@ -36,6 +36,8 @@ class Context:
     client: Any = None
     fingerprint: str | None = None
     force: bool = False
+    #: Start the stage afresh instead of keeping the finished units of an earlier attempt.
+    fresh: bool = False
 
     @property
     def report_dir(self) -> Path:
@@ -104,10 +106,8 @@ def stage_ingest(ctx: Context) -> dict:
     else:
         table, platemap = inp["images"], inp["platemap"]
     # Same inputs: resume (complete wells are skipped). Other inputs, or --force: start afresh.
-    previous = ctx.state.info("ingest").get("fingerprint")
-    overwrite = ctx.force or (previous is not None and previous != ctx.fingerprint)
     ingest(table, ctx.store, platemap=platemap, scheduler=ctx.client, progress=ctx.progress,
-           overwrite=overwrite)
+           overwrite=ctx.fresh)
     _save_config(ctx)
     return info
 
@@ -209,9 +209,28 @@ def stage_features(ctx: Context) -> dict:
             view = make_crops(screen, box=c["box"], channels=c["channels"], edge=c["edge"], scale="minmax")
             feats = extract(view, model=arch, weights=f["weights"], layer=f["layer"],
                             batch_size=f["batch_size"], dtype=f["dtype"])
-        write_features(ctx.store, name, feats, overwrite=True, scheduler=ctx.client, progress=ctx.progress)
+        # Same config as an interrupted attempt: its complete units are kept (write_features
+        # refuses to resume a node of other features).
+        write_features(ctx.store, name, feats, overwrite=ctx.fresh, scheduler=ctx.client,
+                       progress=ctx.progress)
         n_cells = int(feats.sizes["cell"])
     return {"cells": n_cells}
+
+
+def stage_progress(ctx: Context, stage: str) -> str | None:
+    """How much of an unfinished ``stage`` is on disk, e.g. ``"3 of 4 units written"``."""
+    import zarr
+
+    if stage != "features":
+        return None
+    done = total = 0
+    for name in ctx.feature_sets():
+        try:
+            flags = zarr.open_group(str(ctx.store / "features" / name), mode="r")["unit_complete"][:]
+        except (FileNotFoundError, KeyError, ValueError):
+            continue
+        done, total = done + int(flags.sum()), total + flags.size
+    return f"{done} of {total} units written" if total else None
 
 
 def _write_plain_node(store: Path, group: str, dataset) -> None:
