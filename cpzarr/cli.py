@@ -149,8 +149,8 @@ def locate_command(store, source, kind, on_invalid, detect, channel, sigma, thre
 @click.option("--name", default=None, help="Node name under /features (default: the model name).")
 @click.option("--box", type=int, default=128, show_default=True, help="Crop side in pixels.")
 @click.option("--channels", default=None, help="Comma-separated channels (default: all, store order).")
-@click.option("--edge", type=click.Choice(["skip", "pad"]), default="skip", show_default=True,
-              help="Cells whose box leaves the image: leave out, or zero-pad (DeepProfiler).")
+@click.option("--edge", type=click.Choice(["pad", "skip"]), default="pad", show_default=True,
+              help="Cells whose box leaves the image: zero-pad (DeepProfiler), or leave out.")
 @click.option("--batch-size", type=int, default=None,
               help="Planes per forward pass (default: 8 on a CPU, 128 on a GPU).")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
@@ -198,6 +198,12 @@ def profile_command(store, model, weights, layer, name, box, channels, edge, bat
             path = write_features(store, name, features, chunk_cells=chunk_cells, overwrite=overwrite,
                                   scheduler="threads", progress=progress)
     click.echo(f"{features.sizes['cell']} cells x {features.sizes['feature']} features written to {path}")
+    left_out, at_edge, located = (view.attrs.get(k, 0) for k in ("cells_left_out", "cells_at_edge", "cells_located"))
+    if left_out:
+        click.echo(f"{left_out} of {located} cells left out: their {box}-px box leaves the image "
+                   "(--edge skip; --edge pad keeps them)")
+    else:
+        click.echo(f"no cell left out; {at_edge} of {located} boxes leave the image and were zero-padded (--edge pad)")
 
 # --- train ---
 

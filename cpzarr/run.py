@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cpzarr.config import STAGES, Config, load_config
+from cpzarr.config import STAGES, Config, check_paths, load_config
 from cpzarr.errors import ConfigError, StoreError
 
 logger = logging.getLogger("cpzarr")
@@ -153,6 +153,7 @@ def run(
                               f"(it runs: {', '.join(order)})")
     first = order.index(start) if start else 0
     last = order.index(until) if until else len(order) - 1
+    check_paths(cfg)  # every input path, before hours of ingest
 
     store = Path(cfg.get("output.store") or cfg.get("input.store"))
     state = RunState(store)

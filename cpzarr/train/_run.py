@@ -485,6 +485,17 @@ def _train_here(source, *, output, options, box, channels, edge, resume, callbac
     )
 
 
+def output_folder(config, store) -> Path:
+    """Where a config's training writes: ``train.output`` (relative to the config's folder), else
+    a ``train`` folder beside the store. ``cpzarr train`` and ``cpzarr run`` both use it."""
+    output = (config.get("train") or {}).get("output")
+    if output is None:
+        return Path(store).parent / "train"
+    if config.source is not None and not Path(output).is_absolute():
+        return Path(config.source).resolve().parent / output
+    return Path(output)
+
+
 def train_from_config(config, *, resume: bool = False, client: Any = None,
                       progress: bool = True) -> TrainResult:
     """Run the ``train:`` section of an experiment config on the run's store.
@@ -520,13 +531,8 @@ def train_from_config(config, *, resume: bool = False, client: Any = None,
             "train: no store to train on; run ingest and locate first",
             [f"output.store / input.store: {', '.join(str(p) for p in candidates if p) or 'unset'}"],
         )
-    output = options.output
-    if output is None:
-        output = store.parent / "train"
-    elif config.source is not None and not Path(output).is_absolute():
-        output = Path(config.source).resolve().parent / output
     return train(
-        open_screen(store), output, options, box=config.get("crops.box", 128),
+        open_screen(store), output_folder(config, store), options, box=config.get("crops.box", 128),
         channels=config.get("crops.channels"), edge=config.get("crops.edge", "skip"),
         resume=resume, client=client, progress=progress,
     )
