@@ -79,7 +79,7 @@ def ingest_command(table, store, platemap, channels, scheduler, workers, overwri
         ingest(table, store, platemap=platemap, scheduler=scheduler, n_workers=workers, progress=progress,
                channels=[c.strip() for c in channels.split(",")] if channels else None, overwrite=overwrite)
     except CpzarrError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(_message(exc)) from None
     click.echo(format_info(screen_info(store)))
 
 
@@ -93,7 +93,7 @@ def info_command(store):
     try:
         click.echo(format_info(screen_info(store)))
     except CpzarrError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(_message(exc)) from None
 
 
 # --- locate ---
@@ -227,7 +227,7 @@ def train_command(config, resume, overrides, progress):
     try:
         result = train_from_config(load_config(config, list(overrides)), resume=resume, progress=progress)
     except CpzarrError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(_message(exc)) from None
     last = result.history.iloc[-1]
     click.echo(f"trained {len(result.history)} epochs; val_accuracy {last.get('val_accuracy', float('nan')):.3f}; "
                f"best checkpoint {result.best}")
@@ -395,7 +395,7 @@ def evaluate_command(profiles, groups, mask, node, output, ks, null_size, seed, 
         results = evaluate(table, list(groups), mask=mask, k=ks, null_size=null_size, seed=seed,
                            method=method, dtype=dtype, block_size=block_size, progress=progress)
     except CpzarrError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(_message(exc)) from None
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
     for name, result in results.items():
@@ -432,7 +432,7 @@ def run_command(config, start, until, scheduler, overrides, force, no_progress):
         run(config, start=start, until=until, scheduler=scheduler, overrides=list(overrides),
             force=force, progress=not no_progress, echo=click.echo)
     except CpzarrError as err:
-        raise click.ClickException(str(err)) from None
+        raise click.ClickException(_message(err)) from None
 
 
 @main.command("demo")
@@ -449,7 +449,7 @@ def demo_command(out, scheduler, force, no_progress):
     try:
         result = demo(out, scheduler=scheduler, force=force, progress=not no_progress, echo=click.echo)
     except CpzarrError as err:
-        raise click.ClickException(str(err)) from None
+        raise click.ClickException(_message(err)) from None
     if result.report:
         click.echo(f"Open the report: {result.report}")
 
