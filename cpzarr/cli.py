@@ -261,7 +261,7 @@ def _profiles_io(source, target, node, out_node, operation, groups_option=None):
 _IN_OUT = [
     click.argument("source", type=click.Path(exists=True)),
     click.argument("target", type=click.Path()),
-    click.option("--node", default=None, help="Input node of a Zarr store, e.g. profiles/efficientnet/well."),
+    click.option("--node", default=None, help="Input node of a Zarr store, e.g. profiles/efficientnet-lite0/aggregated."),
     click.option("--out-node", default=None, help="Output node when TARGET is a Zarr store."),
 ]
 

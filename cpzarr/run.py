@@ -8,6 +8,7 @@ resumes where it stopped, and changing a section re-runs that stage and everythi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -15,6 +16,7 @@ import os
 import platform
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,7 +200,8 @@ def run(
             state.begin(stage, fp)
             t0 = time.perf_counter()
             try:
-                info = getattr(stage_impl, f"stage_{stage}")(ctx) or {}
+                with _stage_warnings(stage, echo):
+                    info = getattr(stage_impl, f"stage_{stage}")(ctx) or {}
             except KeyboardInterrupt:
                 raise RunInterrupted(_interrupted_text(ctx, stage, result.ran + result.skipped)) from None
             seconds = time.perf_counter() - t0
@@ -215,6 +218,22 @@ def run(
     result.report = report if report.exists() else None
     say(_summary_text(result))
     return result
+
+
+@contextlib.contextmanager
+def _stage_warnings(stage: str, echo: Callable[[str], None] | None):
+    """Warnings raised in this process during ``stage`` printed through ``echo`` as one line naming
+    the stage (``[profiles] SpherizeWarning: ...``) instead of with the source line that raised them."""
+    if echo is None:
+        yield
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        echo(f"[{stage}] {category.__name__}: {message}")
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 class RunInterrupted(KeyboardInterrupt):

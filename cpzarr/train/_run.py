@@ -235,29 +235,39 @@ def _screen_crops(screen, box, channels, edge):
 
 
 def _atomic_save(model, path: Path):
+    from cpzarr._keras import saving_weights
+
     tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
+    with saving_weights():
+        model.save(tmp)
     os.replace(tmp, path)
 
 
-def _plot_history(history: pd.DataFrame, path: Path):
-    import matplotlib
+def _history_figure(history: pd.DataFrame):
+    """Loss, accuracy (training and validation) and the learning rate per epoch."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, metric in zip(axes, ("loss", "accuracy")):
-        ax.plot(history["epoch"], history[metric], "o-", label="training")
-        if f"val_{metric}" in history:
-            ax.plot(history["epoch"], history[f"val_{metric}"], "o-", label="validation")
+    panels = [m for m in ("loss", "accuracy", "learning_rate") if m in history]
+    fig = Figure(figsize=(4.5 * len(panels), 3.5))
+    for ax, metric in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        if metric == "learning_rate":
+            ax.plot(history["epoch"], history[metric], "o-", color="tab:gray")
+            ax.set_ylabel("learning rate (end of epoch)")
+        else:
+            ax.plot(history["epoch"], history[metric], "o-", label="training")
+            if f"val_{metric}" in history:
+                ax.plot(history["epoch"], history[f"val_{metric}"], "o-", label="validation")
+            ax.set_ylabel(metric)
+            ax.legend()
         ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-        ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def _plot_history(history: pd.DataFrame, path: Path):
+    fig = _history_figure(history)
     tmp = path.with_name(f".{path.name}")
     fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
     os.replace(tmp, path)
 
 
