@@ -410,7 +410,9 @@ def _check_semantics(values: dict, problems: list[str]) -> None:
         if values["features"]["model"] not in ("deepprofiler", "cellprofiler"):
             problems.append("locate.path: required when locate.method is 'import' (or use method: detect)")
     if loc["method"] == "detect" and isinstance(loc.get("detect"), Mapping) and loc["detect"]:
-        _check_kwargs("locate.detect", loc["detect"], "cpzarr.cells", "detect_nuclei", problems, skip=("screen",))
+        if _check_kwargs("locate.detect", loc["detect"], "cpzarr.cells", "detect_nuclei", problems,
+                         skip=("screen",)):
+            _check_numbers("locate.detect", _lookup("cpzarr.cells", "detect_nuclei"), loc["detect"], problems)
     channels = values["crops"].get("channels")
     if isinstance(channels, list) and (not channels or not all(isinstance(c, str) for c in channels)
                                        or len(set(channels)) != len(channels)):
@@ -554,7 +556,6 @@ def _choices(op: str) -> dict[str, tuple]:
 def _check_step_values(where: str, op: str, params: Mapping[str, Any], problems: list[str]) -> None:
     """Values of a profile step: allowed choices, queries, and numbers where numbers are due."""
     choices = _choices(op)
-    defaults = {n: p.default for n, p in inspect.signature(_lookup("cpzarr.profiles", op)).parameters.items()}
     for key, value in params.items():
         if key in choices:
             given = value if isinstance(value, list) and op == "feature_select" else [value]
@@ -566,13 +567,20 @@ def _check_step_values(where: str, op: str, params: Mapping[str, Any], problems:
                                     f"(allowed: {', '.join(map(str, choices[key]))})")
         elif key == "samples" and isinstance(value, str) and value != "all":
             _check_query(f"{where}.{key}", value, problems)
-        elif key in defaults:
-            default = defaults[key]
-            if isinstance(default, bool) and not isinstance(value, bool):
-                problems.append(f"{where}.{key}: {value!r} is not true or false")
-            elif isinstance(default, _num) and not isinstance(default, bool) and (
-                    isinstance(value, bool) or not isinstance(value, _num)):
-                problems.append(f"{where}.{key}: {value!r} is not a number")
+        else:
+            _check_numbers(where, _lookup("cpzarr.profiles", op), {key: value}, problems)
+
+
+def _check_numbers(where: str, func: Callable, params: Mapping[str, Any], problems: list[str]) -> None:
+    """Numbers and booleans where ``func``'s defaults are numbers and booleans."""
+    defaults = {n: p.default for n, p in inspect.signature(func).parameters.items()}
+    for key, value in params.items():
+        default = defaults.get(key)
+        if isinstance(default, bool) and not isinstance(value, bool):
+            problems.append(f"{where}.{key}: {value!r} is not true or false")
+        elif isinstance(default, _num) and not isinstance(default, bool) and (
+                isinstance(value, bool) or not isinstance(value, _num)):
+            problems.append(f"{where}.{key}: {value!r} is not a number")
 
 
 def _lookup(module: str, name: str) -> Callable | None:

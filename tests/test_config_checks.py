@@ -41,6 +41,7 @@ def test_scalar_for_a_list_and_a_section_as_a_list_are_problems_not_crashes():
     ("cluster: {memory_limit: lots}", "cluster.memory_limit: 'lots' is not a size"),
     ("crops: {channels: [1, 2]}", "crops.channels: [1, 2] must be distinct channel names"),
     ("evaluate: {groups: [1]}", "evaluate.groups: [1] must be coordinate names"),
+    ("locate: {method: detect, detect: {sigma: big}}", "locate.detect.sigma: 'big' is not a number"),
 ])
 def test_invalid_values_are_refused_at_load_time(text, expected):
     text = text.replace("input: {synthetic: {", "input: {synthetic: {seed: 0, ")
