@@ -110,3 +110,32 @@ def test_run_checks_paths_before_the_first_stage(tmp_path):
     with pytest.raises(ConfigError, match="locate.path: no such file or folder"):
         run(path, progress=False, echo=None)
     assert not (tmp_path / "out.zarr").exists()  # ingest never started
+
+
+@pytest.mark.parametrize("model, scale, expected", [
+    ("classical", None, None), ("classical", "minmax", "minmax"),
+    ("efficientnet-lite0", None, "minmax"), ("efficientnet-lite0", "deepprofiler", "deepprofiler"),
+])
+def test_crops_scale_reaches_the_crop_view(monkeypatch, tmp_path, model, scale, expected):
+    import sys
+
+    import cpzarr.store
+    from cpzarr.run import RunState
+    from cpzarr.stages import Context, stage_features
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def crops(screen, **kwargs):
+        seen.append(kwargs["scale"])
+        raise Stop
+
+    monkeypatch.setattr(sys.modules["cpzarr.crops"], "crops", crops)  # the module, not cpzarr.crops the function
+    monkeypatch.setattr(cpzarr.store, "open_screen", lambda store: None)
+    cfg = load_config(text=f"input: {{synthetic: {{}}}}\nfeatures: {{model: {model}}}\n"
+                           f"crops: {{scale: {'null' if scale is None else scale}}}\n", environ={})
+    with pytest.raises(Stop):
+        stage_features(Context(cfg=cfg, store=tmp_path / "s.zarr", state=RunState(tmp_path / "s.zarr")))
+    assert seen == [expected]
