@@ -210,7 +210,7 @@ def load_config(
 
     Examples
     --------
-    >>> cfg = load_config(text="input: {synthetic: {}}\nfeatures: {model: classical}")
+    >>> cfg = load_config(text="{input: {synthetic: {}}, features: {model: classical}}")
     >>> cfg.get("features.model"), cfg.get("crops.box")
     ('classical', 128)
     """
