@@ -36,6 +36,8 @@ class Context:
     client: Any = None
     fingerprint: str | None = None
     force: bool = False
+    #: Start the stage afresh instead of keeping the finished units of an earlier attempt.
+    fresh: bool = False
 
     @property
     def report_dir(self) -> Path:
@@ -59,7 +61,12 @@ class Context:
 
     def summary(self) -> dict:
         info = self.state.info("profiles").get("summary") or self.state.info("features").get("summary") or {}
-        return dict(info)
+        info = dict(info)
+        feats = self.state.info("features")
+        if "cells_left_out" in feats:  # cells the crops left out (crops.edge: skip), and padded
+            info["cells left out (box leaves the image)"] = feats["cells_left_out"]
+            info["cells zero-padded at the image edge"] = feats["cells_at_edge"] - feats["cells_left_out"]
+        return info
 
     def headline(self) -> pd.DataFrame | None:
         path = self.tables_dir / "headline.csv"
@@ -104,10 +111,8 @@ def stage_ingest(ctx: Context) -> dict:
     else:
         table, platemap = inp["images"], inp["platemap"]
     # Same inputs: resume (complete wells are skipped). Other inputs, or --force: start afresh.
-    previous = ctx.state.info("ingest").get("fingerprint")
-    overwrite = ctx.force or (previous is not None and previous != ctx.fingerprint)
     ingest(table, ctx.store, platemap=platemap, scheduler=ctx.client, progress=ctx.progress,
-           overwrite=overwrite)
+           overwrite=ctx.fresh)
     _save_config(ctx)
     return info
 
@@ -144,7 +149,9 @@ def stage_locate(ctx: Context) -> dict:
 # --- train ----------------------------------------------------------------------------------
 
 def _train_dir(ctx: Context) -> Path:
-    return ctx.store.parent / (ctx.store.name.removesuffix(".zarr") + "-train")
+    from cpzarr.train._run import output_folder
+
+    return output_folder(ctx.cfg, ctx.store)
 
 
 def stage_train(ctx: Context) -> dict:
@@ -195,10 +202,12 @@ def stage_features(ctx: Context) -> dict:
         if model == "classical" and name == ctx.feature_sets()[0]:
             from cpzarr.features import classical
 
-            view = make_crops(screen, box=c["box"], channels=c["channels"], edge=c["edge"], scale=None)
+            # Classical measurements read raw intensities unless crops.scale says otherwise.
+            view = make_crops(screen, box=c["box"], channels=c["channels"], edge=c["edge"], scale=c["scale"])
             feats = classical(view)
         elif model == "trained" and name == ctx.feature_sets()[0]:
-            view = make_crops(screen, box=c["box"], channels=c["channels"], edge=c["edge"], scale="minmax")
+            view = make_crops(screen, box=c["box"], channels=c["channels"], edge=c["edge"],
+                              scale=c["scale"] or "minmax")
             checkpoint = f["checkpoint"] or ctx.state.info("train").get("checkpoint")
             if not checkpoint:
                 raise StoreError("features: no trained checkpoint (run the train stage first)")
@@ -206,12 +215,48 @@ def stage_features(ctx: Context) -> dict:
                             batch_size=f["batch_size"], dtype=f["dtype"])
         else:
             arch = model if model not in ("trained", "classical") else "efficientnet-lite0"
-            view = make_crops(screen, box=c["box"], channels=c["channels"], edge=c["edge"], scale="minmax")
+            view = make_crops(screen, box=c["box"], channels=c["channels"], edge=c["edge"],
+                              scale=c["scale"] or "minmax")
             feats = extract(view, model=arch, weights=f["weights"], layer=f["layer"],
                             batch_size=f["batch_size"], dtype=f["dtype"])
-        write_features(ctx.store, name, feats, overwrite=True, scheduler=ctx.client, progress=ctx.progress)
+        counts = {k: view.attrs[k] for k in ("edge", "cells_located", "cells_at_edge", "cells_left_out",
+                                               "left_out_because") if k in view.attrs}
+        feats.attrs.update(counts)  # on the node, for whoever reads it later
+        # Same config as an interrupted attempt: its complete units are kept (write_features
+        # refuses to resume a node of other features).
+        write_features(ctx.store, name, feats, overwrite=ctx.fresh, scheduler=ctx.client,
+                       progress=ctx.progress)
         n_cells = int(feats.sizes["cell"])
-    return {"cells": n_cells}
+    ctx.echo(f"[features] {_edge_line(counts, c['box'])}")
+    return {"cells": n_cells, "cells_left_out": counts.get("cells_left_out", 0),
+            "cells_at_edge": counts.get("cells_at_edge", 0)}
+
+
+def _edge_line(counts: dict, box: int) -> str:
+    """What became of the cells whose box leaves the image, in the config's words."""
+    located, at_edge = counts.get("cells_located", 0), counts.get("cells_at_edge", 0)
+    if counts.get("cells_left_out"):
+        return (f"{counts['cells_left_out']} of {located} cells left out: their {box}-px box leaves the "
+                "image (crops.edge: skip; crops.edge: pad keeps them, zero-padded as DeepProfiler does)")
+    if at_edge:
+        return f"all {located} cells profiled; {at_edge} boxes leaving the image zero-padded (crops.edge: pad)"
+    return f"all {located} cells profiled (no box leaves the image)"
+
+
+def stage_progress(ctx: Context, stage: str) -> str | None:
+    """How much of an unfinished ``stage`` is on disk, e.g. ``"3 of 4 units written"``."""
+    import zarr
+
+    if stage != "features":
+        return None
+    done = total = 0
+    for name in ctx.feature_sets():
+        try:
+            flags = zarr.open_group(str(ctx.store / "features" / name), mode="r")["unit_complete"][:]
+        except (FileNotFoundError, KeyError, ValueError):
+            continue
+        done, total = done + int(flags.sum()), total + flags.size
+    return f"{done} of {total} units written" if total else None
 
 
 def _write_plain_node(store: Path, group: str, dataset) -> None:
