@@ -527,7 +527,9 @@ def output_folder(config, store) -> Path:
     a ``train`` folder beside the store. ``cpzarr train`` and ``cpzarr run`` both use it."""
     output = (config.get("train") or {}).get("output")
     if output is None:
-        return Path(store).parent / "train"
+        from cpzarr.store import as_location
+
+        return as_location(store).parent / "train"  # beside a store at a URL too
     if config.source is not None and not Path(output).is_absolute():
         return Path(config.source).resolve().parent / output
     return Path(output)
