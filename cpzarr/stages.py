@@ -248,17 +248,16 @@ def _edge_line(counts: dict, box: int) -> str:
 
 def stage_progress(ctx: Context, stage: str) -> str | None:
     """How much of an unfinished ``stage`` is on disk, e.g. ``"3 of 4 units written"``."""
-    import zarr
+    from cpzarr.store import node_status
 
     if stage != "features":
         return None
     done = total = 0
     for name in ctx.feature_sets():
-        try:
-            flags = zarr.open_group(str(ctx.store / "features" / name), mode="r")["unit_complete"][:]
-        except (FileNotFoundError, KeyError, ValueError):
+        status = node_status(ctx.store, f"features/{name}")  # the units' markers, on any store
+        if not status.units:
             continue
-        done, total = done + int(flags.sum()), total + flags.size
+        done, total = done + status.units - len(status.missing), total + status.units
     return f"{done} of {total} units written" if total else None
 
 
