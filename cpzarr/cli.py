@@ -271,7 +271,8 @@ def profiles_consensus(source, target, node, out_node, operation, replicate_colu
 @profiles_group.command("pipeline")
 @_in_out
 @click.option("--recipe", required=True, help="spherize_only, mad_robustize_select_spherize, "
-              "mad_robustize_select_outliers, or a YAML file with a list of steps.")
+              "mad_robustize_select_outliers, a JUMP-recipe-style name (profiles_mad_int_featselect_harmony), "
+              "or a YAML file with a list of steps.")
 def profiles_pipeline(source, target, node, out_node, recipe):
     """Apply a recipe of profile steps to SOURCE and write TARGET."""
     from pathlib import Path

@@ -2,7 +2,7 @@
 
 Two layouts keep a fit and its transform in one task without gathering a group's rows into
 the client: when every group is a run of consecutive samples (a plate's wells), row chunks are
-moved back to group boundaries; otherwise the array is cut into blocks of whole columns (every
+moved back to group boundaries (while a group is at most 64 MB); otherwise the array is cut into blocks of whole columns (every
 sample, a few features), which holds any grouping because features are treated one by one.
 """
 
@@ -13,6 +13,8 @@ import numpy as np
 
 from cpzarr.errors import InputError
 
+#: Largest group (float64 bytes) the row layout takes; larger groups go column by column.
+RUN_BLOCK_BYTES = 64 * 2**20
 #: Bytes of one column block (all samples × some features) in the columnwise layout.
 COLUMN_BLOCK_BYTES = 16 * 2**20
 
@@ -22,8 +24,8 @@ def group_runs(codes):
     return np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
 
 
-def map_groups(x, codes, mask, func, dtype, block_bytes=COLUMN_BLOCK_BYTES):
-    """``func(block, codes, mask) -> block`` where each call sees whole groups.
+def map_groups(x, codes, mask, func, dtype, extra=None, block_bytes=COLUMN_BLOCK_BYTES):
+    """``func(block, codes, mask[, extra]) -> block`` where each call sees whole groups.
 
     Parameters
     ----------
@@ -36,6 +38,8 @@ def map_groups(x, codes, mask, func, dtype, block_bytes=COLUMN_BLOCK_BYTES):
         Transforms a (rows, features) block given the rows' codes and fitting mask; it must
         treat features independently (the columnwise layout hands it some features only).
     dtype : numpy dtype of the result
+    extra : ndarray (sample,), optional
+        A per-sample value handed to ``func`` for the block's rows (e.g. cell counts).
 
     Returns
     -------
@@ -43,31 +47,31 @@ def map_groups(x, codes, mask, func, dtype, block_bytes=COLUMN_BLOCK_BYTES):
     """
     starts = group_runs(codes)
     n_groups = len(np.unique(codes)) if len(codes) else 0
-    if len(starts) == n_groups:
+    largest = int(np.diff(np.r_[starts, len(codes)]).max()) if len(codes) else 0
+    if len(starts) == n_groups and largest * x.shape[1] * 8 <= RUN_BLOCK_BYTES:
         bounds = np.cumsum((0,) + x.chunks[0])
         snapped = starts[np.searchsorted(starts, bounds[1:-1], side="right") - 1]
         bounds = np.unique(np.r_[0, snapped, len(codes)])
         sizes = tuple(int(s) for s in np.diff(bounds))
         y = x.rechunk({0: sizes, 1: -1})
-        code_chunks = da.from_array(codes, chunks=(sizes,))[:, None]
-        mask_chunks = da.from_array(mask, chunks=(sizes,))[:, None]
-        out = da.map_blocks(_local, y, code_chunks, mask_chunks, func, dtype=dtype,
-                            meta=np.empty((0, 0), dtype))
+        columns = [codes, mask] + ([] if extra is None else [np.asarray(extra)])
+        columns = [da.from_array(c, chunks=(sizes,))[:, None] for c in columns]
+        out = da.map_blocks(_local, y, *columns, transform=func, dtype=dtype, meta=np.empty((0, 0), dtype))
         return out.rechunk({0: x.chunks[0]})
     n = x.shape[0]
     step = max(1, int(block_bytes // max(8 * n, 1)))
     y = x.rechunk({0: -1, 1: step})
-    out = y.map_blocks(_columns, codes=codes, mask=mask, func=func, dtype=dtype,
-                       meta=np.empty((0, 0), dtype))
+    args = (codes, mask) if extra is None else (codes, mask, np.asarray(extra))
+    out = y.map_blocks(_columns, args=args, transform=func, dtype=dtype, meta=np.empty((0, 0), dtype))
     return out.rechunk({0: x.chunks[0], 1: -1})
 
 
-def _local(block, codes, mask, func):
-    return func(np.asarray(block), np.asarray(codes)[:, 0], np.asarray(mask)[:, 0])
+def _local(block, *columns, transform):
+    return transform(np.asarray(block), *(np.asarray(c)[:, 0] for c in columns))
 
 
-def _columns(block, codes, mask, func):
-    return func(np.asarray(block), codes, mask)
+def _columns(block, args, transform):
+    return transform(np.asarray(block), *args)
 
 
 def fit_summary(x, codes, mask, n_groups):
