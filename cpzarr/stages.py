@@ -280,8 +280,14 @@ def _platemap_metadata(ctx: Context, profiles):
     return profiles.assign_coords(coords)
 
 
-def _steps(spec: list) -> list:
+def _steps(spec: list | str) -> list | str:
+    if isinstance(spec, str):  # a recipe name: profiles_mad_int_featselect_harmony
+        return spec
     return [(op, dict(params or {})) for step in spec for op, params in step.items()]
+
+
+#: The pipeline comparison of a run (``profiles.compare``), one row per feature set × pipeline.
+COMPARISON_TABLE = "pipeline_comparison.csv"
 
 
 def stage_profiles(ctx: Context) -> dict:
@@ -294,11 +300,14 @@ def stage_profiles(ctx: Context) -> dict:
 
 
 def _profiles(ctx: Context) -> dict:
-    from cpzarr.profiles import aggregate, consensus, pipeline, write_profiles
+    from cpzarr.profiles import aggregate, consensus, pipeline, pipeline_metrics, rank_pipelines, write_profiles
     from cpzarr.store import open_node
 
     p = ctx.cfg["profiles"]
     summary: dict[str, Any] = {}
+    compare = p.get("compare")
+    compare = {} if compare is True else (dict(compare) if compare else None)
+    rows = []
     for name in ctx.feature_sets():
         feats = open_node(ctx.store, f"features/{name}")
         well = aggregate(feats["features"], operation=p["aggregate"])
@@ -315,9 +324,19 @@ def _profiles(ctx: Context) -> dict:
         for pname, spec in p["pipelines"].items():
             out = (pipeline(well, _steps(spec)) if spec else well).compute()
             write_profiles(out, ctx.store, node=f"profiles/{name}/{pname}")
+            if compare is not None:
+                label = pname if len(ctx.feature_sets()) == 1 else f"{name} {pname}"
+                metrics = {k: v for k, v in compare.items() if k != "criterion"}
+                rows.append({"pipeline": label, **pipeline_metrics(out, **metrics),
+                             "steps": out.attrs.get("cpzarr_pipeline", "[]")})
             if p["consensus"]:
                 cons = consensus(out, **p["consensus"])
                 write_profiles(cons.compute(), ctx.store, node=f"profiles/{name}/{pname}_consensus")
+    if rows:
+        table = rank_pipelines(rows, compare.get("criterion", "score"))
+        ctx.tables_dir.mkdir(parents=True, exist_ok=True)
+        table.to_csv(ctx.tables_dir / COMPARISON_TABLE, index=False)
+        summary["chosen_pipeline"] = table.attrs["chosen"]
     return {"summary": summary}
 
 
@@ -412,7 +431,7 @@ def _load_results(ctx: Context) -> dict[str, dict[str, pd.DataFrame]]:
     labels = json.loads((ctx.tables_dir / "sets.json").read_text())
     out: dict[str, dict[str, pd.DataFrame]] = {}
     for path in sorted(ctx.tables_dir.glob("*.csv")):
-        if path.name == "headline.csv":
+        if path.name in ("headline.csv", COMPARISON_TABLE):
             continue
         slug, metric = path.stem.split(".", 1)
         out.setdefault(labels.get(slug, slug), {})[metric] = pd.read_csv(path)

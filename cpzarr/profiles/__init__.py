@@ -7,7 +7,9 @@ computed in passes over dask chunks, so tables larger than memory work the same 
 from cpzarr.profiles._aggregate import aggregate
 from cpzarr.profiles._annotate import annotate
 from cpzarr.profiles._batch import coral, harmony, pca, tvn
-from cpzarr.profiles._choose import choose_pipeline, compare_pipelines, pipeline_metrics, sweep
+from cpzarr.profiles._choose import (
+    choose_pipeline, compare_pipelines, pipeline_metrics, rank_pipelines, sweep,
+)
 from cpzarr.profiles._consensus import consensus, modz_weights
 from cpzarr.profiles._correct import correct_well_position, regress_cell_count
 from cpzarr.profiles._io import from_pycytominer, read_profiles, to_pycytominer, write_profiles
@@ -21,7 +23,7 @@ __all__ = [
     "aggregate", "annotate", "normalize", "feature_select", "spherize", "consensus", "pipeline",
     "RECIPES", "RECIPE_STEPS", "recipe_steps",
     "correct_well_position", "regress_cell_count", "pca", "tvn", "coral", "harmony",
-    "sweep", "compare_pipelines", "choose_pipeline", "pipeline_metrics",
+    "sweep", "compare_pipelines", "rank_pipelines", "choose_pipeline", "pipeline_metrics",
     "correlation_matrix", "default_blocklist", "modz_weights",
     "ZeroScaleWarning", "SpherizeWarning",
 ]

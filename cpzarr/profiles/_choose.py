@@ -151,7 +151,28 @@ def compare_pipelines(profiles, pipelines, criterion="score", **metrics):
         row = {"pipeline": name, **pipeline_metrics(out.compute(), **metrics)}
         row["steps"] = out.attrs.get("cpzarr_pipeline", "[]") if steps else "[]"
         rows.append(row)
+    return rank_pipelines(rows, criterion)
+
+
+def rank_pipelines(rows, criterion="score"):
+    """The comparison table from each pipeline's metrics (as :func:`compare_pipelines` returns it).
+
+    Parameters
+    ----------
+    rows : list of dict
+        ``{"pipeline": name, "replicate_map": ..., "moa_map": ..., "batch_enrichment": ...}``
+        (from :func:`pipeline_metrics`), optionally ``"steps"``.
+    criterion : str, default "score"
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+    if criterion not in CRITERIA:
+        raise InputError(f"compare_pipelines: criterion {criterion!r} is not one of {CRITERIA}")
     table = pd.DataFrame(rows)
+    if "steps" not in table:
+        table["steps"] = "[]"
     scaled = []
     for column, sign in (("replicate_map", 1), ("moa_map", 1), ("batch_enrichment", -1)):
         values = sign * np.log(table[column]) if column == "batch_enrichment" else table[column]
