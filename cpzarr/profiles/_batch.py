@@ -3,6 +3,7 @@
 import warnings
 from functools import partial
 
+import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -200,7 +201,6 @@ def tvn(profiles, samples=_NEGCON, by="batch", n_components=None):
                    for g in np.flatnonzero(flat.any(axis=1))]
             raise InputError("tvn: components without variance in a batch's controls; keep fewer "
                              "components (n_components)", bad)
-        import dask.array as da
         code_chunks = da.from_array(codes, chunks=(x.chunks[0],))[:, None]
         y = da.map_blocks(_by_code, y, code_chunks, centre=centre, scale=scale, dtype=np.float64)
     out = _new_features(p, y.astype(out_dtype), [f"PC{i}" for i in range(1, k + 1)], "tvn",
@@ -289,7 +289,6 @@ def coral(profiles, samples=_NEGCON, by="batch", regularization=1.0):
         mean, _, e, v = _fit_covariance(x, rows[codes[rows] == g], features, np.float64)
         sources.append(_power(e, v, regularization, -0.5))
         means.append(mean)
-    import dask.array as da
     code_chunks = da.from_array(codes, chunks=(x.chunks[0],))[:, None]
     kernel = partial(_coral_block, sources=sources, target=target, source_means=np.array(means),
                      target_mean=target_mean, dtype=out_dtype)
