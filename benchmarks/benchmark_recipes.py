@@ -172,7 +172,10 @@ def batchy_profiles(stain_scale=0.3, seed=0, **options):
 
 def comparison(**options):
     """The closing note's table: ``compare_pipelines`` over ``COMPARED`` on ``batchy_profiles``."""
-    from cpzarr.profiles import compare_pipelines
+    from cpzarr.profiles import compare_pipelines, sweep
 
     warnings.simplefilter("ignore")
-    return compare_pipelines(batchy_profiles(**options), COMPARED)
+    grid = dict(COMPARED)
+    grid.update(sweep("mad_robustize_select_spherize", "spherize", {"epsilon": [1e-6, 1e-2, 1.0]}, label="spherize"))
+    grid.update(sweep(["tvn"], "tvn", {"n_components": [20, 50]}, label="tvn"))
+    return compare_pipelines(batchy_profiles(**options), grid)
