@@ -92,6 +92,10 @@ def pipeline_metrics(profiles, replicate="compound", moa="moa", batch="batch", n
     from cpzarr import evaluate as ev
 
     table = ev.sample_table(profiles)
+    missing = [c for c in (replicate, moa, batch) if c not in table.columns]
+    if missing:
+        raise InputError("pipeline comparison needs these sample coordinates (set replicate, moa, batch "
+                         f"to others among {list(table.columns)})", missing)
     control = table.eval(negcon).to_numpy(dtype=bool)
     treated = profiles.isel(sample=np.flatnonzero(~control)).load()
     rep = ev.average_precision(treated, replicate)
