@@ -59,6 +59,20 @@ def test_rank_inverse_normal_is_blom_formula(screen, chunks):
 
 
 @pytest.mark.parametrize("chunks", [None, 7])
+def test_rank_inverse_normal_on_controls_ranks_every_sample_among_them(screen, chunks):
+    x = screen.values
+    fit = x[screen.control.values == "negcon"]
+    less = (fit[None, :, :] < x[:, None, :]).sum(axis=1)
+    equal = (fit[None, :, :] == x[:, None, :]).sum(axis=1)
+    ranks = less + (equal + 1) / 2  # mid-rank among the DMSO wells (0.5 below all, n + 0.5 above)
+    actual = normalize(_chunked(screen, chunks), method="rank_inverse_normal", by=None, samples=NEGCON,
+                       rank_offset=0.25)
+    expected = scipy.stats.norm.ppf((ranks - 0.25) / (len(fit) - 0.5 + 1))
+    np.testing.assert_allclose(actual.values, expected, atol=1e-12)
+    assert np.isfinite(actual.values).all()
+
+
+@pytest.mark.parametrize("chunks", [None, 7])
 def test_inverse_normal_per_plate_on_controls_matches_sklearn(screen, chunks):
     from sklearn.preprocessing import QuantileTransformer
 

@@ -20,16 +20,26 @@ def transform_function(method, n_quantiles=1000, rank_offset=3 / 8):
     """``func(block, codes, mask)`` applying the chosen INT fitted per group within the block."""
     if method == "inverse_normal":
         return partial(_per_group, fit=partial(quantiles, n_quantiles=n_quantiles), apply=quantile_normal)
-    return partial(_per_group, fit=partial(np.sort, axis=0), apply=partial(rank_normal, offset=rank_offset))
+    return partial(_per_group, fit=partial(np.sort, axis=0), apply=partial(rank_normal, offset=rank_offset),
+                   on_all=partial(_rank_all, offset=rank_offset))
 
 
-def _per_group(block, codes, mask, fit, apply):
+def _per_group(block, codes, mask, fit, apply, on_all=None):
     out = np.empty(block.shape, dtype=np.float64)
     for code in np.unique(codes):
         rows = codes == code
+        if on_all is not None and mask[rows].all():
+            out[rows] = on_all(block[rows].astype(np.float64))
+            continue
         fitted = fit(block[rows & mask].astype(np.float64))
         out[rows] = apply(block[rows].astype(np.float64), fitted)
     return out
+
+
+def _rank_all(values, offset):
+    """:func:`rank_normal` when every sample is a fitting sample: scipy's average ranks, all columns at once."""
+    ranks = stats.rankdata(values, axis=0)
+    return stats.norm.ppf((ranks - offset) / (len(values) - 2 * offset + 1))
 
 
 def quantiles(rows, n_quantiles=1000):
