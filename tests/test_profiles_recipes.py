@@ -224,6 +224,15 @@ def test_pca_matches_numpy(screen, chunks):
     np.testing.assert_allclose(pca(_chunked(screen, chunks), n_components=5).values, expected, atol=1e-9)
 
 
+@pytest.mark.parametrize("chunks", [None, 9])
+def test_pca_top_components_of_a_wide_scatter_match_numpy(chunks):
+    p = make_profiles(n_plates=6, n_batches=2, n_negcon=20, n_compounds=30, n_replicates=3, n_moas=5,
+                      n_features=40, n_samples=None, dtype="float64", seed=2)   # 210 samples > 40 features
+    x = p.values - p.values.mean(0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    np.testing.assert_allclose(pca(_chunked(p, chunks), n_components=5).values, x @ _signed(vt[:5].T), atol=1e-8)
+
+
 @pytest.mark.parametrize("chunks", [None, 7])
 def test_harmony_equals_harmonypy(screen, chunks):
     harmonypy = pytest.importorskip("harmonypy")

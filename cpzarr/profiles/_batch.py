@@ -13,19 +13,24 @@ from cpzarr.profiles._grouped import check_fit, constant_report, group_label
 from cpzarr.profiles._samples import (
     as_dask, check_profiles, group_codes, like_input, metadata_frame, record_step, sample_mask,
 )
-from cpzarr.profiles._spherize import _fit_gram, _fit_scatter
+from cpzarr.profiles._segments import sum_over_row_blocks
+from cpzarr.profiles._spherize import _fit_gram, _fit_scatter, _moments
 
 _NEGCON = 'control == "negcon"'
 
 
-def _fit_covariance(x, rows, features, dtype, standardize=False):
+def _fit_covariance(x, rows, features, dtype, standardize=False, top=None):
     """Mean, scale, and the eigen-decomposition of the fitting rows' covariance (rank columns).
 
     Returns ``mean, sd, eigenvalues (rank,), vectors (feature, rank)`` with the covariance
-    ``V diag(e) Vᵀ`` (ddof 1); an n × n Gram matrix when n ≤ d, else the d × d scatter.
+    ``V diag(e) Vᵀ`` (ddof 1); an n × n Gram matrix when n ≤ d, else the d × d scatter. With
+    ``top`` (a count) and n > d, only the ``top`` largest eigenpairs of the scatter are computed
+    (``scipy.linalg.eigh(subset_by_index=...)``: 50 of 6,400 in a fraction of the full time).
     """
     method = "PCA-cor" if standardize else "PCA"
     n, d = len(rows), x.shape[1]
+    if top is not None and n > d and not standardize and top < d // 4:
+        return _top_scatter(x[rows], n, d, top, features, dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # constant features were checked before
         if n <= d:
@@ -34,6 +39,20 @@ def _fit_covariance(x, rows, features, dtype, standardize=False):
             mean, sd, s, v, rank = _fit_scatter(x[rows], n, d, method, True, features)
     rank = max(int(rank), 1)
     return mean, sd, s[:rank] ** 2 / (n - 1), np.asarray(v[:, :rank], dtype=dtype)
+
+
+def _top_scatter(fit, n, d, top, features, dtype):
+    from scipy.linalg import eigh
+
+    shift = np.asarray(fit[:1].compute(), dtype=np.float64)[0]
+    moments = sum_over_row_blocks(_moments, fit.astype(np.float64) - shift)
+    if (moments[d + 1] > 0).any():
+        raise InputError("pca cannot fit on NaN; drop these features first (feature_select drop_na_columns)",
+                         [str(f) for f in features[moments[d + 1] > 0]])
+    shifted_mean = moments[d] / n
+    scatter = moments[:d] - n * np.outer(shifted_mean, shifted_mean)
+    eigval, v = eigh(scatter, subset_by_index=[d - top, d - 1], overwrite_a=True, check_finite=False)
+    return shift + shifted_mean, np.ones(d), eigval[::-1] / (n - 1), np.asarray(v[:, ::-1], dtype=dtype)
 
 
 def _signed(v):
@@ -112,7 +131,8 @@ def pca(profiles, n_components=50, samples="all"):
     features = np.asarray(p["feature"].values)
     out_dtype = p.dtype if np.issubdtype(p.dtype, np.floating) else np.dtype(np.float64)
     _constant_error(x, mask, features, "pca", "fitting samples")
-    mean, sd, eigenvalues, v = _fit_covariance(x, rows, features, np.float64)
+    top = int(n_components) if isinstance(n_components, (int, np.integer)) else None
+    mean, sd, eigenvalues, v = _fit_covariance(x, rows, features, np.float64, top=top)
     k = _components(n_components, eigenvalues, "pca")
     v = _signed(v[:, :k])
     result = x.map_blocks(partial(_project, mean=mean, sd=np.ones_like(sd), v=v, dtype=out_dtype),
