@@ -284,3 +284,17 @@ def test_sweep_and_compare_choose_the_batch_correction_on_a_batchy_screen():
     assert best["pipeline"].startswith("tvn") and bool(best["chosen"])
     assert best["batch_enrichment"] < raw["batch_enrichment"]
     assert table.attrs["chosen"] == best["pipeline"]
+
+
+def test_interp_columns_is_numpy_interp_bit_for_bit_with_ties_and_nan():
+    from cpzarr.profiles._inverse_normal import interp_columns
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        k, m, d = rng.integers(2, 30), rng.integers(1, 50), rng.integers(1, 6)
+        xp = np.sort(np.round(rng.normal(size=(k, d)), 1), axis=0)   # rounded: repeated knots
+        fp = np.linspace(0, 1, k)
+        x = np.round(rng.normal(size=(m, d)) * 1.5, 1)
+        x[rng.random(x.shape) < 0.05] = np.nan
+        expected = np.column_stack([np.interp(x[:, j], xp[:, j], fp) for j in range(d)])
+        np.testing.assert_array_equal(interp_columns(x, xp, fp), expected)

@@ -54,23 +54,49 @@ def quantiles(rows, n_quantiles=1000):
     return np.maximum.accumulate(q, axis=0)
 
 
-def quantile_normal(values, q):
-    """Map each column through its quantiles to the standard normal (QuantileTransformer)."""
+def quantile_normal(values, q, budget=32 * 2**20):
+    """Map each column through its quantiles to the standard normal (QuantileTransformer).
+
+    Columns are done together, a block of them at a time (``budget`` bytes of comparisons).
+    """
     references = np.linspace(0, 1, len(q), endpoint=True)
     out = np.empty(values.shape, dtype=np.float64)
-    for j in range(values.shape[1]):
-        col, qj = values[:, j], q[:, j]
+    step = max(1, int(budget // max(len(values) * len(q), 1)))
+    for c in range(0, values.shape[1], step):
+        cols = slice(c, c + step)
+        x, qc = values[:, cols], q[:, cols]
         with np.errstate(invalid="ignore"):
-            low = col - _BOUNDS < qj[0]
-            high = col + _BOUNDS > qj[-1]
+            low = x - _BOUNDS < qc[0]
+            high = x + _BOUNDS > qc[-1]
         # Interpolation both ways, averaged: ties in the quantiles map to their middle.
-        u = 0.5 * (np.interp(col, qj, references) - np.interp(-col, -qj[::-1], -references[::-1]))
+        u = 0.5 * (interp_columns(x, qc, references) - interp_columns(-x, -qc[::-1], -references[::-1]))
         u[high] = 1.0
         u[low] = 0.0
-        out[:, j] = u
+        out[:, cols] = u
     with np.errstate(invalid="ignore", divide="ignore"):
         out = stats.norm.ppf(out)
     return np.clip(out, *_CLIP)
+
+
+def interp_columns(x, xp, fp):
+    """``np.interp(x[:, j], xp[:, j], fp)`` for every column j at once, with numpy's arithmetic.
+
+    ``xp`` (k, columns) ascending in each column; ``fp`` (k,) shared. NaN stays NaN.
+    """
+    k = len(xp)
+    with np.errstate(invalid="ignore"):
+        j = (xp[None, :, :] <= x[:, None, :]).sum(axis=1) - 1
+    inner = (j >= 0) & (j < k - 1)
+    jj = np.clip(j, 0, k - 2)
+    x_lo = np.take_along_axis(xp, jj, axis=0)
+    x_hi = np.take_along_axis(xp, jj + 1, axis=0)
+    y_lo, y_hi = fp[jj], fp[jj + 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slope = (y_hi - y_lo) / (x_hi - x_lo)
+        result = slope * (x - x_lo) + y_lo
+    result = np.where(x_lo == x, y_lo, result)
+    result = np.where(inner, result, np.where(j < 0, fp[0], fp[-1]))
+    return np.where(np.isnan(x), np.nan, result)
 
 
 def rank_normal(values, ordered, offset=3 / 8):
