@@ -49,7 +49,11 @@ def quantiles(rows, n_quantiles=1000):
     """
     n_q = min(n_quantiles, len(rows))
     references = np.linspace(0, 1, n_q, endpoint=True)
-    q = np.nanpercentile(rows, references * 100, axis=0)
+    # Fitting rows hold no NaN (normalize refuses them): np.percentile, vectorized over columns,
+    # equals np.nanpercentile there, which loops over columns in Python (870,000 calls per
+    # plate-wise fit at LINCS scale).
+    percentile = np.nanpercentile if np.isnan(rows).any() else np.percentile
+    q = percentile(rows, references * 100, axis=0)
     # np.nanpercentile can break monotonicity by rounding: the same fix as scikit-learn's.
     return np.maximum.accumulate(q, axis=0)
 
