@@ -112,7 +112,7 @@ def locate_command(store, source, kind, on_invalid, detect, channel, sigma, thre
 @click.option("--edge", type=click.Choice(["skip", "pad"]), default="skip", show_default=True,
               help="Cells whose box leaves the image: leave out, or zero-pad (DeepProfiler).")
 @click.option("--batch-size", type=int, default=None,
-              help="Planes per forward pass (default: 8 on a CPU, 128 on a GPU).")
+              help="Planes per forward pass (default: 8 on a CPU, 512 on a GPU).")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
 @click.option("--mixed-precision", type=click.Choice(["off", "float16", "bfloat16"]), default="off",
               show_default=True, help="Keras mixed-precision policy for the network.")
@@ -139,9 +139,9 @@ def profile_command(store, model, weights, layer, name, box, channels, edge, bat
                        mixed_precision=False if mixed_precision == "off" else mixed_precision)
     name = name or (model if layer is None else f"{model}-{layer}")
     if scheduler:
-        from distributed import Client
+        from cpzarr.cluster import get_client
 
-        with Client(scheduler) as client:
+        with get_client(scheduler) as client:  # nothing at the address: a ClusterError at once
             path = write_features(store, name, features, chunk_cells=chunk_cells, overwrite=overwrite,
                                   scheduler=client, progress=progress)
     else:

@@ -82,7 +82,7 @@ SCHEMA: dict[str, Any] = {
         "layer": Key(_opt_str, None, help="named layer to take features from (spatially averaged)"),
         "path": Key(_opt_str, None, path=True, help="DeepProfiler / CellProfiler outputs to import"),
         "name": Key(_opt_str, None, help="node name under /features (default: the model name)"),
-        "batch_size": Key((int, type(None)), None, minimum=1, help="planes per forward pass (null: 8 on a CPU, 128 on a GPU)"),
+        "batch_size": Key((int, type(None)), None, minimum=1, help="planes per forward pass (null: 8 on a CPU, 512 on a GPU)"),
         "dtype": Key((str,), "float32", choices=("float32", "float16")),
         "compare_imagenet": Key((bool,), False, help="also profile the same architecture with ImageNet weights"),
     },
@@ -117,8 +117,13 @@ SCHEMA: dict[str, Any] = {
         "threads_per_worker": Key((int, type(None)), None, minimum=1),
         "memory_limit": Key((str, int), "auto"),
         "gpu": Key((int,), 0, minimum=0),
+        "keras_backend": Key(_opt_str, None, choices=(None, "tensorflow", "jax", "torch"),
+                             help="Keras backend of the local workers (null: KERAS_BACKEND, else tensorflow)"),
         "processes": Key((bool,), True),
         "profile": Key((bool,), False, help="run distributed's stack-sampling profiler in local workers"),
+        "dashboard": Key(_opt_str, "127.0.0.1:0",
+                         help="host:port of the local cluster's dashboard (this machine only by default; "
+                              "0.0.0.0:8787 serves every network interface); null turns it off"),
     },
     "output": {
         "store": Key((str,), "screen.zarr", path=True, help="the Zarr store of the run"),
