@@ -21,6 +21,7 @@ import importlib
 from cpzarr import cells  # noqa: E402
 from cpzarr.config import load_config  # noqa: E402
 from cpzarr.crops import Sampler, crops, sample  # noqa: E402
+from cpzarr.export import export_ome_zarr  # noqa: E402
 from cpzarr.ingest import ingest  # noqa: E402
 from cpzarr.run import demo, run  # noqa: E402
 from cpzarr.store import open_screen  # noqa: E402
@@ -46,6 +47,7 @@ def __dir__():
 
 __all__ = [
     "ingest",
+    "export_ome_zarr",
     "open_screen",
     "cells",
     "crops",

@@ -17,17 +17,17 @@ def main():
 
 
 @main.command("ingest")
-@click.argument("table", type=click.Path(exists=True, dir_okay=False))
+@click.argument("table", type=click.Path(exists=True))
 @click.argument("store", type=click.Path(file_okay=False))
 @click.option("--platemap", type=click.Path(exists=True, dir_okay=False),
-              help="Well metadata CSV/TSV keyed by (plate, well) or by well.")
+              help="Well metadata CSV/TSV keyed by (plate, well) or by well, or a LINCS barcode_platemap.csv.")
 @click.option("--channels", help="Comma-separated channels to ingest, in store order (default: all).")
 @click.option("--scheduler", help="Dask scheduler address (tcp://host:8786) or threads / processes / sync.")
 @click.option("--workers", type=int, help="Workers of the local scheduler (default: one per core).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store made from other inputs.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar over wells.")
 def ingest_command(table, store, platemap, channels, scheduler, workers, overwrite, progress):
-    """Ingest the site images of TABLE (load_data CSV or DeepProfiler index.csv) into STORE.
+    """Ingest the site images of TABLE (load_data CSV, DeepProfiler index.csv or OME-Zarr HCS plate) into STORE.
 
     Re-running the same command resumes an interrupted ingest.
     """
@@ -41,6 +41,31 @@ def ingest_command(table, store, platemap, channels, scheduler, workers, overwri
     except CpzarrError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(format_info(screen_info(store)))
+
+
+@main.command("export")
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=click.Path())
+@click.option("--ome-zarr", "ome_zarr", is_flag=True, help="Write the images as an OME-NGFF 0.5 HCS plate.")
+@click.option("--node", help="Write this node instead: features/<model> or profiles/<model>/<level>, "
+              "to OUT .parquet, .csv(.gz) or .h5ad with Pycytominer's column names.")
+@click.option("--plate", help="With --ome-zarr: only this plate.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT plate.")
+def export_command(store, out, ome_zarr, node, plate, overwrite):
+    """Export STORE's images (--ome-zarr) or one of its nodes (--node) to OUT for other tools."""
+    from cpzarr.errors import CpzarrError
+    from cpzarr.export import export_ome_zarr, export_table
+
+    if bool(ome_zarr) == bool(node):
+        raise click.UsageError("give either --ome-zarr or --node NODE")
+    try:
+        if ome_zarr:
+            for path in export_ome_zarr(store, out, plate=plate, overwrite=overwrite):
+                click.echo(f"wrote OME-Zarr HCS plate {path}")
+        else:
+            click.echo(f"wrote {export_table(store, node, out)}")
+    except CpzarrError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.command("info")

@@ -243,6 +243,7 @@ def _write_plain_node(store: Path, group: str, dataset) -> None:
 
 def well_metadata(ctx: Context, profiles):
     """Attach the store's well metadata (compound, dose, moa, control, batch, …) to well profiles."""
+    from cpzarr.export import metadata_names
     from cpzarr.store import open_screen
 
     if ctx.cfg.get("input.store") is None and ctx.cfg.get("input.images") is None \
@@ -259,7 +260,9 @@ def well_metadata(ctx: Context, profiles):
             coords[name] = ("sample", np.asarray(var.values)[pi, wi])
         elif var.dims == ("plate",) and name not in profiles.coords:
             coords[name] = ("sample", np.asarray(var.values)[pi])
-    return profiles.assign_coords(coords)
+    out = profiles.assign_coords(coords)
+    out.attrs["pycytominer_names"] = json.dumps(metadata_names(root))  # columns as the platemap wrote them
+    return out
 
 
 def _platemap_metadata(ctx: Context, profiles):
