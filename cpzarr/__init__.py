@@ -32,7 +32,7 @@ crops.Sampler = Sampler
 
 # Subpackages imported on first use: evaluate loads scipy.stats and synthetic scipy.ndimage
 # (about 50 MB of a process that only normalizes profiles).
-_LAZY = ("evaluate", "features", "profiles", "synthetic")
+_LAZY = ("evaluate", "features", "illumination", "profiles", "synthetic")
 
 
 def __getattr__(name):
@@ -56,6 +56,7 @@ __all__ = [
     "features",
     "profiles",
     "evaluate",
+    "illumination",
     "synthetic",
     "load_config",
     "run",

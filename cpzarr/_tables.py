@@ -285,6 +285,12 @@ def derive_store_metadata(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]
         elif "broad_sample" in out.columns:
             out["compound"] = out["broad_sample"]
             notes.append("compound taken from broad_sample")
+        if "compound" in out.columns and "solvent" in out.columns:
+            # LINCS platemaps leave broad_sample empty in the solvent-only (DMSO) wells
+            empty = out["compound"].map(is_blank) & ~out["solvent"].map(is_blank)
+            if empty.any():
+                out["compound"] = out["compound"].astype(object).where(~empty, out["solvent"])
+                notes.append("compound taken from solvent where it is otherwise empty (solvent-only wells)")
     if "dose" not in out.columns:
         for alias in ("mmoles_per_liter", "concentration"):
             if alias in out.columns:

@@ -122,6 +122,29 @@ def locate_command(store, source, kind, on_invalid, detect, channel, sigma, thre
     sites = int((cells["cell_count"] > 0).sum())
     click.echo(f"{cells.sizes['cell']} cells in {sites} sites written to {path}")
 
+# --- illumination ---
+
+@main.command("illumination")
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--downsample", type=int, default=4, show_default=True, help="Block-mean downsampling factor.")
+@click.option("--median-size", type=int, default=24, show_default=True,
+              help="Median filter side, in downsampled pixels.")
+@click.option("--percentile", type=float, default=2.0, show_default=True, help="Robust minimum the field is divided by.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing /illumination node.")
+def illumination_command(store, downsample, median_size, percentile, overwrite):
+    """Estimate each plate's and channel's illumination field of STORE into its /illumination node."""
+    from cpzarr import illumination
+    from cpzarr.errors import CpzarrError
+
+    try:
+        field = illumination.write(store, overwrite=overwrite, downsample=downsample, median_size=median_size,
+                                   percentile=percentile)
+    except CpzarrError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"illumination fields of {field.sizes['plate']} plates x {field.sizes['channel']} channels "
+               f"written to {store}/illumination (max/min per field: "
+               f"{float((field.max(('y', 'x')) / field.min(('y', 'x'))).max()):.2f})")
+
 # --- profile (features) ---
 
 @main.command("profile")
@@ -145,9 +168,10 @@ def locate_command(store, source, kind, on_invalid, detect, channel, sigma, thre
 @click.option("--scheduler", default=None, help="Dask scheduler address (default: threads in this process).")
 @click.option("--workers", type=int, default=None, help="Threads of the local scheduler (default: cores).")
 @click.option("--overwrite", is_flag=True, help="Start the node afresh instead of resuming it.")
+@click.option("--illumination", is_flag=True, help="Crop images divided by the store's /illumination fields.")
 @click.option("--progress/--no-progress", default=True)
 def profile_command(store, model, weights, layer, name, box, channels, edge, batch_size, dtype, mixed_precision,
-                    chunk_cells, scheduler, workers, overwrite, progress):
+                    chunk_cells, scheduler, workers, overwrite, illumination, progress):
     """Compute CNN features of every cell of STORE into /features/<name> (resumable)."""
     import dask
 
@@ -158,7 +182,8 @@ def profile_command(store, model, weights, layer, name, box, channels, edge, bat
 
     if not scheduler:  # this process's threads each run their own forward passes
         os.environ.update(tensorflow_threads(workers or local_threads()))
-    view = crops(open_screen(store), box=box, channels=channels.split(",") if channels else None, edge=edge)
+    view = crops(open_screen(store), box=box, channels=channels.split(",") if channels else None, edge=edge,
+                 illumination=True if illumination else None)
     features = extract(view, model=model, weights=None if weights == "random" else weights, layer=layer,
                        batch_size=batch_size, dtype=dtype,
                        mixed_precision=False if mixed_precision == "off" else mixed_precision)

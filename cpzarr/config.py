@@ -69,6 +69,7 @@ SCHEMA: dict[str, Any] = {
         "edge": Key((str,), "skip", choices=("skip", "pad")),
         "scale": Key(_opt_str, "minmax", choices=("minmax", None)),
         "channels": Key((list, type(None)), None, help="channels to use (default: all)"),
+        "illumination": Key((bool,), False, help="divide images by the /illumination fields (computed if missing)"),
     },
     "features": {
         "model": Key(

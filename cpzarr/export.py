@@ -19,7 +19,7 @@ import numpy as np
 from cpzarr.errors import InputError
 from cpzarr.formats.ome_zarr import export_ome_zarr
 
-__all__ = ["export_table", "export_ome_zarr", "single_cells", "metadata_names"]
+__all__ = ["export_table", "export_ome_zarr", "single_cells", "attach_metadata", "metadata_names", "root_metadata"]
 
 #: Pycytominer's (and DeepProfiler's) names for the per-cell coordinates of a features node.
 CELL_NAMES = {"x": "Location_Center_X", "y": "Location_Center_Y", "object_id": "ObjectNumber"}
@@ -39,6 +39,47 @@ def metadata_names(root) -> dict:
     {'control': 'control_type', 'plate_map_name': 'Plate_Map_Name'}
     """
     return {name: var.attrs["source_name"] for name, var in root.data_vars.items() if "source_name" in var.attrs}
+
+
+def attach_metadata(profiles, root):
+    """Add the store's well metadata to profiles (or cells) as coordinates along ``sample``.
+
+    Parameters
+    ----------
+    profiles : DataArray (sample, feature)
+        With ``plate`` and ``well`` coordinates.
+    root : Dataset
+        The store's root (``open_screen(store).to_dataset()``).
+
+    Returns
+    -------
+    DataArray (sample, feature)
+        With every ``(plate, well)`` and ``(plate,)`` variable of the root (compound, dose, moa,
+        control, batch, platemap columns) that it lacked, and ``attrs["pycytominer_names"]``
+        recording the names the platemap wrote (see :func:`metadata_names`).
+
+    Examples
+    --------
+    >>> well = attach_metadata(aggregate(features), open_screen("screen.zarr").to_dataset())  # doctest: +SKIP
+    """
+    import pandas as pd
+
+    plates = np.asarray(profiles["plate"].values).astype(str)
+    wells = np.asarray(profiles["well"].values).astype(str)
+    pi = pd.Index(root["plate"].values.astype(str)).get_indexer(plates)
+    wi = pd.Index(root["well"].values.astype(str)).get_indexer(wells)
+    coords = {}
+    for name, var in root.data_vars.items():
+        if name in profiles.coords:
+            continue
+        if var.dims == ("plate", "well"):
+            coords[name] = ("sample", np.asarray(var.values)[pi, wi])
+        elif var.dims == ("plate",):
+            coords[name] = ("sample", np.asarray(var.values)[pi])
+    out = profiles.assign_coords(coords)
+    names = {**json.loads(profiles.attrs.get("pycytominer_names", "{}")), **metadata_names(root)}
+    out.attrs["pycytominer_names"] = json.dumps(names)
+    return out
 
 
 def single_cells(store, model, *, metadata=True):
@@ -63,32 +104,33 @@ def single_cells(store, model, *, metadata=True):
     --------
     >>> cells = single_cells("screen.zarr", "efficientnet-lite0")  # doctest: +SKIP
     """
-    from cpzarr.store import is_store, open_node, open_screen
+    from cpzarr.store import is_store, open_node
 
     node = open_node(store, f"features/{model}")
-    features = node["features"].rename({"cell": "sample"})
-    names = dict(CELL_NAMES)
+    features = node["features"].rename({"cell": "sample"}).drop_vars("sample", errors="ignore")
+    features.attrs = {"pycytominer_names": json.dumps(CELL_NAMES)}
     if metadata and is_store(store):
-        root = open_screen(store).to_dataset()
-        plates = np.asarray(features["plate"].values).astype(str)
-        wells = np.asarray(features["well"].values).astype(str)
-        import pandas as pd
-
-        pi = pd.Index(root["plate"].values.astype(str)).get_indexer(plates)
-        wi = pd.Index(root["well"].values.astype(str)).get_indexer(wells)
-        coords = {}
-        for name, var in root.data_vars.items():
-            if name in features.coords:
-                continue
-            if var.dims == ("plate", "well"):
-                coords[name] = ("sample", np.asarray(var.values)[pi, wi])
-            elif var.dims == ("plate",):
-                coords[name] = ("sample", np.asarray(var.values)[pi])
-        features = features.assign_coords(coords)
-        names.update(metadata_names(root))
-    features = features.drop_vars([c for c in features.coords if c == "sample"])
-    features.attrs = {"pycytominer_names": json.dumps(names)}
+        features = attach_metadata(features, root_metadata(store))
     return features.rename("profiles")
+
+
+def root_metadata(store):
+    """The store root's coordinates and well metadata (no images), strings as object arrays.
+
+    Read from the root group alone, so that child nodes (whatever their names) do not matter.
+
+    Examples
+    --------
+    >>> root_metadata("screen.zarr")["compound"].dims  # doctest: +SKIP
+    ('plate', 'well')
+    """
+    import xarray as xr
+
+    ds = xr.open_zarr(store, zarr_format=3, consolidated=False).drop_vars(["images", "present"], errors="ignore")
+    ds = ds.compute()
+    strings = {k: v.astype(object) for k, v in ds.variables.items() if v.dtype.kind in "TU"}
+    return ds.assign({k: v for k, v in strings.items() if k in ds.data_vars}).assign_coords(
+        {k: v for k, v in strings.items() if k in ds.coords})
 
 
 def export_table(store, node, path, *, names=None):

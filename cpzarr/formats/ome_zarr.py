@@ -375,10 +375,13 @@ def export_ome_zarr(store, out, *, plate=None, n_workers=None, overwrite=False):
     """
     import zarr
 
-    from cpzarr.store import open_screen
+    from cpzarr.export import root_metadata
+    from cpzarr.store import _root_attrs, is_store
 
     store, out = Path(store), Path(out)
-    root = open_screen(store).to_dataset()
+    if not is_store(store) or not (_root_attrs(store) or {}).get("complete"):
+        raise StoreError(f"{store} is not a complete cpzarr store; run (or finish) `cpzarr ingest` first.")
+    root = root_metadata(store)
     plates = [str(p) for p in root["plate"].values]
     if plate is not None and plate not in plates:
         raise StoreError(f"The store {store} has no plate {plate!r}; it has {', '.join(plates)}.")

@@ -17,6 +17,8 @@ from cpzarr.errors import InputError, StoreError
 
 PREFIX = "Metadata_"
 _RESERVED = ("sample", "feature")
+#: The store's key coordinates and Pycytominer's names for them.
+KEY_NAMES = {"plate": "Plate", "well": "Well", "site": "Site"}
 
 
 def from_pycytominer(df, features="infer"):
@@ -33,12 +35,14 @@ def from_pycytominer(df, features="infer"):
     Returns
     -------
     profiles : DataArray (sample, feature)
-        Named ``profiles``; metadata as coordinates along ``sample`` without the prefix.
+        Named ``profiles``; metadata as coordinates along ``sample`` without the prefix, and
+        ``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site`` as the store's ``plate``,
+        ``well``, ``site``.
 
     Examples
     --------
     >>> df = pd.DataFrame({"Metadata_Plate": ["p", "p"], "Cells_x": [1.0, 2.0]})
-    >>> from_pycytominer(df).coords["Plate"].values.tolist()
+    >>> from_pycytominer(df).coords["plate"].values.tolist()
     ['p', 'p']
     """
     if not isinstance(df, pd.DataFrame):
@@ -65,8 +69,11 @@ def from_pycytominer(df, features="infer"):
     metadata = [c for c in columns if c not in feature_set]
 
     coords, unprefixed = {}, []
+    keys = {v: k for k, v in KEY_NAMES.items()}
     for column in metadata:
         name = column[len(PREFIX):] if column.startswith(PREFIX) else column
+        if column.startswith(PREFIX):
+            name = keys.get(name, name)  # Metadata_Plate, _Well, _Site → the store's plate, well, site
         if not column.startswith(PREFIX):
             unprefixed.append(column)
         if name in coords or name in _RESERVED:
@@ -90,10 +97,6 @@ def from_pycytominer(df, features="infer"):
     if len(set(dtypes.values())) > 1:
         attrs["pycytominer_dtypes"] = json.dumps(dtypes)
     return xr.DataArray(values, dims=("sample", "feature"), coords=coords, name="profiles", attrs=attrs)
-
-
-#: The store's key coordinates and Pycytominer's names for them.
-KEY_NAMES = {"plate": "Plate", "well": "Well", "site": "Site"}
 
 
 def to_pycytominer(profiles, names=None):
@@ -127,7 +130,9 @@ def to_pycytominer(profiles, names=None):
     recorded = json.loads(profiles.attrs.get("pycytominer_columns", "[]"))
     written = {**KEY_NAMES, **json.loads(profiles.attrs.get("pycytominer_names", "{}")), **(names or {})}
     data = {}
-    for name, coord in profiles.coords.items():
+    order = list(KEY_NAMES)  # plate, well, site first
+    keys_first = sorted(profiles.coords.items(), key=lambda item: order.index(item[0]) if item[0] in order else 3)
+    for name, coord in keys_first:
         if name in _RESERVED or coord.dims != ("sample",):
             continue
         if name in unprefixed:
