@@ -77,8 +77,8 @@ def peer_write_plate(table, out: Path, level=LEVEL) -> Path:
     codec = BloscCodec(cname="zstd", clevel=level, shuffle="shuffle", blocksize=1 << 20)
     with dask.config.set(scheduler="synchronous"):  # one worker, as cpzarr's n_workers=1
         for row, (r, c) in zip(frame.itertuples(index=False), wells):
-            stack = np.stack([tifffile.imread(Path(getattr(row, f"PathName_Orig{ch}")) / getattr(row, f"FileName_Orig{ch}"))
-                              for ch in channels])
+            paths = [Path(getattr(row, f"PathName_Orig{ch}")) / getattr(row, f"FileName_Orig{ch}") for ch in channels]
+            stack = np.stack([tifffile.imread(path) for path in paths])
             well = root.require_group(r).require_group(c)
             write_well_metadata(well, [{"path": "0"}], fmt=fmt)
             write_image(stack, well.require_group("0"), axes="cyx", fmt=fmt, scale_factors=[],

@@ -2,7 +2,6 @@
 
 import functools
 import sqlite3
-import warnings
 
 import numpy as np
 import pandas as pd

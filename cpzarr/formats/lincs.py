@@ -80,7 +80,8 @@ def read_lincs_platemap(path) -> pd.DataFrame:
     folder = path.parent / "platemap"
     layouts, problems = {}, []
     for name in barcodes[_MAP].unique():
-        found = [folder / f"{name}{suffix}" for suffix in (".txt", ".tsv", ".csv") if (folder / f"{name}{suffix}").is_file()]
+        found = [folder / f"{name}{suffix}" for suffix in (".txt", ".tsv", ".csv")
+                 if (folder / f"{name}{suffix}").is_file()]
         if not found:
             problems.append(f"{folder / (name + '.txt')} does not exist (Plate_Map_Name of "
                             f"{', '.join(barcodes.loc[barcodes[_MAP] == name, _BARCODE])})")

@@ -306,15 +306,17 @@ def plan_hcs(plates, *, platemap=None, channels=None):
     p_index = {p: i for i, p in enumerate(plates_sorted)}
     w_index = {w: i for i, w in enumerate(wells)}
     files: dict = {}
-    digest = hashlib.sha256(json.dumps([wanted, plates_sorted, wells, site_numbers.tolist(), list(shape), dtype]).encode())
+    digest = hashlib.sha256(
+        json.dumps([wanted, plates_sorted, wells, site_numbers.tolist(), list(shape), dtype]).encode())
     for row in frame.sort_values(["plate", "well", "site"]).itertuples(index=False):
         array, planes, _, _ = arrays[row.field]
         key = (p_index[row.plate], w_index[row.well])
-        files.setdefault(key, []).append((int(row.site - site_numbers[0]), [ZarrPlane(array, planes[c]) for c in channel_index]))
+        planes_used = [ZarrPlane(array, planes[c]) for c in channel_index]
+        files.setdefault(key, []).append((int(row.site - site_numbers[0]), planes_used))
         digest.update(json.dumps([key, int(row.site), array, _mtime(array)]).encode())
     plan = IngestPlan(
         source=source,
-        format=f"ome-zarr",
+        format="ome-zarr",
         platemap_source=platemap_source,
         channels=wanted,
         plates=plates_sorted,

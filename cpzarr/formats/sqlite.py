@@ -142,5 +142,6 @@ def _unprefixed(frame, table, where):
         raise InputError(f"CellProfiler SQLite table {where} lacks the key column(s) {', '.join(missing)}")
     dup = frame.columns[frame.columns.duplicated()].tolist()
     if dup:
-        raise InputError(f"CellProfiler SQLite table {where} has the column(s) {dup} with and without the {prefix} prefix")
+        raise InputError(f"CellProfiler SQLite table {where} has the column(s) {dup} with and without "
+                         f"the {prefix} prefix")
     return frame
