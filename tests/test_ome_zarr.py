@@ -177,3 +177,20 @@ def test_bad_plates_are_named(tmp_path, store):
     assert any("A/01/1" in p and "does not exist" in p for p in err.value.problems)
     with pytest.raises(InputError, match="channel 'GFP' is not in the plate"):
         _quiet_ingest(path, tmp_path / "s.zarr", channels=["GFP"])
+
+
+def test_cli_export_and_ingest(store, tmp_path):
+    from click.testing import CliRunner
+
+    from cpzarr.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["export", str(store), str(tmp_path / "p.zarr"), "--ome-zarr", "--plate", "P02"])
+    assert result.exit_code == 0, result.output
+    assert "wrote OME-Zarr HCS plate" in result.output
+    result = runner.invoke(main, ["ingest", str(tmp_path / "p.zarr"), str(tmp_path / "s.zarr"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    back = open_screen(tmp_path / "s.zarr")
+    np.testing.assert_array_equal(back["images"].values[0], open_screen(store)["images"].values[1])
+    result = runner.invoke(main, ["export", str(store), str(tmp_path / "p.zarr"), "--ome-zarr", "--plate", "P02"])
+    assert result.exit_code != 0 and "already exists" in result.output and "Traceback" not in result.output
