@@ -91,8 +91,13 @@ def estimate(screen, *, downsample=4, median_size=24, percentile=2.0, scheduler=
     """
     images = screen["images"]
     present = screen["present"]
-    total = images.astype(np.float64).sum(dim=("well", "site"))  # absent sites hold zeros
     count = present.sum(dim=("well", "site"))
+    array = _store_images(screen)
+    if array is not None:  # the store as opened: one task per well reads its shard whole
+        total = xr.DataArray(_well_sums(array, images.shape), dims=("plate", "channel", "y", "x"),
+                             coords={"plate": images["plate"].values, "channel": images["channel"].values})
+    else:
+        total = images.sum(dim=("well", "site"), dtype=np.float64)  # absent sites hold zeros
     total, count = xr.align(*_computed(total, count, scheduler=scheduler))
     if (count.values == 0).any():
         empty = [str(p) for p, c in zip(count["plate"].values, count.values) if c == 0]
@@ -110,6 +115,44 @@ def estimate(screen, *, downsample=4, median_size=24, percentile=2.0, scheduler=
                "downsample": int(downsample), "median_size": int(median_size), "percentile": float(percentile),
                "sites": [int(v) for v in count.values]},
     )
+
+
+def _store_images(screen):
+    """The store's own ``images`` Zarr array when ``screen`` is a store as opened, else None."""
+    import zarr
+
+    images = screen["images"]
+    name = getattr(images.data, "name", "")
+    source = _store_path(screen)
+    # a selection or computation renames xarray's lazily opened variable: then read through it
+    if not source or not isinstance(name, str) or not name.startswith("open_dataset-images-"):
+        return None
+    try:
+        array = zarr.open_array(f"{source}/images", mode="r")
+    except Exception:  # zarr raises several types for a path it cannot open: read through dask
+        return None
+    return f"{source}/images" if array.shape == images.shape and array.dtype == images.dtype else None
+
+
+def _well_sum(path, p, w):
+    import zarr
+
+    block = zarr.open_array(path, mode="r")[p, w]  # the well's shard: (site, channel, y, x)
+    return block.sum(axis=0, dtype=np.float64)
+
+
+def _well_sums(path, shape):
+    """Dask array (plate, channel, y, x): the sum of every plate's sites, one task per well."""
+    import dask
+    import dask.array as da
+
+    n_plates, n_wells, _, n_channels, ny, nx = shape
+    plates = []
+    for p in range(n_plates):
+        wells = [da.from_delayed(dask.delayed(_well_sum, pure=True)(path, p, w, dask_key_name=f"illumination-well-{p}-{w}"),
+                                 shape=(n_channels, ny, nx), dtype=np.float64) for w in range(n_wells)]
+        plates.append(da.stack(wells).sum(axis=0))
+    return da.stack(plates)
 
 
 def _computed(*arrays, scheduler=None):
