@@ -134,7 +134,7 @@ def test_cli_export_node(lincs_store, tmp_path):
     assert result.exit_code != 0 and "should end in .parquet" in result.output
 
 
-def test_to_pycytominer_names():
+def test_to_pycytominer_names(tmp_path):
     p = xr.DataArray(np.zeros((2, 1)), dims=("sample", "feature"),
                      coords={"plate": ("sample", ["P", "P"]), "well": ("sample", ["A01", "A02"]),
                              "site": ("sample", [1, 2]), "control": ("sample", ["negcon", "trt"]),
@@ -143,6 +143,11 @@ def test_to_pycytominer_names():
     assert list(to_pycytominer(p).columns) == ["Metadata_Plate", "Metadata_Well", "Metadata_Site",
                                                "Metadata_control_type", "f"]
     assert to_pycytominer(p, names={"control": "pert_type"}).columns[3] == "Metadata_pert_type"
+    # written and read back, the coordinates are cpzarr's again (Parquet and .h5ad keep the map)
+    for name in ("p.parquet", "p.h5ad"):
+        write_profiles(p, tmp_path / name)
+        back = read_profiles(tmp_path / name)
+        assert sorted(back.coords) == sorted(p.coords) and list(back["control"].values) == ["negcon", "trt"]
     # a table read from Pycytominer keeps its own names
     df = pd.DataFrame({"Metadata_plate": ["p"], "Metadata_Well": ["A01"], "x": [1.0]})
     assert to_pycytominer(from_pycytominer(df)).equals(df)

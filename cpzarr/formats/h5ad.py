@@ -50,6 +50,8 @@ def write_h5ad(frame: pd.DataFrame, path, features) -> None:
                                           (isinstance(v, float) and np.isnan(v)) else str(v))
     values = frame[features].to_numpy()
     adata = anndata.AnnData(X=values, obs=obs, var=pd.DataFrame(index=pd.Index(features, dtype=object)))
+    if frame.attrs.get("cpzarr_coords"):  # metadata column → cpzarr coordinate, for reading back
+        adata.uns["cpzarr_coords"] = dict(frame.attrs["cpzarr_coords"])
     adata.write_h5ad(path)
 
 
@@ -69,4 +71,6 @@ def read_h5ad(path) -> tuple[pd.DataFrame, list]:
     features = [str(f) for f in adata.var_names]
     values = np.asarray(adata.X.toarray() if hasattr(adata.X, "toarray") else adata.X)
     frame = pd.concat([obs, pd.DataFrame(values, columns=features)], axis=1)
+    if "cpzarr_coords" in adata.uns:
+        frame.attrs["cpzarr_coords"] = {str(k): str(v) for k, v in adata.uns["cpzarr_coords"].items()}
     return frame, features

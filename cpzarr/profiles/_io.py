@@ -19,6 +19,8 @@ PREFIX = "Metadata_"
 _RESERVED = ("sample", "feature")
 #: The store's key coordinates and Pycytominer's names for them.
 KEY_NAMES = {"plate": "Plate", "well": "Well", "site": "Site"}
+#: ``DataFrame.attrs`` key mapping each renamed metadata column back to its coordinate.
+CPZARR_COORDS = "cpzarr_coords"
 
 
 def from_pycytominer(df, features="infer"):
@@ -70,10 +72,12 @@ def from_pycytominer(df, features="infer"):
 
     coords, unprefixed = {}, []
     keys = {v: k for k, v in KEY_NAMES.items()}
+    written = df.attrs.get(CPZARR_COORDS) or {}  # column → coordinate, kept by Parquet and .h5ad
     for column in metadata:
         name = column[len(PREFIX):] if column.startswith(PREFIX) else column
         if column.startswith(PREFIX):
             name = keys.get(name, name)  # Metadata_Plate, _Well, _Site → the store's plate, well, site
+        name = written.get(column, name)
         if not column.startswith(PREFIX):
             unprefixed.append(column)
         if name in coords or name in _RESERVED:
@@ -129,7 +133,7 @@ def to_pycytominer(profiles, names=None):
     unprefixed = set(json.loads(profiles.attrs.get("pycytominer_unprefixed", "[]")))
     recorded = json.loads(profiles.attrs.get("pycytominer_columns", "[]"))
     written = {**KEY_NAMES, **json.loads(profiles.attrs.get("pycytominer_names", "{}")), **(names or {})}
-    data = {}
+    data, coords_of = {}, {}
     order = list(KEY_NAMES)  # plate, well, site first
     keys_first = sorted(profiles.coords.items(), key=lambda item: order.index(item[0]) if item[0] in order else 3)
     for name, coord in keys_first:
@@ -145,6 +149,8 @@ def to_pycytominer(profiles, names=None):
             raise InputError(f"metadata {name!r} and another coordinate both become the column {column!r}; "
                              "rename one or pass names=")
         data[column] = coord.values
+        if column != PREFIX + name and column != name:
+            coords_of[column] = name
     values = np.asarray(profiles.transpose("sample", "feature").values)
     features = [str(f) for f in profiles["feature"].values]
     dtypes = json.loads(profiles.attrs.get("pycytominer_dtypes", "{}"))
@@ -159,6 +165,8 @@ def to_pycytominer(profiles, names=None):
     frame = pd.DataFrame(data, index=index)
     if recorded and set(recorded) == set(frame.columns):
         frame = frame[recorded]
+    if coords_of:  # Parquet and .h5ad keep this, so reading the file back restores the coordinates
+        frame.attrs[CPZARR_COORDS] = coords_of
     return frame
 
 
