@@ -93,7 +93,7 @@ def estimate(screen, *, downsample=4, median_size=24, percentile=2.0, scheduler=
     present = screen["present"]
     count = present.sum(dim=("well", "site"))
     array = _store_images(screen)
-    if array is not None:  # the store as opened: one task per well reads its shard whole
+    if array is not None:  # the store as opened: each task reads whole well shards
         total = xr.DataArray(_well_sums(array, images.shape), dims=("plate", "channel", "y", "x"),
                              coords={"plate": images["plate"].values, "channel": images["channel"].values})
     else:
@@ -134,24 +134,38 @@ def _store_images(screen):
     return f"{source}/images" if array.shape == images.shape and array.dtype == images.dtype else None
 
 
-def _well_sum(path, p, w):
+def _wells_sum(path, p, wells):
+    """The sum of the sites of some wells of plate ``p``: each well's shard read whole, summed in place.
+
+    Integer images are summed as uint32 (exact for up to 65,537 16-bit sites), which halves the
+    memory traffic of float64.
+    """
     import zarr
 
-    block = zarr.open_array(path, mode="r")[p, w]  # the well's shard: (site, channel, y, x)
-    return block.sum(axis=0, dtype=np.float64)
+    array = zarr.open_array(path, mode="r")
+    kind = np.uint32 if np.dtype(array.dtype).kind in "ui" and np.dtype(array.dtype).itemsize <= 2 else np.float64
+    total = np.zeros(array.shape[3:], dtype=kind)
+    for w in wells:
+        block = array[p, w]  # the well's shard: (site, channel, y, x)
+        np.add(total, block.sum(axis=0, dtype=kind), out=total)
+    return total.astype(np.float64)
 
 
-def _well_sums(path, shape):
-    """Dask array (plate, channel, y, x): the sum of every plate's sites, one task per well."""
+def _well_sums(path, shape, wells_per_task=8):
+    """Dask array (plate, channel, y, x): the sum of every plate's sites, a task per group of wells."""
     import dask
     import dask.array as da
 
     n_plates, n_wells, _, n_channels, ny, nx = shape
     plates = []
     for p in range(n_plates):
-        wells = [da.from_delayed(dask.delayed(_well_sum, pure=True)(path, p, w, dask_key_name=f"illumination-well-{p}-{w}"),
-                                 shape=(n_channels, ny, nx), dtype=np.float64) for w in range(n_wells)]
-        plates.append(da.stack(wells).sum(axis=0))
+        parts = []
+        for start in range(0, n_wells, wells_per_task):
+            wells = list(range(start, min(start + wells_per_task, n_wells)))
+            task = dask.delayed(_wells_sum, pure=True)(path, p, wells,
+                                                       dask_key_name=f"illumination-wells-{p}-{start}")
+            parts.append(da.from_delayed(task, shape=(n_channels, ny, nx), dtype=np.float64))
+        plates.append(da.stack(parts).sum(axis=0))
     return da.stack(plates)
 
 
