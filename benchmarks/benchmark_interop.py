@@ -13,6 +13,10 @@ Figures of merit:
 - ``IngestVsOmeZarr.track_size_over_peer``: cpzarr's store size / the OME-Zarr plate's (target:
   within 5 %);
 - ``Illumination.time_estimate``: estimating the illumination fields of the plate's 5 channels.
+
+Measured on a 2-core machine shared with other work (load 13-25): ome-zarr-py / cpzarr 3.40
+(216.5 s / 63.7 s, best of 2) and 2.97 (231.9 s / 78.2 s, one run); store size / OME-Zarr
+size 0.9996; illumination 54-61 s per plate.
 """
 
 import itertools
