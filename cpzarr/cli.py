@@ -1,11 +1,51 @@
 """The ``cpzarr`` command: a thin layer over the Python API, one command per stage."""
 
 import os
+import re
 
 import click
 
+# A keyword argument quoted in an API message (``weights='x'``, ``weights=None``), said as the
+# command-line option it comes from (``--weights x``).
+_KWARG = re.compile(r"\b(weights|samples|box|edge|channels|layer|batch_size|chunk_cells|dtype)="
+                    r"('[^']*'|<[^>]*>|None|[\w./-]+)")
 
-@click.group()
+
+def _cli_words(message: str) -> str:
+    def option(match):
+        value = match.group(2).strip("'")
+        value = {"None": "random", "<checkpoint>": "CHECKPOINT"}.get(value, value)
+        return f"--{match.group(1).replace('_', '-')} {value}"
+
+    return _KWARG.sub(option, message)
+
+
+def _message(err) -> str:
+    """An error's message in the CLI's words; a single listed problem joins the first line."""
+    text = str(err)
+    problems = getattr(err, "problems", None) or []
+    if len(problems) == 1:
+        text = f"{text.splitlines()[0]}: {problems[0]}"
+    return _cli_words(text)
+
+
+class _Verbs(click.Group):
+    """The command group: cpzarr's own errors print as their message alone (exit code 1), and
+    Ctrl-C as one line saying how to resume (exit code 130), from every verb."""
+
+    def invoke(self, ctx):
+        from cpzarr.errors import CpzarrError
+
+        try:
+            return super().invoke(ctx)
+        except CpzarrError as err:
+            raise click.ClickException(_message(err)) from None
+        except KeyboardInterrupt as err:
+            click.echo(str(err) or "Interrupted; run the same command again to resume.", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Verbs)
 @click.version_option(package_name="cpzarr")
 def main():
     """Array-native image-based profiling of Cell Painting screens."""
@@ -39,7 +79,7 @@ def ingest_command(table, store, platemap, channels, scheduler, workers, overwri
         ingest(table, store, platemap=platemap, scheduler=scheduler, n_workers=workers, progress=progress,
                channels=[c.strip() for c in channels.split(",")] if channels else None, overwrite=overwrite)
     except CpzarrError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(_message(exc)) from None
     click.echo(format_info(screen_info(store)))
 
 
@@ -78,7 +118,7 @@ def info_command(store):
     try:
         click.echo(format_info(screen_info(store)))
     except CpzarrError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(_message(exc)) from None
 
 
 # --- locate ---
@@ -157,8 +197,8 @@ def illumination_command(store, downsample, median_size, percentile, overwrite):
 @click.option("--name", default=None, help="Node name under /features (default: the model name).")
 @click.option("--box", type=int, default=128, show_default=True, help="Crop side in pixels.")
 @click.option("--channels", default=None, help="Comma-separated channels (default: all, store order).")
-@click.option("--edge", type=click.Choice(["skip", "pad"]), default="skip", show_default=True,
-              help="Cells whose box leaves the image: leave out, or zero-pad (DeepProfiler).")
+@click.option("--edge", type=click.Choice(["pad", "skip"]), default="pad", show_default=True,
+              help="Cells whose box leaves the image: zero-pad (DeepProfiler), or leave out.")
 @click.option("--batch-size", type=int, default=None,
               help="Planes per forward pass (default: 8 on a CPU, 512 on a GPU).")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
@@ -180,6 +220,15 @@ def profile_command(store, model, weights, layer, name, box, channels, edge, bat
     from cpzarr.features.cnn import extract, write_features
     from cpzarr.store import open_screen
 
+    from cpzarr.store import is_store, node_exists
+
+    if not is_store(store):
+        raise click.ClickException(f"{store} is not a cpzarr store; make one with `cpzarr ingest`")
+    if not node_exists(store, "cells"):
+        raise click.ClickException(f"{store} has no cells yet; run `cpzarr locate {store} --from PATH` "
+                                   "(or --detect) first")
+    if weights not in ("imagenet", "random") and not os.path.isfile(weights):
+        raise click.ClickException(f"--weights {weights}: no such file")
     if not scheduler:  # this process's threads each run their own forward passes
         os.environ.update(tensorflow_threads(workers or local_threads()))
     view = crops(open_screen(store), box=box, channels=channels.split(",") if channels else None, edge=edge,
@@ -189,9 +238,9 @@ def profile_command(store, model, weights, layer, name, box, channels, edge, bat
                        mixed_precision=False if mixed_precision == "off" else mixed_precision)
     name = name or (model if layer is None else f"{model}-{layer}")
     if scheduler:
-        from distributed import Client
+        from cpzarr.cluster import get_client
 
-        with Client(scheduler) as client:
+        with get_client(scheduler) as client:  # nothing at the address: a ClusterError at once
             path = write_features(store, name, features, chunk_cells=chunk_cells, overwrite=overwrite,
                                   scheduler=client, progress=progress)
     else:
@@ -199,6 +248,12 @@ def profile_command(store, model, weights, layer, name, box, channels, edge, bat
             path = write_features(store, name, features, chunk_cells=chunk_cells, overwrite=overwrite,
                                   scheduler="threads", progress=progress)
     click.echo(f"{features.sizes['cell']} cells x {features.sizes['feature']} features written to {path}")
+    left_out, at_edge, located = (view.attrs.get(k, 0) for k in ("cells_left_out", "cells_at_edge", "cells_located"))
+    if left_out:
+        click.echo(f"{left_out} of {located} cells left out: their {box}-px box leaves the image "
+                   "(--edge skip; --edge pad keeps them)")
+    else:
+        click.echo(f"no cell left out; {at_edge} of {located} boxes leave the image and were zero-padded (--edge pad)")
 
 # --- train ---
 
@@ -222,7 +277,7 @@ def train_command(config, resume, overrides, progress):
     try:
         result = train_from_config(load_config(config, list(overrides)), resume=resume, progress=progress)
     except CpzarrError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(_message(exc)) from None
     last = result.history.iloc[-1]
     click.echo(f"trained {len(result.history)} epochs; val_accuracy {last.get('val_accuracy', float('nan')):.3f}; "
                f"best checkpoint {result.best}")
@@ -230,11 +285,24 @@ def train_command(config, resume, overrides, progress):
 # --- profiles ---
 
 
-def _profiles_io(source, target, node, out_node, operation):
-    """Read SOURCE (a file, or a store with --node), apply ``operation``, write TARGET."""
+def _profiles_io(source, target, node, out_node, operation, groups_option=None):
+    """Read SOURCE (a file, or a store with --node), apply ``operation``, write TARGET.
+
+    ``groups_option`` (``"--by plate"``) names the option that gave the grouping coordinates.
+    """
+    from cpzarr.errors import InputError
+
     from cpzarr.profiles import read_profiles, write_profiles
 
-    result = operation(read_profiles(source, node=node))
+    if node is None and os.path.isfile(os.path.join(source, "zarr.json")):
+        raise click.ClickException(f"{source} is a Zarr store: name the node of profiles with --node, "
+                               "e.g. --node profiles/efficientnet-lite0/aggregated")
+    try:
+        result = operation(read_profiles(source, node=node))
+    except InputError as err:
+        if groups_option and str(err).startswith("grouping coordinates not found"):
+            raise click.ClickException(f"{groups_option}: {_message(err)}") from None
+        raise
     write_profiles(result, target, node=out_node)
     click.echo(f"wrote {result.sizes['sample']} samples x {result.sizes['feature']} features to {target}"
                + (f" node {out_node}" if out_node else ""))
@@ -243,7 +311,7 @@ def _profiles_io(source, target, node, out_node, operation):
 _IN_OUT = [
     click.argument("source", type=click.Path(exists=True)),
     click.argument("target", type=click.Path()),
-    click.option("--node", default=None, help="Input node of a Zarr store, e.g. profiles/efficientnet/well."),
+    click.option("--node", default=None, help="Input node of a Zarr store, e.g. profiles/efficientnet-lite0/aggregated."),
     click.option("--out-node", default=None, help="Output node when TARGET is a Zarr store."),
 ]
 
@@ -272,7 +340,8 @@ def profiles_normalize(source, target, node, out_node, method, by, samples, matc
 
     groups = None if by.lower() == "none" else by.split(",")
     _profiles_io(source, target, node, out_node, lambda p: normalize(
-        p, method=method, by=groups, samples=samples, match_pycytominer=match_pycytominer))
+        p, method=method, by=groups, samples=samples, match_pycytominer=match_pycytominer),
+        groups_option=f"--by {by}")
 
 
 @profiles_group.command("feature-select")
@@ -315,7 +384,8 @@ def profiles_consensus(source, target, node, out_node, operation, replicate_colu
     from cpzarr.profiles import consensus
 
     _profiles_io(source, target, node, out_node, lambda p: consensus(
-        p, replicate_columns=replicate_columns.split(","), operation=operation))
+        p, replicate_columns=replicate_columns.split(","), operation=operation),
+        groups_option=f"--replicate-columns {replicate_columns}")
 
 
 @profiles_group.command("pipeline")
@@ -375,7 +445,7 @@ def evaluate_command(profiles, groups, mask, node, output, ks, null_size, seed, 
         results = evaluate(table, list(groups), mask=mask, k=ks, null_size=null_size, seed=seed,
                            method=method, dtype=dtype, block_size=block_size, progress=progress)
     except CpzarrError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(_message(exc)) from None
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
     for name, result in results.items():
@@ -412,7 +482,7 @@ def run_command(config, start, until, scheduler, overrides, force, no_progress):
         run(config, start=start, until=until, scheduler=scheduler, overrides=list(overrides),
             force=force, progress=not no_progress, echo=click.echo)
     except CpzarrError as err:
-        raise click.ClickException(str(err)) from None
+        raise click.ClickException(_message(err)) from None
 
 
 @main.command("demo")
@@ -429,7 +499,7 @@ def demo_command(out, scheduler, force, no_progress):
     try:
         result = demo(out, scheduler=scheduler, force=force, progress=not no_progress, echo=click.echo)
     except CpzarrError as err:
-        raise click.ClickException(str(err)) from None
+        raise click.ClickException(_message(err)) from None
     if result.report:
         click.echo(f"Open the report: {result.report}")
 

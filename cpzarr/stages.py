@@ -36,6 +36,8 @@ class Context:
     client: Any = None
     fingerprint: str | None = None
     force: bool = False
+    #: Start the stage afresh instead of keeping the finished units of an earlier attempt.
+    fresh: bool = False
 
     @property
     def report_dir(self) -> Path:
@@ -59,7 +61,12 @@ class Context:
 
     def summary(self) -> dict:
         info = self.state.info("profiles").get("summary") or self.state.info("features").get("summary") or {}
-        return dict(info)
+        info = dict(info)
+        feats = self.state.info("features")
+        if "cells_left_out" in feats:  # cells the crops left out (crops.edge: skip), and padded
+            info["cells left out (box leaves the image)"] = feats["cells_left_out"]
+            info["cells zero-padded at the image edge"] = feats["cells_at_edge"] - feats["cells_left_out"]
+        return info
 
     def headline(self) -> pd.DataFrame | None:
         path = self.tables_dir / "headline.csv"
@@ -104,10 +111,8 @@ def stage_ingest(ctx: Context) -> dict:
     else:
         table, platemap = inp["images"], inp["platemap"]
     # Same inputs: resume (complete wells are skipped). Other inputs, or --force: start afresh.
-    previous = ctx.state.info("ingest").get("fingerprint")
-    overwrite = ctx.force or (previous is not None and previous != ctx.fingerprint)
     ingest(table, ctx.store, platemap=platemap, scheduler=ctx.client, progress=ctx.progress,
-           overwrite=overwrite)
+           overwrite=ctx.fresh)
     _save_config(ctx)
     return info
 
@@ -144,7 +149,9 @@ def stage_locate(ctx: Context) -> dict:
 # --- train ----------------------------------------------------------------------------------
 
 def _train_dir(ctx: Context) -> Path:
-    return ctx.store.parent / (ctx.store.name.removesuffix(".zarr") + "-train")
+    from cpzarr.train._run import output_folder
+
+    return output_folder(ctx.cfg, ctx.store)
 
 
 def stage_train(ctx: Context) -> dict:
@@ -202,12 +209,13 @@ def stage_features(ctx: Context) -> dict:
         if model == "classical" and name == ctx.feature_sets()[0]:
             from cpzarr.features import classical
 
+            # Classical measurements read raw intensities unless crops.scale says otherwise.
             view = make_crops(screen, box=c["box"], channels=c["channels"], edge=c["edge"],
-                              illumination=light, scale=None)
+                              illumination=light, scale=c["scale"])
             feats = classical(view)
         elif model == "trained" and name == ctx.feature_sets()[0]:
             view = make_crops(screen, box=c["box"], channels=c["channels"], edge=c["edge"],
-                              illumination=light, scale="minmax")
+                              illumination=light, scale=c["scale"] or "minmax")
             checkpoint = f["checkpoint"] or ctx.state.info("train").get("checkpoint")
             if not checkpoint:
                 raise StoreError("features: no trained checkpoint (run the train stage first)")
@@ -216,12 +224,47 @@ def stage_features(ctx: Context) -> dict:
         else:
             arch = model if model not in ("trained", "classical") else "efficientnet-lite0"
             view = make_crops(screen, box=c["box"], channels=c["channels"], edge=c["edge"],
-                              illumination=light, scale="minmax")
+                              illumination=light, scale=c["scale"] or "minmax")
             feats = extract(view, model=arch, weights=f["weights"], layer=f["layer"],
                             batch_size=f["batch_size"], dtype=f["dtype"])
-        write_features(ctx.store, name, feats, overwrite=True, scheduler=ctx.client, progress=ctx.progress)
+        counts = {k: view.attrs[k] for k in ("edge", "cells_located", "cells_at_edge", "cells_left_out",
+                                               "left_out_because") if k in view.attrs}
+        feats.attrs.update(counts)  # on the node, for whoever reads it later
+        # Same config as an interrupted attempt: its complete units are kept (write_features
+        # refuses to resume a node of other features).
+        write_features(ctx.store, name, feats, overwrite=ctx.fresh, scheduler=ctx.client,
+                       progress=ctx.progress)
         n_cells = int(feats.sizes["cell"])
-    return {"cells": n_cells}
+    ctx.echo(f"[features] {_edge_line(counts, c['box'])}")
+    return {"cells": n_cells, "cells_left_out": counts.get("cells_left_out", 0),
+            "cells_at_edge": counts.get("cells_at_edge", 0)}
+
+
+def _edge_line(counts: dict, box: int) -> str:
+    """What became of the cells whose box leaves the image, in the config's words."""
+    located, at_edge = counts.get("cells_located", 0), counts.get("cells_at_edge", 0)
+    if counts.get("cells_left_out"):
+        return (f"{counts['cells_left_out']} of {located} cells left out: their {box}-px box leaves the "
+                "image (crops.edge: skip; crops.edge: pad keeps them, zero-padded as DeepProfiler does)")
+    if at_edge:
+        return f"all {located} cells profiled; {at_edge} boxes leaving the image zero-padded (crops.edge: pad)"
+    return f"all {located} cells profiled (no box leaves the image)"
+
+
+def stage_progress(ctx: Context, stage: str) -> str | None:
+    """How much of an unfinished ``stage`` is on disk, e.g. ``"3 of 4 units written"``."""
+    import zarr
+
+    if stage != "features":
+        return None
+    done = total = 0
+    for name in ctx.feature_sets():
+        try:
+            flags = zarr.open_group(str(ctx.store / "features" / name), mode="r")["unit_complete"][:]
+        except (FileNotFoundError, KeyError, ValueError):
+            continue
+        done, total = done + int(flags.sum()), total + flags.size
+    return f"{done} of {total} units written" if total else None
 
 
 def _write_plain_node(store: Path, group: str, dataset) -> None:
@@ -285,40 +328,69 @@ def _steps(spec: list) -> list:
 
 
 def stage_profiles(ctx: Context) -> dict:
-    import dask
+    """Aggregate, then each pipeline and its consensus, each one task on the run's cluster.
 
-    # Profile tables are small next to images: reductions run in this process's threads, which
-    # spares shipping fitted matrices (a 6,400² whitening matrix is 330 MB) to the workers.
-    with dask.config.set(scheduler="threads"):
-        return _profiles(ctx)
-
-
-def _profiles(ctx: Context) -> dict:
-    from cpzarr.profiles import aggregate, consensus, pipeline, write_profiles
-    from cpzarr.store import open_node
+    Every step reads its input node from the store and writes its output node there, so the
+    client holds no table; fitted matrices (a 6,400² whitening matrix is 330 MB) stay on the
+    worker that fitted them.
+    """
+    from cpzarr.cluster import run_task
 
     p = ctx.cfg["profiles"]
+    remote = _remote(ctx)
     summary: dict[str, Any] = {}
     for name in ctx.feature_sets():
-        feats = open_node(ctx.store, f"features/{name}")
-        well = aggregate(feats["features"], operation=p["aggregate"])
-        well = well_metadata(ctx, well).compute()
-        write_profiles(well, ctx.store, node=f"profiles/{name}/aggregated")
-        summary.update(
-            plates=int(np.unique(well["plate"].values).size),
-            wells=int(well.sizes["sample"]),
-            cells=int(well["cell_count"].sum()) if "cell_count" in well.coords else None,
-            features=int(well.sizes["feature"]),
-        )
-        if "compound" in well.coords:
-            summary["treatments"] = int(np.unique(well["compound"].values.astype(str)).size)
+        summary.update(run_task(ctx.client, f"aggregate-{name}", _aggregate_node, remote, name))
         for pname, spec in p["pipelines"].items():
-            out = (pipeline(well, _steps(spec)) if spec else well).compute()
-            write_profiles(out, ctx.store, node=f"profiles/{name}/{pname}")
+            run_task(ctx.client, f"normalize-{name}-{pname}", _pipeline_node, remote, name, pname, spec)
             if p["consensus"]:
-                cons = consensus(out, **p["consensus"])
-                write_profiles(cons.compute(), ctx.store, node=f"profiles/{name}/{pname}_consensus")
+                run_task(ctx.client, f"consensus-{name}-{pname}", _consensus_node, remote, name, pname)
     return {"summary": summary}
+
+
+def _remote(ctx: Context) -> Context:
+    """What a stage's tasks need of ``ctx`` (no client, no printing), to ship to a worker."""
+    from dataclasses import replace
+
+    return replace(ctx, client=None, echo=None)
+
+
+def _aggregate_node(ctx: Context, name: str) -> dict:
+    """Well profiles of ``features/<name>`` with the store's metadata, written; their summary."""
+    from cpzarr.profiles import aggregate, write_profiles
+    from cpzarr.store import open_node
+
+    feats = open_node(ctx.store, f"features/{name}")
+    well = aggregate(feats["features"], operation=ctx.cfg["profiles"]["aggregate"])
+    well = well_metadata(ctx, well).compute()
+    write_profiles(well, ctx.store, node=f"profiles/{name}/aggregated")
+    summary = dict(
+        plates=int(np.unique(well["plate"].values).size),
+        wells=int(well.sizes["sample"]),
+        cells=int(well["cell_count"].sum()) if "cell_count" in well.coords else None,
+        features=int(well.sizes["feature"]),
+    )
+    if "compound" in well.coords:
+        summary["treatments"] = int(np.unique(well["compound"].values.astype(str)).size)
+    return summary
+
+
+def _pipeline_node(ctx: Context, name: str, pname: str, spec: list) -> None:
+    """One profile pipeline (normalize, feature_select, spherize …) of the well profiles, written."""
+    from cpzarr.profiles import pipeline, read_profiles, write_profiles
+
+    well = read_profiles(ctx.store, node=f"profiles/{name}/aggregated").load()
+    out = (pipeline(well, _steps(spec)) if spec else well).compute()
+    write_profiles(out, ctx.store, node=f"profiles/{name}/{pname}")
+
+
+def _consensus_node(ctx: Context, name: str, pname: str) -> None:
+    """Treatment profiles of one pipeline's output, written."""
+    from cpzarr.profiles import consensus, read_profiles, write_profiles
+
+    out = read_profiles(ctx.store, node=f"profiles/{name}/{pname}").load()
+    cons = consensus(out, **ctx.cfg["profiles"]["consensus"])
+    write_profiles(cons.compute(), ctx.store, node=f"profiles/{name}/{pname}_consensus")
 
 
 # --- evaluate -------------------------------------------------------------------------------
@@ -340,46 +412,22 @@ def profile_sets(ctx: Context, level: str | None = None) -> dict[str, Any]:
 
 
 def stage_evaluate(ctx: Context) -> dict:
-    from cpzarr import evaluate as ev
+    """The metrics of every profile set, one task per set on the run's cluster; tables written here."""
+    from cpzarr.cluster import run_task
 
     e = ctx.cfg["evaluate"]
     ctx.tables_dir.mkdir(parents=True, exist_ok=True)
-    groups = e["groups"]
     rows = []
     results: dict[str, dict[str, pd.DataFrame]] = {}
     for label, prof in profile_sets(ctx).items():
-        prof = prof.load()
-        if e["exclude"]:
-            prof = prof.isel(sample=~ev.sample_table(prof).eval(e["exclude"]).to_numpy(dtype=bool))
-        res = results.setdefault(label, {})
-        if "precision_recall" in e["metrics"]:
-            pr = ev.precision_recall(prof, groups, k=tuple(e["k"]))
-            res["precision_recall"] = pr
-            rows += [(label, f"precision@{k}", v) for k, v in pr.groupby("k")["precision"].mean().items()]
-            rows += [(label, f"recall@{k}", v) for k, v in pr.groupby("k")["recall"].mean().items()]
-        if "mean_average_precision" in e["metrics"]:
-            ap = ev.average_precision(prof, groups)
-            m = ev.mean_average_precision(groups=groups, ap=ap, null_size=2000)
-            res["average_precision"], res["mean_average_precision"] = ap, m
-            rows.append((label, "mAP", float(m["mean_average_precision"].mean())))
-            rows.append((label, "precision@R", float(ap["precision_at_r"].mean())))
-            rows.append((label, "fraction retrieved (corrected p<0.05)", float(m["below_corrected_p"].mean())))
-        if "enrichment" in e["metrics"]:
-            en = ev.enrichment(prof, groups, percentiles=tuple(e["percentiles"]))
-            res["enrichment"] = en
-            top = _headline_percentile(en)
-            rows.append((label, f"enrichment@{top['percentile']:g}", float(top["odds_ratio"])))
-        if "hitk" in e["metrics"]:
-            hits, scores = ev.hitk(prof, groups)
-            res["hitk"] = scores
-        if "replicate_reproducibility" in e["metrics"]:
-            rr = ev.replicate_reproducibility(prof, groups)
-            res["replicate_reproducibility"] = rr
+        set_rows, res = run_task(ctx.client, f"evaluate-{_slug(label)}", _evaluate_set, prof, label, e)
+        rows += set_rows
+        results[label] = res
     if "batch_enrichment" in e["metrics"]:
         for label, prof in profile_sets(ctx, level="well").items():
             if e["batch"] not in prof.coords or "control" not in prof.coords:
                 continue
-            be = ev.batch_enrichment(prof.load(), batch=e["batch"], percentiles=tuple(e["percentiles"]))
+            be = run_task(ctx.client, f"evaluate-batch-{_slug(label)}", _batch_enrichment, prof, e)
             results.setdefault(label, {})["batch_enrichment"] = be
             top = _headline_percentile(be)
             rows.append((label, f"DMSO batch enrichment@{top['percentile']:g}", float(top["odds_ratio"])))
@@ -390,6 +438,49 @@ def stage_evaluate(ctx: Context) -> dict:
     headline.to_csv(ctx.tables_dir / "headline.csv", index=False)
     (ctx.tables_dir / "sets.json").write_text(json.dumps({_slug(k): k for k in results}))
     return {}
+
+
+def _evaluate_set(prof, label: str, e: dict) -> tuple[list, dict]:
+    """Headline rows and metric tables of one profile set (run as one task)."""
+    from cpzarr import evaluate as ev
+
+    groups = e["groups"]
+    rows: list = []
+    prof = prof.load()
+    if e["exclude"]:
+        prof = prof.isel(sample=~ev.sample_table(prof).eval(e["exclude"]).to_numpy(dtype=bool))
+    res: dict[str, pd.DataFrame] = {}
+    if "precision_recall" in e["metrics"]:
+        pr = ev.precision_recall(prof, groups, k=tuple(e["k"]))
+        res["precision_recall"] = pr
+        rows += [(label, f"precision@{k}", v) for k, v in pr.groupby("k")["precision"].mean().items()]
+        rows += [(label, f"recall@{k}", v) for k, v in pr.groupby("k")["recall"].mean().items()]
+    if "mean_average_precision" in e["metrics"]:
+        ap = ev.average_precision(prof, groups)
+        m = ev.mean_average_precision(groups=groups, ap=ap, null_size=2000)
+        res["average_precision"], res["mean_average_precision"] = ap, m
+        rows.append((label, "mAP", float(m["mean_average_precision"].mean())))
+        rows.append((label, "precision@R", float(ap["precision_at_r"].mean())))
+        rows.append((label, "fraction retrieved (corrected p<0.05)", float(m["below_corrected_p"].mean())))
+    if "enrichment" in e["metrics"]:
+        en = ev.enrichment(prof, groups, percentiles=tuple(e["percentiles"]))
+        res["enrichment"] = en
+        top = _headline_percentile(en)
+        rows.append((label, f"enrichment@{top['percentile']:g}", float(top["odds_ratio"])))
+    if "hitk" in e["metrics"]:
+        hits, scores = ev.hitk(prof, groups)
+        res["hitk"] = scores
+    if "replicate_reproducibility" in e["metrics"]:
+        rr = ev.replicate_reproducibility(prof, groups)
+        res["replicate_reproducibility"] = rr
+    return rows, res
+
+
+def _batch_enrichment(prof, e: dict) -> pd.DataFrame:
+    """DMSO batch enrichment of one set of well profiles (run as one task)."""
+    from cpzarr import evaluate as ev
+
+    return ev.batch_enrichment(prof.load(), batch=e["batch"], percentiles=tuple(e["percentiles"]))
 
 
 def _headline_percentile(table: pd.DataFrame, min_pairs: int = 20) -> pd.Series:

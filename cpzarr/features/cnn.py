@@ -619,6 +619,9 @@ def extract(
         "preprocessing": "per-crop per-channel min-max to [0, 1], x255, model input range",
         "mixed_precision": str(_policy(mixed_precision) or "float32"),
         "box": int(data.shape[2]),
+        # how many cells the crop view left out, and why (cpzarr.crops.edge_counts)
+        **{k: v for k, v in crops.attrs.items() if k in ("edge", "cells_located", "cells_at_edge",
+                                                           "cells_left_out", "left_out_because")},
     }
     if "source_sha256" in info:
         attrs["weights_source_sha256"] = info["source_sha256"]
@@ -818,12 +821,11 @@ def _compute(tasks, scheduler, progress, label):
     bar = tqdm(total=len(tasks), desc=label, unit="unit", disable=not progress, leave=False)
     try:
         if client is not None:
-            from distributed import as_completed
+            from cpzarr.cluster import compute_bounded
 
             # As in write_features: a graph whose tasks ask for resources is not optimised.
-            for future in as_completed(client.compute(tasks, optimize_graph=not _asks_resources(tasks))):
-                future.result()
-                bar.update(1)
+            compute_bounded(client, tasks, on_done=lambda _: bar.update(1),
+                            optimize_graph=not _asks_resources(tasks))
             return
         from dask.callbacks import Callback
 
