@@ -14,6 +14,12 @@ Examples
 __version__ = "0.1.0"
 
 import importlib
+import os
+
+# TensorFlow's C++ start-up lines would print inside the progress bars; it reads this variable
+# once, when it is first imported (by cpzarr.features or cpzarr.train, in this process or a
+# worker). A value the user set is kept.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # Light modules (numpy, pandas, xarray, yaml) are imported at once; ``crops`` must be, so that
 # the name is the function (with ``sample`` and ``Sampler`` on it) and not the submodule that a
@@ -21,6 +27,7 @@ import importlib
 from cpzarr import cells  # noqa: E402
 from cpzarr.config import load_config  # noqa: E402
 from cpzarr.crops import Sampler, crops, sample  # noqa: E402
+from cpzarr.export import export_ome_zarr  # noqa: E402
 from cpzarr.ingest import ingest  # noqa: E402
 from cpzarr.run import demo, run  # noqa: E402
 from cpzarr.store import open_screen  # noqa: E402
@@ -31,7 +38,7 @@ crops.Sampler = Sampler
 
 # Subpackages imported on first use: evaluate loads scipy.stats and synthetic scipy.ndimage
 # (about 50 MB of a process that only normalizes profiles).
-_LAZY = ("evaluate", "features", "profiles", "synthetic")
+_LAZY = ("evaluate", "features", "illumination", "profiles", "synthetic")
 
 
 def __getattr__(name):
@@ -46,6 +53,7 @@ def __dir__():
 
 __all__ = [
     "ingest",
+    "export_ome_zarr",
     "open_screen",
     "cells",
     "crops",
@@ -54,6 +62,7 @@ __all__ = [
     "features",
     "profiles",
     "evaluate",
+    "illumination",
     "synthetic",
     "load_config",
     "run",

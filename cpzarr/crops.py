@@ -10,7 +10,9 @@ Centre
     (``tf.image.crop_and_resize``), which shifts pixels by less than one pixel.
 Edges
     ``edge="skip"`` (the default) leaves out cells whose box leaves the image; ``edge="pad"`` keeps
-    them and fills the outside with zeros. Zero padding is DeepProfiler's behaviour
+    them and fills the outside with zeros. Either way the view's ``attrs`` count them
+    (``cells_at_edge``, ``cells_left_out``, see :func:`edge_counts`); ``cpzarr profile`` and
+    ``cpzarr run`` default to ``"pad"``. Zero padding is DeepProfiler's behaviour
     (``crop_and_resize`` extrapolates with 0), so use ``"pad"`` to get every cell DeepProfiler
     profiles. Skipping is the default because a crop that is half zeros is a different picture of
     a cell. Either way the ``cell`` coordinate holds each crop's index in the ``/cells`` node.
@@ -255,7 +257,7 @@ def _prepared(screen, cells, box, edge, channels):
     return images, root, table, keep, rows, columns, pos, channel_index, channel_names
 
 
-def crops(screen, box=128, channels=None, edge="skip", scale=None, chunks="site", *, cells=None):
+def crops(screen, box=128, channels=None, edge="skip", scale=None, chunks="site", *, cells=None, illumination=None):
     """Lazy single-cell crops of a screen.
 
     Parameters
@@ -274,6 +276,9 @@ def crops(screen, box=128, channels=None, edge="skip", scale=None, chunks="site"
         One dask chunk (and one task) per site, or per well.
     cells : Dataset or pandas.DataFrame, optional
         Cells to crop instead of the store's ``/cells`` node (any subset of it, in any order).
+    illumination : bool or DataArray (plate, channel, y, x), optional
+        Divide the images by their illumination fields first (lazily, float32): True takes the
+        store's ``/illumination`` node (:mod:`cpzarr.illumination`), a DataArray is used as given.
 
     Returns
     -------
@@ -290,6 +295,10 @@ def crops(screen, box=128, channels=None, edge="skip", scale=None, chunks="site"
     (32, 2, 128, 128)
     """
     _check_options(box, edge, scale, chunks)
+    if illumination is not None and illumination is not False:
+        from cpzarr.illumination import corrected_screen
+
+        screen = corrected_screen(screen, illumination)
     images, root, table, keep, rows, columns, pos, channel_index, channel_names = _prepared(
         screen, cells, box, edge, channels
     )
@@ -302,6 +311,7 @@ def crops(screen, box=128, channels=None, edge="skip", scale=None, chunks="site"
         len(channel_names), scale, chunks, read=read if read.array is not None else None,
     )
     picked = table.iloc[index]
+    at_edge = int((~_inside(rows, columns, box, images.sizes["y"], images.sizes["x"])).sum())
     coords = {
         "cell": ("cell", index.astype(np.int64)),
         "plate": ("cell", picked["plate"].to_numpy(object)),
@@ -313,8 +323,35 @@ def crops(screen, box=128, channels=None, edge="skip", scale=None, chunks="site"
     }
     return xr.DataArray(
         array, dims=("cell", "channel", "y", "x"), coords=coords, name="crops",
-        attrs={"box": int(box), "edge": edge, "scale": str(scale)},
+        attrs={"box": int(box), "edge": edge, "scale": str(scale), **edge_counts(len(table), at_edge, edge)},
     )
+
+
+def edge_counts(cells, at_edge, edge):
+    """The ``attrs`` that say how many cells a crop view left out, and why.
+
+    Parameters
+    ----------
+    cells : int
+        Cells located.
+    at_edge : int
+        Of them, cells whose box leaves the image.
+    edge : {"skip", "pad"}
+
+    Returns
+    -------
+    dict
+        ``cells_located``, ``cells_at_edge`` (zero-padded with ``"pad"``), ``cells_left_out``
+        and ``left_out_because`` (empty when none was).
+
+    Examples
+    --------
+    >>> edge_counts(739, 523, "skip")["cells_left_out"]
+    523
+    """
+    left_out = at_edge if edge == "skip" else 0
+    return {"cells_located": int(cells), "cells_at_edge": int(at_edge), "cells_left_out": int(left_out),
+            "left_out_because": "their box leaves the image (edge='skip')" if left_out else ""}
 
 
 # ---------------------------------------------------------------------------------------------
