@@ -37,7 +37,7 @@ def _chunked(p, chunks):
 
 @pytest.mark.parametrize("chunks", [None, 37])
 @pytest.mark.parametrize("dmso", [False, True])
-@pytest.mark.parametrize("by", [None, "Plate"])
+@pytest.mark.parametrize("by", [None, "plate"])
 def test_inverse_normal_equals_pycytominer(plate, chunks, dmso, by):
     pycytominer = pytest.importorskip("pycytominer")
     meta = [c for c in plate.columns if c.startswith("Metadata_")]
