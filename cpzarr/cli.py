@@ -182,10 +182,14 @@ def train_command(config, resume, overrides, progress):
 
 def _profiles_io(source, target, node, out_node, operation):
     """Read SOURCE (a file, or a store with --node), apply ``operation``, write TARGET."""
+    from cpzarr.errors import CpzarrError
     from cpzarr.profiles import read_profiles, write_profiles
 
-    result = operation(read_profiles(source, node=node))
-    write_profiles(result, target, node=out_node)
+    try:
+        result = operation(read_profiles(source, node=node))
+        write_profiles(result, target, node=out_node)
+    except CpzarrError as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote {result.sizes['sample']} samples x {result.sizes['feature']} features to {target}"
                + (f" node {out_node}" if out_node else ""))
 
@@ -294,7 +298,7 @@ def profiles_pipeline(source, target, node, out_node, recipe):
 @click.option("--groups", "-g", multiple=True, required=True,
               help="Sample coordinate(s) defining positives, e.g. --groups moa (repeatable).")
 @click.option("--mask", default=None, metavar="QUERY",
-              help="Samples to keep, a pandas query on the metadata, e.g. \"control != 'negcon'\".")
+              help="Samples to keep, a query on the metadata (see README, Queries), e.g. \"control != 'negcon'\".")
 @click.option("--node", default=None, help="Store node holding the profiles (Zarr input).")
 @click.option("--output", "-o", type=click.Path(file_okay=False), default="evaluation",
               show_default=True, help="Folder for the metric tables (CSV) and plots (PNG).")

@@ -17,6 +17,7 @@ import pandas as pd
 
 from cpzarr.config import Config
 from cpzarr.errors import ConfigError, StoreError
+from cpzarr.query import query_mask
 
 __all__ = ["Context", "outputs_exist"]
 
@@ -350,7 +351,7 @@ def stage_evaluate(ctx: Context) -> dict:
     for label, prof in profile_sets(ctx).items():
         prof = prof.load()
         if e["exclude"]:
-            prof = prof.isel(sample=~ev.sample_table(prof).eval(e["exclude"]).to_numpy(dtype=bool))
+            prof = prof.isel(sample=~query_mask(e["exclude"], ev.sample_table(prof), what="evaluate.exclude"))
         res = results.setdefault(label, {})
         if "precision_recall" in e["metrics"]:
             pr = ev.precision_recall(prof, groups, k=tuple(e["k"]))
