@@ -193,7 +193,10 @@ def plan_ingest(table, *, platemap=None, channels=None) -> IngestPlan:
     ------
     InputError
         With every problem found: missing or unreadable files, images of another shape or dtype,
-        duplicate (plate, well, site), unknown channels, wells missing from the platemap.
+        duplicate (plate, well, site), negative site numbers or one so large that the site axis
+        would be far longer than the sites present, unknown channels, wells missing from the
+        platemap, well metadata that differs between the rows of one well, image paths that are
+        not .tif/.tiff/.png.
 
     Examples
     --------
@@ -214,8 +217,12 @@ def plan_ingest(table, *, platemap=None, channels=None) -> IngestPlan:
     non_int = ~bad_key & (sites["site"] % 1 != 0)
     for row in sites[non_int].itertuples():
         problems.append(f"line {row.line}: site {row.site} is not a whole number")
-    good = sites[~bad_key & ~non_int].copy()
+    negative = ~bad_key & ~non_int & (sites["site"] < 0)
+    for row in sites[negative].itertuples():
+        problems.append(f"line {row.line}: site {row.site:g} is negative")
+    good = sites[~bad_key & ~non_int & ~negative].copy()
     good["site"] = good["site"].astype(np.int64)
+    problems += _sparse_sites(good)
     dups = good[good.duplicated(["plate", "well", "site"], keep=False)]
     for (plate, well, site), rows in dups.groupby(["plate", "well", "site"]):
         problems.append(f"{plate}/{well} site {site} appears on several lines: {', '.join(map(str, rows['line']))}")
@@ -399,6 +406,28 @@ def _join_metadata(table_meta, sites, platemap, problems):
     else:
         notes.append("no batch column (batch, Batch_Number): batch filled with empty strings")
     return frame, platemap_source, notes
+
+
+def _sparse_sites(sites, slack=2, extra=8) -> list[str]:
+    """Rows whose site number would make the site axis far longer than the sites present.
+
+    The site axis runs from 1 (or 0) to the largest site number; a typo (``1000000000`` for
+    ``10``) would allocate it for every well. An axis longer than ``slack`` times the distinct
+    site numbers plus ``extra`` is refused, naming the rows beyond that length.
+    """
+    if sites.empty:
+        return []
+    distinct = np.unique(sites["site"].to_numpy())
+    start = min(1, int(distinct[0]))
+    limit = start + slack * len(distinct) + extra
+    if distinct[-1] - start + 1 <= slack * len(distinct) + extra:
+        return []
+    far = sites[sites["site"] >= limit]
+    return [
+        f"line {row.line}: site {row.site} would make a site axis of {row.site - start + 1:,} for "
+        f"{len(distinct)} distinct site numbers (a typo?)"
+        for row in far.itertuples()
+    ]
 
 
 def _read_headers(sites, channels) -> dict:

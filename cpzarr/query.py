@@ -376,4 +376,4 @@ def query_mask(expression, frame, what="query"):
     try:
         return evaluate_query(expression, frame, n=len(frame))
     except InputError as error:
-        raise InputError(f"{what}: {error}") from None
+        raise InputError(f"cannot evaluate {what}: {error}") from None
