@@ -312,6 +312,26 @@ def _pick_column(frame, names, path):
     raise InputError(f"{path}: no column {' or '.join(names)}; columns are {list(frame.columns)[:12]}")
 
 
+def _read_location_csv(path):
+    """A location (or Image) CSV, with unreadable files named instead of raw pandas errors."""
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: the file is empty (a site without cells still has a header line)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as err:
+        raise InputError(f"{path}: not a readable CSV table ({type(err).__name__}: {err})") from None
+
+
+def _numbers(column, path):
+    """A coordinate column as float64; non-numeric cells are refused naming their rows."""
+    values = pd.to_numeric(column, errors="coerce")
+    bad = values.isna() & column.notna()
+    if bad.any():
+        rows = [f"row {i + 2}: {column.iloc[i]!r}" for i in np.flatnonzero(bad.to_numpy())[:5]]
+        raise InputError(f"{path}: column {column.name} holds non-numeric values", rows)
+    return values.to_numpy(np.float64)
+
+
 def _read_deepprofiler(source):
     """Rows (plate, well, site, x, y, file) from ``<plate>/<well>-<site>-Nuclei.csv`` files."""
     folder = source / "locations" if (source / "locations").is_dir() else source
@@ -321,16 +341,17 @@ def _read_deepprofiler(source):
         if not match:
             problems.append(f"{path}: name is not <well>-<site>-Nuclei.csv")
             continue
-        frame = pd.read_csv(path)
         try:
+            frame = _read_location_csv(path)
             x, y = _pick_column(frame, _X_COLUMNS, path), _pick_column(frame, _Y_COLUMNS, path)
+            x, y = _numbers(x, path), _numbers(y, path)
         except InputError as err:
             problems.append(str(err))
             continue
         sites.add((path.parent.name, normalize_well(match["well"]), int(match["site"])))
         frames.append(pd.DataFrame({
             "plate": path.parent.name, "well": normalize_well(match["well"]),
-            "site": int(match["site"]), "x": x.to_numpy(np.float64), "y": y.to_numpy(np.float64),
+            "site": int(match["site"]), "x": x, "y": y,
             "file": str(path), "row": np.arange(len(frame)) + 2,
         }))
     if problems:
@@ -354,8 +375,8 @@ def _metadata_column(frame, name, path):
 
 
 def _read_cellprofiler_folder(nuclei_path, image_path):
-    nuclei = pd.read_csv(nuclei_path)
-    image = pd.read_csv(image_path)
+    nuclei = _read_location_csv(nuclei_path)
+    image = _read_location_csv(image_path)
     for frame, path, needed in ((nuclei, nuclei_path, ("ImageNumber", "ObjectNumber")), (image, image_path, ("ImageNumber",))):
         missing = [c for c in needed if c not in frame]
         if missing:
@@ -369,8 +390,8 @@ def _read_cellprofiler_folder(nuclei_path, image_path):
     table = pd.DataFrame({
         "ImageNumber": nuclei["ImageNumber"],
         "object_id": nuclei["ObjectNumber"].astype(np.int64),
-        "x": _pick_column(nuclei, _X_COLUMNS, nuclei_path).to_numpy(np.float64),
-        "y": _pick_column(nuclei, _Y_COLUMNS, nuclei_path).to_numpy(np.float64),
+        "x": _numbers(_pick_column(nuclei, _X_COLUMNS, nuclei_path), nuclei_path),
+        "y": _numbers(_pick_column(nuclei, _Y_COLUMNS, nuclei_path), nuclei_path),
         "file": str(nuclei_path), "row": np.arange(len(nuclei)) + 2,
     })
     table = table.merge(sites, on="ImageNumber", how="left")

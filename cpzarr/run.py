@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cpzarr.config import STAGES, Config, load_config
-from cpzarr.errors import ConfigError, StoreError
+from cpzarr.errors import ConfigError, StoreError, resource_error
 
 logger = logging.getLogger("cpzarr")
 
@@ -179,7 +179,10 @@ def run(
             say(f"[{stage}] running")
             ctx.fingerprint, ctx.force = fp, force
             t0 = time.perf_counter()
-            info = getattr(stage_impl, f"stage_{stage}")(ctx) or {}
+            try:
+                info = getattr(stage_impl, f"stage_{stage}")(ctx) or {}
+            except (OSError, MemoryError) as err:  # ENOSPC, MemoryError: say where and that re-running resumes
+                raise resource_error(f"stage {stage!r}", ctx.store, err) from err
             seconds = time.perf_counter() - t0
             state.mark(stage, fp, seconds, **info)
             result.ran.append(stage)
