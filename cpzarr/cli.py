@@ -79,21 +79,26 @@ def locate_command(store, source, kind, on_invalid, detect, channel, sigma, thre
                    max_area, keep_border, progress):
     """Find the cells of STORE (import location files or detect nuclei) and write its /cells node."""
     from cpzarr.cells import detect_nuclei, import_locations, write_cells
+    from cpzarr.errors import CpzarrError
     from cpzarr.store import open_screen
 
     if bool(source) == bool(detect):
         raise click.UsageError("give either --from PATH or --detect")
-    screen = open_screen(store)
-    if detect:
-        try:
-            threshold = float(threshold)
-        except ValueError:
-            pass
-        cells = detect_nuclei(screen, channel=channel, sigma=sigma, threshold=threshold, min_distance=min_distance,
-                              min_area=min_area, max_area=max_area, exclude_border=not keep_border, progress=progress)
-    else:
-        cells = import_locations(screen, source, kind=kind, on_invalid=on_invalid)
-    path = write_cells(store, cells)
+    try:
+        screen = open_screen(store)
+        if detect:
+            try:
+                threshold = float(threshold)
+            except ValueError:
+                pass
+            cells = detect_nuclei(screen, channel=channel, sigma=sigma, threshold=threshold, min_distance=min_distance,
+                                  min_area=min_area, max_area=max_area, exclude_border=not keep_border,
+                                  progress=progress)
+        else:
+            cells = import_locations(screen, source, kind=kind, on_invalid=on_invalid)
+        path = write_cells(store, cells)
+    except CpzarrError as exc:
+        raise click.ClickException(str(exc)) from exc
     sites = int((cells["cell_count"] > 0).sum())
     click.echo(f"{cells.sizes['cell']} cells in {sites} sites written to {path}")
 

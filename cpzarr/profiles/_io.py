@@ -201,7 +201,11 @@ def read_profiles(path, node=None, features="infer"):
         return from_pycytominer(frame, features=features)
     if kind == "csv":
         try:
-            return from_pycytominer(pd.read_csv(path, float_precision="round_trip"), features=features)
+            frame = pd.read_csv(path, float_precision="round_trip")
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, EOFError, OSError) as error:
+            raise InputError(f"profile file {path} is not a readable CSV table: {error}") from None
+        try:
+            return from_pycytominer(frame, features=features)
         except InputError as error:
             raise InputError(f"{path}: {error}") from None
     _zarr_threads_like_dask()
