@@ -332,14 +332,14 @@ def kill_cases(work_root: Path, env: dict, n: int, seed: int):
     for i in range(n):
         store = f"k{i}.zarr"
         delay = rng.uniform(0.2, duration)
-        proc = subprocess.Popen([*argv[:4], store, *argv[5:]], cwd=root, env=env,
+        proc = subprocess.Popen([*argv[:5], store, *argv[6:]], cwd=root, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)
         killed = proc.poll() is None
         if killed:
             proc.send_signal(signal.SIGKILL)
         proc.wait()
-        again = subprocess.run([*argv[:4], store, *argv[5:]], cwd=root, env=env, capture_output=True, text=True)
+        again = subprocess.run([*argv[:5], store, *argv[6:]], cwd=root, env=env, capture_output=True, text=True)
         name = f"SIGKILL after {delay:.2f} s" + ("" if killed else " (had finished)")
         if again.returncode != 0:
             results.append(("kill", name, "unclear" if "Traceback" in again.stderr else "clear error",
@@ -386,6 +386,8 @@ def main(argv=None):
             for category, name, outcome, out in results:
                 rows.append((category, name, outcome, out))
                 print(f"{outcome:12s} {category:15s} {name}", flush=True)
+                if outcome != "handled":
+                    print("    " + out.strip()[-300:], flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(work_root, ignore_errors=True)
