@@ -12,15 +12,19 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from cpzarr import _tables
 from cpzarr.errors import InputError
 from cpzarr.formats._contract import Format, register
-from cpzarr.formats._csv import head
+from cpzarr.formats._csv import X_COLUMNS, Y_COLUMNS, head, numbers, pick_column, read_location_csv
 
 __all__ = ["INDEX", "LOCATIONS", "NPZ", "read_index", "read_locations", "read_npz"]
 
 _KEYS = {"metadata_plate", "metadata_well", "metadata_site"}
 _LOCATION = re.compile(r"^[A-Za-z]+\d+-[^-]+-Nuclei\.csv(\.gz)?$")
+_DP_NAME = re.compile(r"^(?P<well>[A-Za-z]+\d+)-(?P<site>\d+)-Nuclei\.csv(\.gz)?$")
 
 
 def _detect_index(path):
@@ -57,10 +61,43 @@ def _detect_locations(path):
 
 
 def read_locations(path):
-    """Nucleus centres of DeepProfiler location files: a DataFrame of the ``locations`` contract."""
-    from cpzarr.cells import _read_deepprofiler
+    """Nucleus centres of DeepProfiler location files: a DataFrame of the ``locations`` contract.
 
-    return _read_deepprofiler(Path(path))
+    Rows (plate, well, site, x, y, file, row) from ``<plate>/<well>-<site>-Nuclei.csv`` files under
+    ``path`` or ``path/locations``; an empty file (a site without cells) is still the site's file
+    (``attrs["sites"]``).
+    """
+    folder = _location_folder(Path(path))
+    frames, problems, sites = [], [], set()
+    for file in sorted(folder.glob("*/*-Nuclei.csv*")):
+        match = _DP_NAME.match(file.name)
+        if not match:
+            problems.append(f"{file}: name is not <well>-<site>-Nuclei.csv")
+            continue
+        try:
+            frame = read_location_csv(file)
+            x, y = pick_column(frame, X_COLUMNS, file), pick_column(frame, Y_COLUMNS, file)
+            x, y = numbers(x, file), numbers(y, file)
+        except InputError as err:
+            problems.append(str(err))
+            continue
+        sites.add((file.parent.name, _tables.normalize_well(match["well"]), int(match["site"])))
+        frames.append(pd.DataFrame({
+            "plate": file.parent.name, "well": _tables.normalize_well(match["well"]),
+            "site": int(match["site"]), "x": x, "y": y,
+            "file": str(file), "row": np.arange(len(frame)) + 2,
+        }))
+    if problems:
+        raise InputError(f"unreadable location files under {folder}", problems)
+    if not frames:
+        raise InputError(
+            f"no location files <plate>/<well>-<site>-Nuclei.csv under {folder}; "
+            "pass the DeepProfiler locations folder (or its parent)"
+        )
+    table = pd.concat(frames, ignore_index=True)
+    # an empty file (a site without cells) leaves no rows but is still the site's file
+    table.attrs["sites"] = sites
+    return table
 
 
 def _detect_npz(path):
