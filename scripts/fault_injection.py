@@ -346,8 +346,11 @@ def kill_cases(work_root: Path, env: dict, n: int, seed: int):
                             again.stderr[-300:]))
             continue
         got = {k: np.asarray(a[...]) for k, a in zarr.open_group(root / store, mode="r").arrays()}
-        same = got.keys() == reference.keys() and all(np.array_equal(got[k], reference[k]) for k in reference)
-        results.append(("kill", name, "handled" if same else "wrong", ""))
+        differ = sorted(set(got) ^ set(reference)) + [
+            k for k in reference if k in got and not np.array_equal(got[k], reference[k], equal_nan=got[k].dtype.kind == "f")]
+        shards = [p.relative_to(root / "ref.zarr") for p in (root / "ref.zarr" / "images").rglob("*") if p.is_file()]
+        differ += [str(p) for p in shards if (root / store / p).read_bytes() != (root / "ref.zarr" / p).read_bytes()]
+        results.append(("kill", name, "wrong" if differ else "handled", f"differ: {differ[:5]}" if differ else ""))
         shutil.rmtree(root / store, ignore_errors=True)
     return results, duration
 
