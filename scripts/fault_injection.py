@@ -26,7 +26,6 @@ in tests/test_lite0.py.
 from __future__ import annotations
 
 import argparse
-import errno  # noqa: F401  (documented in the table)
 import hashlib
 import os
 import pickle
@@ -320,7 +319,7 @@ def kill_cases(work_root: Path, env: dict, n: int, seed: int):
     from cpzarr.synthetic import make_screen
 
     root = work_root / "kill"
-    screen = make_screen(root / "raw", plates=2, batches=1, sites=3, image_size=256, cells_per_site=10)
+    make_screen(root / "raw", plates=2, batches=1, sites=3, image_size=256, cells_per_site=10)
     argv = [sys.executable, "-c", CLI, "ingest", "raw/load_data.csv", "ref.zarr", "--no-progress",
             "--scheduler", "threads", "--workers", "2"]
     t0 = time.perf_counter()

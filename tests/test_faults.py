@@ -250,9 +250,9 @@ def test_truncated_pixels_name_the_file_and_leave_the_store_incomplete(tiny, tmp
 ])
 def test_disk_full_and_memory_name_stage_and_path(tiny, tmp_path, monkeypatch, error, message):
     """Item 15: ENOSPC and MemoryError surfaced as bare OS errors 14-31 frames deep."""
-    from cpzarr import ingest as ingest_module  # the function; its module below
+    import importlib
 
-    module = __import__("cpzarr.ingest", fromlist=["_write_block"])
+    module = importlib.import_module("cpzarr.ingest")  # the module: cpzarr.ingest is also a function
 
     def full(*args):
         raise error
@@ -261,14 +261,11 @@ def test_disk_full_and_memory_name_stage_and_path(tiny, tmp_path, monkeypatch, e
     with pytest.raises(ResourceError, match=rf"(?s){message}.*re-run the same command") as err:
         _ingest(tiny.load_data, tmp_path / "s.zarr")
     assert err.value.__cause__ is error
-    del ingest_module
 
 
 def test_run_stage_names_itself_on_disk_full(tmp_path, monkeypatch):
-    from cpzarr import run as run_module  # noqa: F401
     from cpzarr import stages
-
-    run = __import__("cpzarr.run", fromlist=["run"]).run
+    from cpzarr.run import run
     config = tmp_path / "c.yaml"
     config.write_text(
         "name: t\ninput: {synthetic: {plates: 1, batches: 1, sites: 1, image_size: 64, cells_per_site: 3, "
