@@ -72,6 +72,7 @@ def digest(root: Path) -> dict:
 
 def run_case(case: Case, work: Path, env: dict) -> tuple[str, str]:
     before = {p: digest(work / p) for p in case.protect}
+    (work / "pwned.txt").unlink(missing_ok=True)  # cases share folders: only this case's payload counts
 
     def limit():
         for kind, value in case.limits.items():
