@@ -117,7 +117,7 @@ def locate_command(store, source, kind, on_invalid, detect, channel, sigma, thre
 @click.option("--edge", type=click.Choice(["skip", "pad"]), default="skip", show_default=True,
               help="Cells whose box leaves the image: leave out, or zero-pad (DeepProfiler).")
 @click.option("--batch-size", type=int, default=None,
-              help="Planes per forward pass (default: 8 on a CPU, 128 on a GPU).")
+              help="Planes per forward pass (default: 8 on a CPU, 512 on a GPU).")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
 @click.option("--mixed-precision", type=click.Choice(["off", "float16", "bfloat16"]), default="off",
               show_default=True, help="Keras mixed-precision policy for the network.")

@@ -13,13 +13,13 @@ import json
 import logging
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cpzarr._files import write_atomic
 from cpzarr.config import STAGES, Config, load_config
 from cpzarr.errors import ConfigError, StoreError, resource_error
 
@@ -77,10 +77,7 @@ class RunState:
             "fingerprint": fingerprint, "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".run.", suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self.data, fh, indent=2, default=str)
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(self.data, indent=2, default=str))
 
     def info(self, stage: str) -> dict:
         return self.data.get("stages", {}).get(stage, {})
@@ -129,6 +126,7 @@ def run(
     """
     from cpzarr import stages as stage_impl
     from cpzarr.cluster import dashboard_link, get_client
+    from cpzarr.features.backend import use_backend
 
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
     say = echo or (lambda s: None)
@@ -147,6 +145,8 @@ def run(
     result = RunResult(store=store, report=None)
     ctx = stage_impl.Context(cfg=cfg, store=store, state=state, progress=progress, echo=say)
     cl = cfg["cluster"]
+    # Worker processes of a local cluster inherit the environment, KERAS_BACKEND included.
+    use_backend(cl.get("keras_backend"))
     with get_client(
         scheduler or cl["scheduler"],
         n_workers=cl["n_workers"],

@@ -424,25 +424,29 @@ def _load_results(ctx: Context) -> dict[str, dict[str, pd.DataFrame]]:
 
 def stage_report(ctx: Context) -> dict:
     from cpzarr.evaluate import plots
-    from cpzarr.report import plot_cells_per_well, write_report
+    from cpzarr.report import is_count, write_report
     from cpzarr.run import versions
-    from cpzarr.store import read_provenance
 
     results = _load_results(ctx)
     headline = pd.read_csv(ctx.tables_dir / "headline.csv")
+    groups = ctx.cfg.get("evaluate.groups")
     figures: dict[str, list] = {}
-    counts = _cells_per_well(ctx)
-    if counts is not None:
-        figures["cells"] = [("Cells per well (plate layout)", plot_cells_per_well(counts))]
+    tables: dict[str, list] = {}
+    notes: dict[str, list[str]] = {}
+    sets = profile_sets(ctx, level="well")  # lazy: each helper loads one set at a time
 
-    sets = profile_sets(ctx, level="well")
-    pcas = []
-    for label, prof in sets.items():
-        color = tuple(c for c in ("batch", "control") if c in prof.coords)
-        if color:
-            pcas.append((f"PCA of well profiles: {label}", plots.pca(prof.load(), color=color)))
-    if pcas:
-        figures["pca"] = pcas
+    headline = pd.concat([headline, _report_replicates(ctx, sets, figures, tables, notes)],
+                         ignore_index=True)
+    if headline["profiles"].nunique() > 1:
+        # Precision/Recall@K have their own curves below; the bars compare the summary metrics.
+        key = headline[~headline["metric"].str.match(r"(precision|recall)@\d")
+                       & ~headline["metric"].map(is_count)]
+        figures["comparison"] = [("Summary metrics of each profile pipeline (inf drawn to the "
+                                  "panel's edge and labelled)", plots.compare(key))]
+    summary = ctx.summary()
+    _report_quality(ctx, summary, figures, tables, notes)
+    _report_crops(ctx, figures, notes)
+    _report_map(results, groups, figures, tables, notes)
 
     def collect(metric):
         return {label: res[metric] for label, res in results.items() if metric in res}
@@ -456,34 +460,281 @@ def stage_report(ctx: Context) -> dict:
     ):
         data = collect(metric)
         if data:
-            figures.setdefault(section, []).append(
-                (caption.format(g=ctx.cfg.get("evaluate.groups")), plot(data)))
+            figures.setdefault(section, []).append((caption.format(g=groups), plot(data)))
+    if any("enrichment" in res or "batch_enrichment" in res for res in results.values()):
+        notes["enrichment"] = [
+            "An odds ratio is infinite when no pair of different groups lies above the percentile's "
+            "threshold (common on small screens); such points are drawn as ▲ labelled inf at the top "
+            "of the axes, and the legend counts them. Full tables: tables/*.enrichment.csv."]
+    _report_profiles(ctx, sets, figures, notes)
     train_dir = _train_dir(ctx)
     if (train_dir / "history.png").exists():
         figures["training"] = [("Training and validation loss / accuracy per epoch",
                                 (train_dir / "history.png").read_bytes())]
 
+    config = ctx.cfg.to_dict()
     provenance = {
         "created": pd.Timestamp.now().isoformat(timespec="seconds"),
         "store": str(ctx.store),
         "versions": versions(),
-        "config": ctx.cfg.to_dict(),
+        "config": config,
     }
-    try:
-        provenance["store provenance"] = read_provenance(ctx.store)
-    except StoreError:
-        pass
+    records = _store_records(ctx, config)
+    if records:
+        provenance["store records"] = records
     timings = {s: v.get("seconds", float("nan")) for s, v in ctx.state.data.get("stages", {}).items()}
     write_report(
         ctx.report_dir,
         title=f"cpzarr report: {ctx.cfg['name']}",
-        summary=ctx.summary(),
+        summary=summary,
         metrics=headline,
         figures=figures,
         provenance=provenance,
         timings=timings,
+        tables=tables,
+        notes=notes,
     )
     return {}
+
+
+def _store_records(ctx: Context, config: dict) -> dict:
+    """The store's provenance records, less the run's config when it is the one shown already."""
+    from cpzarr.store import read_provenance
+
+    try:
+        records = dict(read_provenance(ctx.store))
+    except StoreError:
+        return {}
+    run = records.get("run")
+    if isinstance(run, dict) and run.get("config") == config:
+        run = {k: v for k, v in run.items() if k != "config"}
+        if run:
+            records["run"] = run
+        else:
+            records.pop("run")
+    return records
+
+
+def _exclude_mask(ctx: Context, prof) -> np.ndarray:
+    """Samples kept for the retrieval metrics (``evaluate.exclude`` left out)."""
+    from cpzarr.evaluate import sample_table
+
+    query = ctx.cfg.get("evaluate.exclude")
+    if not query:
+        return np.ones(prof.sizes["sample"], dtype=bool)
+    return ~sample_table(prof).eval(query).to_numpy(dtype=bool)
+
+
+def _report_replicates(ctx: Context, sets: dict, figures: dict, tables: dict, notes: dict) -> pd.DataFrame:
+    """Replicate reproducibility of each well-level profile set; its headline rows."""
+    from cpzarr.errors import InputError
+    from cpzarr.evaluate import plots, replicate_reproducibility
+    from cpzarr.report import percent_replicating
+
+    cons = ctx.cfg.get("profiles.consensus") or {}
+    columns = cons.get("replicate_columns") or ["compound", "dose"]
+    rows, medians, failed = [], {}, []
+    for label, prof in sets.items():
+        present = [c for c in columns if c in prof.coords]
+        if not present:
+            failed.append(f"{label}: no replicate columns {columns} on the profiles")
+            continue
+        try:
+            prof = prof.load()
+            score, med = replicate_reproducibility(prof, present, mask=_exclude_mask(ctx, prof))
+        except InputError as err:
+            failed.append(f"{label}: {err}")
+            continue
+        medians[label] = med
+        rows.append((label, "percent replicating", percent_replicating(med)))
+        rows.append((label, "replicate pairs above null", score))
+    if medians:
+        threshold = {label: float(m["threshold"].iloc[0]) for label, m in medians.items() if len(m)}
+        tables["replicates"] = [("", pd.DataFrame({
+            "profiles": [r[0] for r in rows[::2]],
+            "replicate groups": [len(medians[r[0]]) for r in rows[::2]],
+            "null threshold (95th pct of non-replicate pairs)": [threshold.get(r[0], np.nan) for r in rows[::2]],
+            "percent replicating": [r[2] for r in rows[::2]],
+            "replicate pairs above null": [r[2] for r in rows[1::2]],
+        }))]
+        figures["replicates"] = [(
+            "Median correlation of each replicate group's wells (well-level profiles, "
+            f"replicates = same {' + '.join(columns)}); dashed: null threshold", plots.replicate_medians(medians))]
+        notes["replicates"] = [
+            "Percent replicating (Cytominer-eval): the share of replicate groups whose median pairwise "
+            "correlation is above the 95th percentile of correlations between non-replicate wells; "
+            "replicate pairs above null: the same, counted over pairs "
+            "(cpzarr.evaluate.replicate_reproducibility). Controls left out as in evaluate.exclude."]
+    if failed:
+        notes.setdefault("replicates", []).append("Not computed for " + "; ".join(failed))
+    return pd.DataFrame(rows, columns=["profiles", "metric", "value"])
+
+
+def _report_quality(ctx: Context, summary: dict, figures: dict, tables: dict, notes: dict) -> None:
+    """Cells per well (heat map and per-plate table) and the cells located but not profiled."""
+    from cpzarr.report import cells_per_well_summary, plot_cells_per_well
+    from cpzarr.store import node_exists, open_node
+
+    counts = _cells_per_well(ctx)
+    if counts is not None:
+        figures["cells"] = [("Cells per well (plate layout)", plot_cells_per_well(counts))]
+        tables["cells"] = [("Cells per well, by plate", cells_per_well_summary(counts))]
+    if not node_exists(ctx.store, "cells"):
+        return
+    cells = open_node(ctx.store, "cells")
+    located = int(cells.sizes["cell"])
+    summary["cells located"] = located
+    try:
+        dropped = json.loads(cells.attrs.get("dropped") or "{}")
+    except (TypeError, ValueError):
+        dropped = {}
+    if isinstance(dropped, dict) and dropped:
+        n = sum(int(p.get("count", 0)) for p in dropped.values() if isinstance(p, dict))
+        notes.setdefault("summary", []).append(
+            f"locate: {n} invalid locations left out ({', '.join(map(str, dropped))})")
+    for name in ctx.feature_sets():
+        if not node_exists(ctx.store, f"features/{name}"):
+            continue
+        node = open_node(ctx.store, f"features/{name}")
+        profiled = int(node.sizes["cell"])
+        left = located - profiled
+        key = "cells profiled" if len(ctx.feature_sets()) == 1 else f"cells profiled ({name})"
+        summary[key] = profiled
+        # What the features stage recorded about cells it left out or padded (any such count).
+        recorded = {k: v for k, v in node.attrs.items()
+                    if any(w in k.lower() for w in ("left_out", "leftout", "skipped", "dropped", "edge"))
+                    and v not in ("", None)}
+        line = (f"features/{name}: {profiled} of {located} located cells profiled, "
+                f"{left} left out ({left / located:.1%})" if located else f"features/{name}: no cells")
+        edge = ctx.cfg.get("crops.edge")
+        if left and edge == "skip":
+            line += "; crops.edge is 'skip', so cells whose box leaves the image are not profiled"
+        elif edge == "pad":
+            line += "; crops.edge is 'pad': boxes that leave the image are zero-padded"
+        if recorded:
+            line += "; recorded by the features stage: " + ", ".join(f"{k} = {v}" for k, v in recorded.items())
+        notes.setdefault("summary", []).append(line)
+
+
+def _report_crops(ctx: Context, figures: dict, notes: dict, per_group: int = 4) -> None:
+    """A montage of a few cells per treatment, read lazily from the store."""
+    from cpzarr.crops import crops
+    from cpzarr.errors import CpzarrError
+    from cpzarr.report import montage_cells, plot_crop_montage
+    from cpzarr.store import node_exists, open_screen
+
+    if not node_exists(ctx.store, "cells"):
+        return
+    try:
+        screen = open_screen(ctx.store)
+        if "images" not in screen.to_dataset(inherit=False):
+            return
+        box = int(ctx.cfg.get("crops.box"))
+        by = "compound"
+        drawn = montage_cells(screen, by=by, per_group=per_group, box=box)
+        view = crops(screen, box=box, edge="pad", cells=drawn[["plate", "well", "site", "x", "y"]])
+        label = drawn[by].astype(str)
+        if "moa" in drawn.columns:
+            label = label + np.where(drawn["moa"].astype(str) != "", " · " + drawn["moa"].astype(str), "")
+        view = view.assign_coords({by: ("cell", label.to_numpy()[view["cell"].values])}).compute()
+        figure = plot_crop_montage(view, by=by)
+    except (CpzarrError, ValueError, KeyError) as err:
+        notes["crops"] = [f"No sample cells: {err}"]
+        return
+    rgb = ", ".join(f"{c} {ch}" for c, ch in zip(("red", "green", "blue"), figure.cpzarr_channels))
+    figures["crops"] = [(f"{per_group} random cells per {by} ({box}-px boxes; {rgb}; each channel "
+                         "scaled to its 0.5–99.5 percentiles over the montage)", figure)]
+
+
+def _report_map(results: dict, groups, figures: dict, tables: dict, notes: dict) -> None:
+    """Per-group mAP tables, and mAP against −log10 p when the tables carry p-values.
+
+    Any evaluation table with a mAP column per group counts (``mean_average_precision`` as
+    cpzarr and copairs write it), whatever its metric's name (``mean_average_precision``,
+    ``phenotypic_activity``, …); p-values are ``corrected_p_value`` or ``p_value``.
+    """
+    from cpzarr.evaluate.plots import fraction_retrieved, map_columns, map_pvalues
+
+    metrics = list(dict.fromkeys(m for res in results.values() for m, t in res.items() if map_columns(t)))
+    for metric in metrics:
+        per_set = {label: res[metric] for label, res in results.items() if metric in res}
+        name = metric.replace("_", " ")
+        wide = _map_wide(per_set)
+        tables.setdefault("map", []).append((f"{name} per group (groups: {groups}), best first", wide))
+        with_p = {label: t for label, t in per_set.items() if map_columns(t)[1] is not None}
+        if with_p:
+            figures.setdefault("map", []).append(
+                (f"{name}: mAP vs −log10 p per group; dashed line p = 0.05", map_pvalues(with_p)))
+            retrieved = ", ".join(f"{label} {fraction_retrieved(t):.0%}" for label, t in with_p.items())
+            notes.setdefault("map", []).append(f"{name}: fraction retrieved (corrected p < 0.05): {retrieved}.")
+        else:
+            notes.setdefault("map", []).append(
+                f"{name}: the evaluation tables hold no p-values, so no mAP vs p plot.")
+
+
+def _map_wide(per_set: dict) -> pd.DataFrame:
+    """One row per group: its keys, then mAP, p-value and retrieved per profile set."""
+    from cpzarr.evaluate.plots import map_columns
+
+    derived = {"n_queries", "mean_average_precision", "mAP", "map", "p_value", "corrected_p_value",
+               "below_p", "below_corrected_p"}
+    wide = None
+    for label, table in per_set.items():
+        m_col, p_col = map_columns(table)
+        keys = [c for c in table.columns if c not in derived
+                and not pd.api.types.is_numeric_dtype(table[c]) and not pd.api.types.is_bool_dtype(table[c])]
+        part = table[keys].astype(str).copy()
+        if "n_queries" in table.columns and wide is None:
+            part["queries"] = table["n_queries"].to_numpy()
+        part[f"{label} mAP"] = table[m_col].to_numpy(dtype=float)
+        if p_col is not None:
+            part[f"{label} {'corrected p' if p_col == 'corrected_p_value' else 'p'}"] = table[p_col].to_numpy(float)
+        if "below_corrected_p" in table.columns:
+            part[f"{label} retrieved"] = table["below_corrected_p"].astype(bool).to_numpy()
+        wide = part if wide is None else wide.merge(part, on=keys, how="outer")
+    m_cols = [c for c in wide.columns if c.endswith(" mAP")]
+    order = wide[m_cols].mean(axis=1).sort_values(ascending=False, kind="stable").index
+    return wide.loc[order].reset_index(drop=True)
+
+
+def _report_profiles(ctx: Context, sets: dict, figures: dict, notes: dict, max_heatmaps: int = 4) -> None:
+    """PCA of the well profiles and the similarity of treatments (consensus when made)."""
+    from cpzarr.errors import InputError
+    from cpzarr.evaluate import plots
+
+    pcas = []
+    for label, prof in sets.items():
+        color = tuple(c for c in ("batch", "control") if c in prof.coords)
+        if not color:
+            continue
+        try:
+            figure = plots.pca(prof.load(), color=color)
+        except InputError as err:
+            notes.setdefault("pca", []).append(f"{label}: no PCA: {err}")
+            continue
+        clipped = len(figure.cpzarr_clipped)
+        extra = f"; {clipped} samples beyond the axes, on the border" if clipped else ""
+        pcas.append((f"PCA of well profiles: {label}{extra}", figure))
+    if pcas:
+        figures["pca"] = pcas
+        notes["pca"] = ["Axes are robust: each spans the 5th–95th percentiles of its scores, widened "
+                        "by half that range on each side (never beyond the data), so a few extreme wells "
+                        "do not squash the rest; wells beyond are drawn as hollow triangles on the "
+                        "border and counted in the panel's title."]
+    level = "consensus" if ctx.cfg.get("profiles.consensus") else "well"
+    heat = []
+    labels = list(profile_sets(ctx, level=level).items())
+    for label, prof in labels[:max_heatmaps]:
+        try:
+            heat.append((f"Pearson correlation of {level} profiles: {label}, ordered by MOA",
+                         plots.similarity_heatmap(prof.load())))
+        except InputError as err:
+            notes.setdefault("similarity", []).append(f"{label}: no heat map: {err}")
+    if heat:
+        figures["similarity"] = heat
+    if len(labels) > max_heatmaps:
+        notes.setdefault("similarity", []).append(
+            f"{len(labels) - max_heatmaps} more profile sets not drawn ({max_heatmaps} at most).")
 
 
 def _cells_per_well(ctx: Context):

@@ -22,9 +22,9 @@ def test_heat_map_layout_puts_each_well_at_its_position():
                           coords={"plate": ["P1", "P2"], "well": ["A01", "C05"]})
     grids = cells_per_well_grids(counts)
     g = grids["P1"]
-    assert g.shape == (16, 24)
+    assert g.shape == (3, 5)  # A..C, 1..5: up to the last row and column holding a well
     assert g[2, 4] == 7.0 and g[0, 0] == 0.0
-    assert np.isnan(g).sum() == 16 * 24 - 2
+    assert np.isnan(g).sum() == 3 * 5 - 2
     assert np.isnan(grids["P2"][0, 0]) and grids["P2"][2, 4] == 3.0
 
 
@@ -41,7 +41,7 @@ def test_report_is_self_contained_with_sections_and_metrics(tmp_path):
     )
     text = path.read_text()
     assert 'src="http' not in text and "src='http" not in text
-    for heading in ("Dataset", "Cells per well", "Metrics", "Provenance", "Timings"):
+    for heading in ("Dataset", "Cells per well", "Headline metrics", "Run details", "Timings"):
         assert heading in text
     images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", text)
     assert len(images) == 1

@@ -41,7 +41,7 @@ for another at the end.
 
 from __future__ import annotations
 
-import functools
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -84,7 +84,7 @@ _CACHE_LOCK = threading.Lock()
 TASK_CELLS = 64
 
 #: Planes per forward pass when none is given, on a CPU and where the backend sees a GPU.
-BATCH_CPU, BATCH_GPU = 8, 128
+BATCH_CPU, BATCH_GPU = 8, 512
 
 
 def _check_name(name):
@@ -350,42 +350,35 @@ def _cached_model(name, weights, layer, shape, mixed_precision):
         return _CACHE[key]
 
 
-@functools.cache
 def _backend_has_gpu():
-    """Whether the Keras backend of this process computes on a GPU."""
-    import keras
+    """Whether the Keras backend of this process computes on a GPU (asked once per process)."""
+    from cpzarr.features.backend import has_gpu
 
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return bool(tf.config.list_logical_devices("GPU"))
-    if backend == "torch":
-        import torch
-
-        return torch.cuda.is_available()
-    if backend == "jax":
-        import jax
-
-        return jax.default_backend() != "cpu"
-    return False
+    return has_gpu()
 
 
 def _features_block(block, name, weights, layer, batch_size, dtype, mixed_precision):
-    """Features of one chunk of crops: (cell, channel, y, x) -> (cell, channel * features)."""
+    """Features of one chunk of crops: (cell, channel, y, x) -> (cell, channel * features).
+
+    Each batch of planes is scaled just before it goes through the network; where the backend
+    computes on a GPU, the next batch is scaled on a thread while the device runs this one.
+    """
     n, channels, height, width = block.shape
     model = _cached_model(name, weights, layer, (height, width), mixed_precision)
+    gpu = _backend_has_gpu()
     if batch_size is None:
-        batch_size = BATCH_GPU if _backend_has_gpu() else BATCH_CPU
+        batch_size = BATCH_GPU if gpu else BATCH_CPU
     size = model.output_shape[-1]
     if name == "trained":
         return _trained_block(model, block, batch_size).astype(dtype, copy=False)
-    planes = _scaled(block, name).reshape(n * channels, height, width)
+    raw = np.asarray(block).reshape(n * channels, 1, height, width)
     if model.input_shape[-1] == 1:
-        planes = planes[..., None]
-        out = _predict(model, planes, batch_size)
+        def prepare(batch):
+            return _scaled(batch, name).reshape(len(batch), height, width, 1)
     else:
-        out = _predict(model, planes, batch_size, lambda batch: _to_planes(batch, name))
+        def prepare(batch):
+            return _to_planes(_scaled(batch, name)[:, 0], name)
+    out = _predict(model, raw, batch_size, prepare, prefetch=gpu)
     return out.reshape(n, channels * size).astype(dtype, copy=False)
 
 
@@ -400,15 +393,20 @@ def _trained_block(model, block, batch_size):
     return _predict(model, np.ascontiguousarray(planes.transpose(0, 2, 3, 1)), batch_size)
 
 
-def _predict(model, inputs, batch_size, prepare=None):
+def _predict(model, inputs, batch_size, prepare=None, prefetch=False):
     """``model`` over ``inputs`` ``batch_size`` at a time, as float32 rows.
 
     The last, short batch is zero-padded to the next power of two (at most ``batch_size``): a
     handful of input shapes, each compiled once, and at most half a batch computed for nothing.
+    With ``prefetch``, the next batch is prepared on a thread while the model runs this one (numpy
+    releases the GIL in the scaling, the device computes asynchronously), so that a GPU does not
+    wait for the CPU between batches.
     """
     out = np.empty((len(inputs), model.output_shape[-1]), dtype=np.float32)
     forward = _forward_pass(model)
-    for start in range(0, len(inputs), batch_size):
+    starts = range(0, len(inputs), batch_size)
+
+    def make(start):
         batch = inputs[start : start + batch_size]
         if prepare is not None:
             batch = prepare(batch)
@@ -416,7 +414,20 @@ def _predict(model, inputs, batch_size, prepare=None):
         padded = min(batch_size, 1 << (count - 1).bit_length())
         if count < padded:
             batch = np.concatenate([batch, np.zeros((padded - count, *batch.shape[1:]), batch.dtype)])
-        out[start : start + count] = np.asarray(forward(batch), dtype=np.float32)[:count]
+        return batch, count
+
+    if not prefetch or len(starts) < 2:
+        for start in starts:
+            batch, count = make(start)
+            out[start : start + count] = np.asarray(forward(batch), dtype=np.float32)[:count]
+        return out
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cpzarr-prefetch") as pool:
+        pending = pool.submit(make, starts[0])
+        for i, start in enumerate(starts):
+            batch, count = pending.result()
+            if i + 1 < len(starts):
+                pending = pool.submit(make, starts[i + 1])
+            out[start : start + count] = np.asarray(forward(batch), dtype=np.float32)[:count]
     return out
 
 
@@ -523,7 +534,7 @@ def extract(
         default for a trained checkpoint).
     batch_size : int, optional
         Planes (one channel of one cell) per forward pass; by default :data:`BATCH_CPU` (8) on a
-        CPU and :data:`BATCH_GPU` (128) where the Keras backend sees a GPU.
+        CPU and :data:`BATCH_GPU` (512) where the Keras backend sees a GPU.
     dtype : {"float32", "float16"}
         Output dtype; the network runs in float32 either way unless ``mixed_precision``.
     mixed_precision : {False, True, "float16", "bfloat16"}
@@ -565,7 +576,15 @@ def extract(
         import dask.array as da
 
         data = da.from_array(data, chunks=(min(crops.sizes["cell"] or 1, 256), -1, -1, -1))
-    data = data.rechunk({0: _task_chunks(data.chunks[0]), 1: -1, 2: -1, 3: -1})
+    client = _client(scheduler)
+    gpu = False
+    if client is not None:
+        from cpzarr.cluster import has_gpu_workers
+
+        gpu = has_gpu_workers(client)
+    # A CPU task is cut to about a second of one core; a GPU task keeps its whole site (about a
+    # thousand planes), so that the device gets batches of hundreds of planes.
+    data = data.rechunk({0: data.chunks[0] if gpu else _task_chunks(data.chunks[0]), 1: -1, 2: -1, 3: -1})
     channels = [str(c) for c in crops["channel"].values] if "channel" in crops.coords else [
         f"ch{i}" for i in range(crops.sizes["channel"])
     ]
@@ -575,12 +594,6 @@ def extract(
         model, weights, layer, tuple(data.shape[2:]), mixed_precision
     ).output_shape[-1]
     n_features = size if model == "trained" else len(channels) * size
-    client = _client(scheduler)
-    gpu = False
-    if client is not None:
-        from cpzarr.cluster import has_gpu_workers
-
-        gpu = has_gpu_workers(client)
     annotations = {"resources": {"GPU": 1}} if gpu else {}
     with dask.annotate(**annotations):
         out = data.map_blocks(
@@ -781,7 +794,10 @@ def write_features(
             _write_unit, str(final), todo, chunk_cells, drop_axis=1, chunks=((1,) * len(todo),),
             dtype=np.int64, meta=np.empty((0,), dtype=np.int64), name=f"write-unit-{uuid.uuid4().hex}",
         )
-        _compute(list(written.to_delayed()), scheduler, progress, f"features {name}")
+        # Optimising fuses the inference layer with the reads and the writes and drops its GPU
+        # resource annotation (dask 2026.8), so a graph that asks for resources goes as built.
+        tasks = written.to_delayed(optimize_graph=not _asks_resources([written]))
+        _compute(list(tasks), scheduler, progress, f"features {name}")
     record_provenance(store, f"features/{name}", {
         "stage": "profile", **{k: (v.item() if hasattr(v, "item") else v) for k, v in features.attrs.items()},
     })
@@ -804,7 +820,8 @@ def _compute(tasks, scheduler, progress, label):
         if client is not None:
             from distributed import as_completed
 
-            for future in as_completed(client.compute(tasks)):
+            # As in write_features: a graph whose tasks ask for resources is not optimised.
+            for future in as_completed(client.compute(tasks, optimize_graph=not _asks_resources(tasks))):
                 future.result()
                 bar.update(1)
             return
@@ -819,3 +836,13 @@ def _compute(tasks, scheduler, progress, label):
             dask.compute(*tasks, scheduler=scheduler if isinstance(scheduler, str) else None)
     finally:
         bar.close()
+
+
+def _asks_resources(collections):
+    """Whether a layer of the collections' graphs asks for worker resources (``dask.annotate``)."""
+    for collection in collections:
+        graph = collection.__dask_graph__()
+        for layer in getattr(graph, "layers", {}).values():
+            if "resources" in (layer.annotations or {}):
+                return True
+    return False

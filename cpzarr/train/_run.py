@@ -57,10 +57,13 @@ class TrainOptions:
         L2 penalty on kernels (1e-4).
     augment : bool
         DeepProfiler's augmentations on the fly (:func:`cpzarr.train.augment`).
-    mixed_precision : bool
-        float16 compute on a GPU; ignored on CPU.
+    mixed_precision : bool or {"float16", "bfloat16"}
+        Mixed-precision compute on a GPU (``True``: float16, with Keras's loss scaling;
+        ``"bfloat16"``: no scaling needed, for GPUs with bfloat16 units such as A100/H100/H200);
+        ignored on CPU. The GPU is the Keras backend's (``KERAS_BACKEND``: TensorFlow, JAX
+        or PyTorch; :mod:`cpzarr.features.backend`).
     deterministic : bool
-        Deterministic TensorFlow ops (reproducible, slower on GPU).
+        Deterministic kernels of the Keras backend (reproducible, slower on GPU).
     seed : int
         Seeds initial weights, epoch sampling and augmentation.
     workers : int
@@ -110,7 +113,7 @@ _TYPES = {
     "optimizer": (str,), "momentum": (int, float), "learning_rate": (int, float),
     "schedule": (str,), "warmup_epochs": (int, float), "step_epochs": (list,),
     "step_values": (list,), "label_smoothing": (int, float), "weight_decay": (int, float),
-    "augment": (bool,), "mixed_precision": (bool,), "deterministic": (bool,), "seed": (int,),
+    "augment": (bool,), "mixed_precision": (bool, str), "deterministic": (bool,), "seed": (int,),
     "workers": (int,), "output": (str, type(None)),
 }
 _CHOICES = {
@@ -171,6 +174,8 @@ def validate_train_config(mapping: dict | None) -> TrainOptions:
         ("label_smoothing", 0 <= options.label_smoothing < 1, "must be in [0, 1)"),
         ("weight_decay", options.weight_decay >= 0, "must be ≥ 0"),
         ("workers", options.workers >= 1, "must be ≥ 1"),
+        ("mixed_precision", options.mixed_precision in (True, False, "float16", "bfloat16"),
+         "must be true, false, 'float16' or 'bfloat16'"),
         ("cells_per_epoch", options.cells_per_epoch is None
          or options.cells_per_epoch >= options.batch_size, "must be ≥ batch_size"),
         ("val_cells", options.val_cells is None or options.val_cells >= options.batch_size,
@@ -372,8 +377,9 @@ def train(
 
 def _train_here(source, *, output, options, box, channels, edge, resume, callbacks, progress):
     import keras
-    import tensorflow as tf
     import xarray as xr
+
+    from cpzarr.features.backend import has_gpu
 
     from cpzarr.train._schedules import EpochSchedule
 
@@ -421,11 +427,12 @@ def _train_here(source, *, output, options, box, channels, edge, resume, callbac
 
     keras.utils.set_random_seed(options.seed)
     if options.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    on_gpu = bool(tf.config.list_physical_devices("GPU"))
+        _deterministic_ops()
     policy = keras.config.dtype_policy()
-    if options.mixed_precision and on_gpu:
-        keras.config.set_dtype_policy("mixed_float16")
+    if options.mixed_precision and has_gpu():
+        keras.config.set_dtype_policy(
+            "mixed_bfloat16" if options.mixed_precision == "bfloat16" else "mixed_float16"
+        )
     try:
         batch_size = options.batch_size
         per_epoch = options.cells_per_epoch or len(train_idx)
@@ -483,6 +490,26 @@ def _train_here(source, *, output, options, box, channels, edge, resume, callbac
         last=folder / "checkpoints" / state["checkpoint"],
         history=pd.read_csv(folder / "history.csv"), classes=classes,
     )
+
+
+def _deterministic_ops():
+    """Ask the Keras backend of this process for deterministic kernels."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif backend == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        logger.warning(
+            "deterministic: on JAX, set XLA_FLAGS=--xla_gpu_deterministic_ops=true before starting "
+            "Python for deterministic GPU kernels (CPU kernels already are)"
+        )
 
 
 def train_from_config(config, *, resume: bool = False, client: Any = None,
