@@ -143,3 +143,20 @@ def test_cli_samples_refuses_code(tmp_path, monkeypatch):
     assert result.exit_code != 0
     assert "'@'" in result.output
     assert not (tmp_path / "pwned.txt").exists()
+
+
+def test_no_pandas_eval_or_query_left_in_the_package():
+    """Every query goes through cpzarr.query; a new DataFrame.eval/query call would run code again."""
+    import re
+    from pathlib import Path
+
+    import cpzarr
+
+    root = Path(cpzarr.__file__).parent
+    found = [
+        f"{path.relative_to(root)}:{i}: {line.strip()}"
+        for path in sorted(root.rglob("*.py"))
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\.(eval|query)\(", line) and "doctest" not in line
+    ]
+    assert not found, "\n".join(found)
