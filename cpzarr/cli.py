@@ -144,9 +144,9 @@ def profile_command(store, model, weights, layer, name, box, channels, edge, bat
                        mixed_precision=False if mixed_precision == "off" else mixed_precision)
     name = name or (model if layer is None else f"{model}-{layer}")
     if scheduler:
-        from distributed import Client
+        from cpzarr.cluster import get_client
 
-        with Client(scheduler) as client:
+        with get_client(scheduler) as client:  # nothing at the address: a ClusterError at once
             path = write_features(store, name, features, chunk_cells=chunk_cells, overwrite=overwrite,
                                   scheduler=client, progress=progress)
     else:

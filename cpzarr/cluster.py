@@ -20,7 +20,13 @@ logger = logging.getLogger("cpzarr")
 _USER_TRIM_THRESHOLD = os.environ.get("MALLOC_TRIM_THRESHOLD_")
 
 __all__ = ["get_client", "dashboard_link", "has_gpu_workers", "map_batches", "batched", "default_workers",
-           "local_threads", "tensorflow_threads"]
+           "local_threads", "tensorflow_threads", "run_task", "compute_bounded", "in_flight", "DASHBOARD", "CONNECT_TIMEOUT"]
+
+#: Where a local cluster's dashboard listens by default: this machine only, a free port.
+DASHBOARD = "127.0.0.1:0"
+
+#: Seconds to wait for an existing scheduler to accept a connection before giving up.
+CONNECT_TIMEOUT = 10.0
 
 
 def local_threads() -> int:
@@ -64,7 +70,7 @@ def get_client(
     memory_limit: str | int | None = "auto",
     gpu: int | None = None,
     processes: bool = True,
-    dashboard_address: str | None = ":0",
+    dashboard_address: str | None = DASHBOARD,
     profile: bool = False,
 ) -> Iterator[Any]:
     """Open a ``distributed.Client`` for one run and close what was opened on exit.
@@ -84,7 +90,11 @@ def get_client(
     processes : bool
         Use worker processes (default) or threads in this process (faster start, for tests).
     dashboard_address : str, optional
-        Where the dashboard listens; ``":0"`` picks a free port, ``None`` disables it.
+        Where the local cluster's dashboard listens, ``"host:port"``. By default
+        :data:`DASHBOARD`, this machine only (``127.0.0.1``) on a free port; the dashboard
+        shows logs, task details and worker pages, so another address (``"0.0.0.0:8787"``,
+        every interface) is used only when given. ``None`` disables it. The workers' own
+        HTTP pages listen on the same host.
     profile : bool
         Run distributed's statistical profiler in the local workers (the dashboard's Profile
         page). It samples every worker thread's stack each 10 ms, holding the GIL, which cost
@@ -99,18 +109,34 @@ def get_client(
     --------
     >>> with get_client(n_workers=1, processes=False) as client:  # doctest: +SKIP
     ...     print(dashboard_link(client))
+
+    Notes
+    -----
+    Local worker processes are started with Python's ``spawn`` method, which imports the
+    calling script again in each worker. A script that starts a local cluster at its top level
+    (``cpzarr.run("configs/demo.yaml")``) needs that call under ``if __name__ == "__main__":``
+    to get worker processes; a script without the guard runs its local cluster on threads of
+    its own process instead, with a warning saying what to write. The workers ignore Ctrl-C
+    (the run's process stops them) and end without waiting on library finalizers once they
+    have closed.
     """
     import dask
     from distributed import Client, LocalCluster
 
     if scheduler:
-        client = Client(scheduler)
+        client = _connect(scheduler)
         logger.info("connected to %s; dashboard %s", scheduler, dashboard_link(client))
         try:
             yield client
         finally:
             client.close()
         return
+    _refuse_in_spawned_main()
+    if processes and _unguarded_script():
+        import warnings
+
+        warnings.warn(_GUARD_WARNING, UserWarning, stacklevel=3)
+        processes = False
 
     workers, threads = default_workers()
     kwargs: dict[str, Any] = dict(
@@ -120,18 +146,221 @@ def get_client(
         memory_limit=memory_limit,
         dashboard_address=dashboard_address,
     )
+    if dashboard_address is not None:
+        host = _host(dashboard_address)
+        kwargs["worker_dashboard_address"] = f"{host}:0" if host else None
     if gpu:
         kwargs["resources"] = {"GPU": gpu}
     if processes:
         kwargs["env"] = tensorflow_threads(kwargs["threads_per_worker"])
-    with _adaptive_malloc(processes), dask.config.set(_quiet_servers(profile)):
-        cluster = LocalCluster(**kwargs)
+    with _adaptive_malloc(processes), dask.config.set(_quiet_servers(profile)), _workers_ignore_sigint(processes):
+        try:
+            cluster = LocalCluster(**kwargs)
+        except RuntimeError as err:
+            raise _start_error(err) from err
         client = Client(cluster)
+    client._cpzarr_dashboard = _local_link(client, dashboard_address)  # noqa: SLF001 (our own attribute)
+    if processes:
+        from cpzarr._worker_exit import QuietExit
+
+        client.register_plugin(QuietExit(), name=QuietExit.name)
+    ok = False
     try:
         yield client
+        ok = True
     finally:
-        client.close()
-        cluster.close()
+        with _quiet_close(not ok):
+            if not ok and processes:
+                with contextlib.suppress(Exception):  # workers that cannot be reached are killed anyway
+                    client.run(_mute_distributed)
+            client.close()
+            cluster.close()
+
+
+def _mute_distributed() -> None:
+    """In a worker: no more of distributed's warnings (tasks cancelled by an interrupted run)."""
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+
+
+def _host(address: str) -> str:
+    """The host part of ``"host:port"`` (empty for ``":port"``, every interface)."""
+    return address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
+
+
+def _local_link(client: Any, address: str | None) -> str | None:
+    """The dashboard URL of a local cluster, on the host it listens on.
+
+    distributed names the link after the scheduler's address, which for an in-process cluster
+    is the machine's network address even when the dashboard listens on 127.0.0.1 only.
+    """
+    if address is None:
+        return None
+    port = client.scheduler_info().get("services", {}).get("dashboard")
+    if port is None:
+        return None
+    host = _host(address) or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):
+        import socket
+
+        host = socket.gethostname()
+    return f"http://{host}:{port}/status"
+
+
+def _connect(address: str) -> Any:
+    """A client of the scheduler at ``address``, or :class:`ClusterError` within seconds.
+
+    distributed retries a refused connection until its connect timeout (30 s by default) and
+    then raises a bare ``OSError``; nothing listening is told at once here.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    from distributed import Client
+
+    from cpzarr.errors import ClusterError
+
+    hint = ("start one (`dask scheduler` prints its address, then `dask worker ADDRESS` on each "
+            "machine), or leave out --scheduler / cluster.scheduler to run on a local cluster")
+    if "://" not in address:
+        address = f"tcp://{address}"
+    parts = urlsplit(address)
+    if parts.scheme == "tcp":
+        if parts.port is None:
+            raise ClusterError(f"scheduler address {address!r} has no port (tcp://HOST:8786)")
+        try:
+            socket.create_connection((parts.hostname, parts.port), timeout=CONNECT_TIMEOUT).close()
+        except OSError as err:
+            reason = err.strerror or type(err).__name__
+            raise ClusterError(f"no Dask scheduler at {address} ({reason}); {hint}") from None
+    try:
+        return Client(address, timeout=CONNECT_TIMEOUT)
+    except OSError as err:
+        raise ClusterError(f"no Dask scheduler at {address} ({err}); {hint}") from None
+
+
+_GUARD_WARNING = (
+    "cpzarr runs its local cluster on threads of this process: this script has no "
+    "`if __name__ == \"__main__\":` guard, and worker processes import the script again (and "
+    "would run it again). For worker processes write\n\n"
+    "    import cpzarr\n\n"
+    "    if __name__ == \"__main__\":\n"
+    "        cpzarr.run(\"configs/demo.yaml\")\n")
+
+_GUARD = ("cpzarr started a local cluster at the top level of a script: its worker processes import "
+          "the script again and would start clusters of their own. Put the call under "
+          "`if __name__ == \"__main__\":`, for example\n\n"
+          "    import cpzarr\n\n"
+          "    if __name__ == \"__main__\":\n"
+          "        cpzarr.run(\"configs/demo.yaml\")\n\n"
+          "or run on threads in this process with cluster: {processes: false} "
+          "(overrides=[\"cluster.processes=false\"]).")
+
+
+def _refuse_in_spawned_main() -> None:
+    """Raise :class:`ClusterError` in a spawned process that is re-running the user's script.
+
+    ``spawn`` imports the parent's main script under the name ``__mp_main__`` in every child;
+    a local cluster started there is an unguarded call in the parent's script.
+    """
+    import multiprocessing
+    import sys
+
+    from cpzarr.errors import ClusterError
+
+    if multiprocessing.parent_process() is not None and "__mp_main__" in sys.modules:
+        raise ClusterError(_GUARD)
+
+
+def _unguarded_script() -> bool:
+    """True when called from the top level of a main script that has no ``__main__`` guard.
+
+    Worker processes started with ``spawn`` import such a script again and run its top level,
+    cluster and all. Read from the script's syntax tree: a top-level
+    ``if __name__ == "__main__":`` anywhere in it counts as a guard.
+    """
+    import ast
+    import inspect
+    import sys
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or not str(path).endswith(".py"):
+        return False
+    frame = inspect.currentframe()
+    while frame is not None and not (frame.f_globals is vars(main) and frame.f_code.co_name == "<module>"):
+        frame = frame.f_back
+    if frame is None:
+        return False
+    try:
+        tree = ast.parse(open(path, encoding="utf-8").read())
+    except (OSError, SyntaxError, ValueError):
+        return False
+    for node in tree.body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare):
+            names = [node.test.left, *node.test.comparators]
+            if any(isinstance(n, ast.Name) and n.id == "__name__" for n in names) and any(
+                    isinstance(n, ast.Constant) and n.value == "__main__" for n in names):
+                return False
+    return True
+
+
+def _start_error(err: Exception) -> Exception:
+    """The error for a local cluster that did not start (its workers' own errors are theirs)."""
+    import sys
+
+    from cpzarr.errors import ClusterError
+
+    main = sys.modules.get("__main__")
+    if getattr(main, "__file__", None):
+        return ClusterError(f"the local cluster's worker processes did not start ({err}). If this was "
+                            f"called from a script: {_GUARD}")
+    return ClusterError(f"the local cluster's worker processes did not start: {err}")
+
+
+@contextlib.contextmanager
+def _workers_ignore_sigint(processes: bool) -> Iterator[None]:
+    """Worker processes spawned inside this context ignore SIGINT.
+
+    Ctrl-C in a terminal signals every process of the foreground group, so each worker raised
+    its own ``KeyboardInterrupt`` and printed its tracebacks while the run's process was
+    already stopping them. An ignored signal stays ignored in a spawned child (and Python then
+    installs no ``KeyboardInterrupt`` handler). The main thread ignores Ctrl-C only while the
+    workers start.
+    """
+    import signal
+    import threading
+
+    if not processes or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _quiet_close(interrupted: bool) -> Iterator[None]:
+    """Close a cluster without distributed's warnings when the run was interrupted.
+
+    Workers interrupted mid-task are stopped and, after their grace period, killed; what they
+    computed is either written (and marked complete) or not, so the warnings say nothing the
+    user must act on.
+    """
+    if not interrupted:
+        yield
+        return
+    loggers = [logging.getLogger(n) for n in ("distributed", "distributed.nanny", "distributed.worker",
+                                              "distributed.scheduler", "distributed.client")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 #: Slowest event-loop tick of a local cluster's servers (distributed's default is 20 ms).
@@ -202,6 +431,8 @@ def _adaptive_malloc(processes: bool) -> Iterator[None]:
 
 def dashboard_link(client: Any) -> str | None:
     """Return the dashboard URL of ``client``'s cluster, or None when it has none."""
+    if getattr(client, "_cpzarr_dashboard", False) is not False:
+        return client._cpzarr_dashboard
     try:
         return client.dashboard_link
     except Exception:  # a scheduler started without the dashboard has no link
@@ -295,6 +526,146 @@ def map_batches(
         return results
     finally:
         bar.close()
+
+
+def in_flight(client: Any, per_thread: int = 4) -> int:
+    """Work units to keep submitted at once on ``client``'s cluster: ``per_thread`` per worker thread.
+
+    Enough that no thread waits for the next unit, few enough that the scheduler's task count
+    and the client's futures do not grow with the screen.
+    """
+    threads = sum(w.get("nthreads", 1) for w in client.scheduler_info().get("workers", {}).values())
+    return max(8, per_thread * max(threads, 1))
+
+
+def compute_bounded(
+    client: Any,
+    tasks: Sequence[Any],
+    *,
+    limit: int | None = None,
+    on_done: Callable[[Any], None] | None = None,
+    optimize_graph: bool = True,
+) -> list[Any]:
+    """Compute dask collections on ``client``, at most ``limit`` submitted at a time.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    tasks : sequence of dask collections
+        Usually ``Delayed`` objects, one per work unit (a range of cells, a well).
+    limit : int, optional
+        Units in flight; by default :func:`in_flight` of the cluster. They are submitted in
+        batches of half the limit, whenever half the window has finished.
+    on_done : callable, optional
+        Called with each result as it arrives (a progress bar).
+    optimize_graph : bool
+        Passed to ``Client.compute`` (dask fuses tasks, and drops their annotations, when true).
+
+    Returns
+    -------
+    list
+        The results, in the order of ``tasks``.
+    """
+    from distributed import as_completed
+
+    limit = int(limit or in_flight(client))
+    step = max(1, limit // 2)
+    results: list[Any] = [None] * len(tasks)
+    index_of: dict[str, int] = {}
+    nxt = 0
+    window = as_completed()
+
+    def submit(count: int) -> None:
+        nonlocal nxt
+        chunk = list(range(nxt, min(nxt + count, len(tasks))))
+        nxt += len(chunk)
+        for i, future in zip(chunk, client.compute([tasks[i] for i in chunk], optimize_graph=optimize_graph)):
+            index_of[future.key] = i
+            window.add(future)
+
+    submit(limit)
+    running = len(index_of)
+    for future in window:
+        results[index_of.pop(future.key)] = value = future.result()
+        future.release()
+        running -= 1
+        if on_done is not None:
+            on_done(value)
+        if running <= limit - step and nxt < len(tasks):
+            before = len(index_of)
+            submit(step)
+            running += len(index_of) - before
+    return results
+
+
+def run_task(client: Any, key: str, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``func(*args, **kwargs)`` as one task named ``key`` on ``client``'s cluster.
+
+    For a step that is one out-of-core reduction over a table (aggregate, normalize, consensus,
+    evaluate): the step runs on a worker, reading its input from the store and writing its
+    output there, so the client neither computes nor holds it. Dask collections the step
+    computes run on that worker's own threads (never back through the scheduler, where a
+    worker waiting on its own tasks could starve the cluster). Warnings the step raised are
+    raised again here, so they are printed where the run is watched.
+
+    Parameters
+    ----------
+    client : distributed.Client or None
+        Without one, ``func`` runs in this process.
+    key : str
+        Task name shown on the dashboard (``"aggregate-efficientnet-lite0"``); a short random
+        suffix keeps it unique on a long-lived scheduler.
+    func : callable
+        A module-level function (shipped to the worker by reference).
+
+    Returns
+    -------
+    object
+        What ``func`` returned.
+
+    Examples
+    --------
+    >>> run_task(None, "double", lambda x: 2 * x, 21)
+    42
+    """
+    import uuid
+    import warnings
+
+    if client is None:
+        return func(*args, **kwargs)
+    future = client.submit(_task_in_worker, func, args, kwargs, key=f"{key}-{uuid.uuid4().hex[:8]}", pure=False)
+    try:
+        result, caught = future.result()
+    finally:
+        future.release()
+    for category, message in caught:
+        warnings.warn(message, category if isinstance(category, type) else UserWarning, stacklevel=2)
+    return result
+
+
+def _task_in_worker(func: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[Any, list]:
+    """Run a step inside a worker on its own threads; return its result and its warnings."""
+    import warnings
+
+    import dask
+
+    threads = 1
+    try:
+        from distributed import get_worker
+
+        threads = get_worker().state.nthreads
+    except ValueError:  # not in a worker
+        threads = local_threads()
+    with warnings.catch_warnings(record=True) as caught, dask.config.set(scheduler="threads", num_workers=threads):
+        warnings.simplefilter("always")
+        result = func(*args, **kwargs)
+    seen, out = set(), []
+    for w in caught:
+        item = (w.category, str(w.message))
+        if item[1] not in seen:
+            seen.add(item[1])
+            out.append(item)
+    return result, out
 
 
 def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

@@ -114,6 +114,9 @@ SCHEMA: dict[str, Any] = {
                              help="Keras backend of the local workers (null: KERAS_BACKEND, else tensorflow)"),
         "processes": Key((bool,), True),
         "profile": Key((bool,), False, help="run distributed's stack-sampling profiler in local workers"),
+        "dashboard": Key(_opt_str, "127.0.0.1:0",
+                         help="host:port of the local cluster's dashboard (this machine only by default; "
+                              "0.0.0.0:8787 serves every network interface); null turns it off"),
     },
     "output": {
         "store": Key((str,), "screen.zarr", path=True, help="the Zarr store of the run"),

@@ -39,6 +39,10 @@ class ConfigError(CpzarrError, ValueError):
         super().__init__(message)
 
 
+class ClusterError(CpzarrError):
+    """No Dask scheduler at the address given, or a local cluster that cannot start."""
+
+
 class WeightsError(CpzarrError):
     """Model weights cannot be had, or do not match their claimed checksum."""
 

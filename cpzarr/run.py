@@ -155,6 +155,7 @@ def run(
         gpu=cl["gpu"] or None,
         processes=cl["processes"],
         profile=cl["profile"],
+        dashboard_address=cl["dashboard"],
     ) as client:
         ctx.client = client
         say(f"cpzarr run: {cfg['name']}")

@@ -286,40 +286,69 @@ def _steps(spec: list) -> list:
 
 
 def stage_profiles(ctx: Context) -> dict:
-    import dask
+    """Aggregate, then each pipeline and its consensus, each one task on the run's cluster.
 
-    # Profile tables are small next to images: reductions run in this process's threads, which
-    # spares shipping fitted matrices (a 6,400² whitening matrix is 330 MB) to the workers.
-    with dask.config.set(scheduler="threads"):
-        return _profiles(ctx)
-
-
-def _profiles(ctx: Context) -> dict:
-    from cpzarr.profiles import aggregate, consensus, pipeline, write_profiles
-    from cpzarr.store import open_node
+    Every step reads its input node from the store and writes its output node there, so the
+    client holds no table; fitted matrices (a 6,400² whitening matrix is 330 MB) stay on the
+    worker that fitted them.
+    """
+    from cpzarr.cluster import run_task
 
     p = ctx.cfg["profiles"]
+    remote = _remote(ctx)
     summary: dict[str, Any] = {}
     for name in ctx.feature_sets():
-        feats = open_node(ctx.store, f"features/{name}")
-        well = aggregate(feats["features"], operation=p["aggregate"])
-        well = well_metadata(ctx, well).compute()
-        write_profiles(well, ctx.store, node=f"profiles/{name}/aggregated")
-        summary.update(
-            plates=int(np.unique(well["plate"].values).size),
-            wells=int(well.sizes["sample"]),
-            cells=int(well["cell_count"].sum()) if "cell_count" in well.coords else None,
-            features=int(well.sizes["feature"]),
-        )
-        if "compound" in well.coords:
-            summary["treatments"] = int(np.unique(well["compound"].values.astype(str)).size)
+        summary.update(run_task(ctx.client, f"aggregate-{name}", _aggregate_node, remote, name))
         for pname, spec in p["pipelines"].items():
-            out = (pipeline(well, _steps(spec)) if spec else well).compute()
-            write_profiles(out, ctx.store, node=f"profiles/{name}/{pname}")
+            run_task(ctx.client, f"normalize-{name}-{pname}", _pipeline_node, remote, name, pname, spec)
             if p["consensus"]:
-                cons = consensus(out, **p["consensus"])
-                write_profiles(cons.compute(), ctx.store, node=f"profiles/{name}/{pname}_consensus")
+                run_task(ctx.client, f"consensus-{name}-{pname}", _consensus_node, remote, name, pname)
     return {"summary": summary}
+
+
+def _remote(ctx: Context) -> Context:
+    """What a stage's tasks need of ``ctx`` (no client, no printing), to ship to a worker."""
+    from dataclasses import replace
+
+    return replace(ctx, client=None, echo=None)
+
+
+def _aggregate_node(ctx: Context, name: str) -> dict:
+    """Well profiles of ``features/<name>`` with the store's metadata, written; their summary."""
+    from cpzarr.profiles import aggregate, write_profiles
+    from cpzarr.store import open_node
+
+    feats = open_node(ctx.store, f"features/{name}")
+    well = aggregate(feats["features"], operation=ctx.cfg["profiles"]["aggregate"])
+    well = well_metadata(ctx, well).compute()
+    write_profiles(well, ctx.store, node=f"profiles/{name}/aggregated")
+    summary = dict(
+        plates=int(np.unique(well["plate"].values).size),
+        wells=int(well.sizes["sample"]),
+        cells=int(well["cell_count"].sum()) if "cell_count" in well.coords else None,
+        features=int(well.sizes["feature"]),
+    )
+    if "compound" in well.coords:
+        summary["treatments"] = int(np.unique(well["compound"].values.astype(str)).size)
+    return summary
+
+
+def _pipeline_node(ctx: Context, name: str, pname: str, spec: list) -> None:
+    """One profile pipeline (normalize, feature_select, spherize …) of the well profiles, written."""
+    from cpzarr.profiles import pipeline, read_profiles, write_profiles
+
+    well = read_profiles(ctx.store, node=f"profiles/{name}/aggregated").load()
+    out = (pipeline(well, _steps(spec)) if spec else well).compute()
+    write_profiles(out, ctx.store, node=f"profiles/{name}/{pname}")
+
+
+def _consensus_node(ctx: Context, name: str, pname: str) -> None:
+    """Treatment profiles of one pipeline's output, written."""
+    from cpzarr.profiles import consensus, read_profiles, write_profiles
+
+    out = read_profiles(ctx.store, node=f"profiles/{name}/{pname}").load()
+    cons = consensus(out, **ctx.cfg["profiles"]["consensus"])
+    write_profiles(cons.compute(), ctx.store, node=f"profiles/{name}/{pname}_consensus")
 
 
 # --- evaluate -------------------------------------------------------------------------------
@@ -341,46 +370,22 @@ def profile_sets(ctx: Context, level: str | None = None) -> dict[str, Any]:
 
 
 def stage_evaluate(ctx: Context) -> dict:
-    from cpzarr import evaluate as ev
+    """The metrics of every profile set, one task per set on the run's cluster; tables written here."""
+    from cpzarr.cluster import run_task
 
     e = ctx.cfg["evaluate"]
     ctx.tables_dir.mkdir(parents=True, exist_ok=True)
-    groups = e["groups"]
     rows = []
     results: dict[str, dict[str, pd.DataFrame]] = {}
     for label, prof in profile_sets(ctx).items():
-        prof = prof.load()
-        if e["exclude"]:
-            prof = prof.isel(sample=~query_mask(e["exclude"], ev.sample_table(prof), what="evaluate.exclude"))
-        res = results.setdefault(label, {})
-        if "precision_recall" in e["metrics"]:
-            pr = ev.precision_recall(prof, groups, k=tuple(e["k"]))
-            res["precision_recall"] = pr
-            rows += [(label, f"precision@{k}", v) for k, v in pr.groupby("k")["precision"].mean().items()]
-            rows += [(label, f"recall@{k}", v) for k, v in pr.groupby("k")["recall"].mean().items()]
-        if "mean_average_precision" in e["metrics"]:
-            ap = ev.average_precision(prof, groups)
-            m = ev.mean_average_precision(groups=groups, ap=ap, null_size=2000)
-            res["average_precision"], res["mean_average_precision"] = ap, m
-            rows.append((label, "mAP", float(m["mean_average_precision"].mean())))
-            rows.append((label, "precision@R", float(ap["precision_at_r"].mean())))
-            rows.append((label, "fraction retrieved (corrected p<0.05)", float(m["below_corrected_p"].mean())))
-        if "enrichment" in e["metrics"]:
-            en = ev.enrichment(prof, groups, percentiles=tuple(e["percentiles"]))
-            res["enrichment"] = en
-            top = _headline_percentile(en)
-            rows.append((label, f"enrichment@{top['percentile']:g}", float(top["odds_ratio"])))
-        if "hitk" in e["metrics"]:
-            hits, scores = ev.hitk(prof, groups)
-            res["hitk"] = scores
-        if "replicate_reproducibility" in e["metrics"]:
-            rr = ev.replicate_reproducibility(prof, groups)
-            res["replicate_reproducibility"] = rr
+        set_rows, res = run_task(ctx.client, f"evaluate-{_slug(label)}", _evaluate_set, prof, label, e)
+        rows += set_rows
+        results[label] = res
     if "batch_enrichment" in e["metrics"]:
         for label, prof in profile_sets(ctx, level="well").items():
             if e["batch"] not in prof.coords or "control" not in prof.coords:
                 continue
-            be = ev.batch_enrichment(prof.load(), batch=e["batch"], percentiles=tuple(e["percentiles"]))
+            be = run_task(ctx.client, f"evaluate-batch-{_slug(label)}", _batch_enrichment, prof, e)
             results.setdefault(label, {})["batch_enrichment"] = be
             top = _headline_percentile(be)
             rows.append((label, f"DMSO batch enrichment@{top['percentile']:g}", float(top["odds_ratio"])))
@@ -391,6 +396,49 @@ def stage_evaluate(ctx: Context) -> dict:
     headline.to_csv(ctx.tables_dir / "headline.csv", index=False)
     (ctx.tables_dir / "sets.json").write_text(json.dumps({_slug(k): k for k in results}))
     return {}
+
+
+def _evaluate_set(prof, label: str, e: dict) -> tuple[list, dict]:
+    """Headline rows and metric tables of one profile set (run as one task)."""
+    from cpzarr import evaluate as ev
+
+    groups = e["groups"]
+    rows: list = []
+    prof = prof.load()
+    if e["exclude"]:
+        prof = prof.isel(sample=~query_mask(e["exclude"], ev.sample_table(prof), what="evaluate.exclude"))
+    res: dict[str, pd.DataFrame] = {}
+    if "precision_recall" in e["metrics"]:
+        pr = ev.precision_recall(prof, groups, k=tuple(e["k"]))
+        res["precision_recall"] = pr
+        rows += [(label, f"precision@{k}", v) for k, v in pr.groupby("k")["precision"].mean().items()]
+        rows += [(label, f"recall@{k}", v) for k, v in pr.groupby("k")["recall"].mean().items()]
+    if "mean_average_precision" in e["metrics"]:
+        ap = ev.average_precision(prof, groups)
+        m = ev.mean_average_precision(groups=groups, ap=ap, null_size=2000)
+        res["average_precision"], res["mean_average_precision"] = ap, m
+        rows.append((label, "mAP", float(m["mean_average_precision"].mean())))
+        rows.append((label, "precision@R", float(ap["precision_at_r"].mean())))
+        rows.append((label, "fraction retrieved (corrected p<0.05)", float(m["below_corrected_p"].mean())))
+    if "enrichment" in e["metrics"]:
+        en = ev.enrichment(prof, groups, percentiles=tuple(e["percentiles"]))
+        res["enrichment"] = en
+        top = _headline_percentile(en)
+        rows.append((label, f"enrichment@{top['percentile']:g}", float(top["odds_ratio"])))
+    if "hitk" in e["metrics"]:
+        hits, scores = ev.hitk(prof, groups)
+        res["hitk"] = scores
+    if "replicate_reproducibility" in e["metrics"]:
+        rr = ev.replicate_reproducibility(prof, groups)
+        res["replicate_reproducibility"] = rr
+    return rows, res
+
+
+def _batch_enrichment(prof, e: dict) -> pd.DataFrame:
+    """DMSO batch enrichment of one set of well profiles (run as one task)."""
+    from cpzarr import evaluate as ev
+
+    return ev.batch_enrichment(prof.load(), batch=e["batch"], percentiles=tuple(e["percentiles"]))
 
 
 def _headline_percentile(table: pd.DataFrame, min_pairs: int = 20) -> pd.Series:

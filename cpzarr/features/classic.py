@@ -217,6 +217,7 @@ def classical(
             chunks=(image.chunks[0], (len(names),)),
             dtype=np.float32,
             meta=np.empty((0, 0), np.float32),
+            token="features-classical",  # the task name on the dashboard
             **opts,
         )
     else:

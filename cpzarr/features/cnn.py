@@ -818,12 +818,11 @@ def _compute(tasks, scheduler, progress, label):
     bar = tqdm(total=len(tasks), desc=label, unit="unit", disable=not progress, leave=False)
     try:
         if client is not None:
-            from distributed import as_completed
+            from cpzarr.cluster import compute_bounded
 
             # As in write_features: a graph whose tasks ask for resources is not optimised.
-            for future in as_completed(client.compute(tasks, optimize_graph=not _asks_resources(tasks))):
-                future.result()
-                bar.update(1)
+            compute_bounded(client, tasks, on_done=lambda _: bar.update(1),
+                            optimize_graph=not _asks_resources(tasks))
             return
         from dask.callbacks import Callback
 
