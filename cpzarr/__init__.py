@@ -14,6 +14,12 @@ Examples
 __version__ = "0.1.0"
 
 import importlib
+import os
+
+# TensorFlow's C++ start-up lines would print inside the progress bars; it reads this variable
+# once, when it is first imported (by cpzarr.features or cpzarr.train, in this process or a
+# worker). A value the user set is kept.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # Light modules (numpy, pandas, xarray, yaml) are imported at once; ``crops`` must be, so that
 # the name is the function (with ``sample`` and ``Sampler`` on it) and not the submodule that a

@@ -579,7 +579,6 @@ def detect_nuclei(screen, *, channel="DNA", sigma=2.0, threshold="li", threshold
     """
     import dask
     import dask.array as da
-    from dask.diagnostics import ProgressBar
 
     images, _, root = screen_parts(screen, need_cells=False)
     names = [str(c) for c in images["channel"].values]
@@ -601,8 +600,21 @@ def detect_nuclei(screen, *, channel="DNA", sigma=2.0, threshold="li", threshold
             blocks[p, w, s, 0, 0, 0], plate, well, site, options,
             dask_key_name=f"detect-nuclei-{plate}-{well}-{site}",
         ))
-    with (ProgressBar() if progress else contextlib.nullcontext()):
-        tables = dask.compute(*tasks, scheduler=scheduler)
+    from dask.callbacks import Callback
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(tasks), desc="detect nuclei", unit="site", disable=not progress)
+
+    class _Sites(Callback):  # the same tqdm bar as every other step, one tick per site
+        def _posttask(self, key, result, dsk, state, worker_id):
+            if str(key).startswith("detect-nuclei-"):
+                bar.update(1)
+
+    try:
+        with (_Sites() if progress else contextlib.nullcontext()):
+            tables = dask.compute(*tasks, scheduler=scheduler)
+    finally:
+        bar.close()
     columns = ["plate", "well", "site", "x", "y", "area", "object_id"]
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)
     provenance = {"function": "cpzarr.cells.detect_nuclei", "channel": channel, **options}

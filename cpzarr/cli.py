@@ -1,11 +1,51 @@
 """The ``cpzarr`` command: a thin layer over the Python API, one command per stage."""
 
 import os
+import re
 
 import click
 
+# A keyword argument quoted in an API message (``weights='x'``, ``weights=None``), said as the
+# command-line option it comes from (``--weights x``).
+_KWARG = re.compile(r"\b(weights|samples|box|edge|channels|layer|batch_size|chunk_cells|dtype)="
+                    r"('[^']*'|<[^>]*>|None|[\w./-]+)")
 
-@click.group()
+
+def _cli_words(message: str) -> str:
+    def option(match):
+        value = match.group(2).strip("'")
+        value = {"None": "random", "<checkpoint>": "CHECKPOINT"}.get(value, value)
+        return f"--{match.group(1).replace('_', '-')} {value}"
+
+    return _KWARG.sub(option, message)
+
+
+def _message(err) -> str:
+    """An error's message in the CLI's words; a single listed problem joins the first line."""
+    text = str(err)
+    problems = getattr(err, "problems", None) or []
+    if len(problems) == 1:
+        text = f"{text.splitlines()[0]}: {problems[0]}"
+    return _cli_words(text)
+
+
+class _Verbs(click.Group):
+    """The command group: cpzarr's own errors print as their message alone (exit code 1), and
+    Ctrl-C as one line saying how to resume (exit code 130), from every verb."""
+
+    def invoke(self, ctx):
+        from cpzarr.errors import CpzarrError
+
+        try:
+            return super().invoke(ctx)
+        except CpzarrError as err:
+            raise click.ClickException(_message(err)) from None
+        except KeyboardInterrupt as err:
+            click.echo(str(err) or "Interrupted; run the same command again to resume.", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Verbs)
 @click.version_option(package_name="cpzarr")
 def main():
     """Array-native image-based profiling of Cell Painting screens."""
@@ -39,7 +79,7 @@ def ingest_command(table, store, platemap, channels, scheduler, workers, overwri
         ingest(table, store, platemap=platemap, scheduler=scheduler, n_workers=workers, progress=progress,
                channels=[c.strip() for c in channels.split(",")] if channels else None, overwrite=overwrite)
     except CpzarrError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(_message(exc)) from None
     click.echo(format_info(screen_info(store)))
 
 
@@ -53,7 +93,7 @@ def info_command(store):
     try:
         click.echo(format_info(screen_info(store)))
     except CpzarrError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(_message(exc)) from None
 
 
 # --- locate ---
@@ -79,26 +119,21 @@ def locate_command(store, source, kind, on_invalid, detect, channel, sigma, thre
                    max_area, keep_border, progress):
     """Find the cells of STORE (import location files or detect nuclei) and write its /cells node."""
     from cpzarr.cells import detect_nuclei, import_locations, write_cells
-    from cpzarr.errors import CpzarrError
     from cpzarr.store import open_screen
 
     if bool(source) == bool(detect):
         raise click.UsageError("give either --from PATH or --detect")
-    try:
-        screen = open_screen(store)
-        if detect:
-            try:
-                threshold = float(threshold)
-            except ValueError:
-                pass
-            cells = detect_nuclei(screen, channel=channel, sigma=sigma, threshold=threshold, min_distance=min_distance,
-                                  min_area=min_area, max_area=max_area, exclude_border=not keep_border,
-                                  progress=progress)
-        else:
-            cells = import_locations(screen, source, kind=kind, on_invalid=on_invalid)
-        path = write_cells(store, cells)
-    except CpzarrError as exc:
-        raise click.ClickException(str(exc)) from exc
+    screen = open_screen(store)
+    if detect:
+        try:
+            threshold = float(threshold)
+        except ValueError:
+            pass
+        cells = detect_nuclei(screen, channel=channel, sigma=sigma, threshold=threshold, min_distance=min_distance,
+                              min_area=min_area, max_area=max_area, exclude_border=not keep_border, progress=progress)
+    else:
+        cells = import_locations(screen, source, kind=kind, on_invalid=on_invalid)
+    path = write_cells(store, cells)
     sites = int((cells["cell_count"] > 0).sum())
     click.echo(f"{cells.sizes['cell']} cells in {sites} sites written to {path}")
 
@@ -114,8 +149,8 @@ def locate_command(store, source, kind, on_invalid, detect, channel, sigma, thre
 @click.option("--name", default=None, help="Node name under /features (default: the model name).")
 @click.option("--box", type=int, default=128, show_default=True, help="Crop side in pixels.")
 @click.option("--channels", default=None, help="Comma-separated channels (default: all, store order).")
-@click.option("--edge", type=click.Choice(["skip", "pad"]), default="skip", show_default=True,
-              help="Cells whose box leaves the image: leave out, or zero-pad (DeepProfiler).")
+@click.option("--edge", type=click.Choice(["pad", "skip"]), default="pad", show_default=True,
+              help="Cells whose box leaves the image: zero-pad (DeepProfiler), or leave out.")
 @click.option("--batch-size", type=int, default=None,
               help="Planes per forward pass (default: 8 on a CPU, 512 on a GPU).")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
@@ -136,6 +171,15 @@ def profile_command(store, model, weights, layer, name, box, channels, edge, bat
     from cpzarr.features.cnn import extract, write_features
     from cpzarr.store import open_screen
 
+    from cpzarr.store import is_store, node_exists
+
+    if not is_store(store):
+        raise click.ClickException(f"{store} is not a cpzarr store; make one with `cpzarr ingest`")
+    if not node_exists(store, "cells"):
+        raise click.ClickException(f"{store} has no cells yet; run `cpzarr locate {store} --from PATH` "
+                                   "(or --detect) first")
+    if weights not in ("imagenet", "random") and not os.path.isfile(weights):
+        raise click.ClickException(f"--weights {weights}: no such file")
     if not scheduler:  # this process's threads each run their own forward passes
         os.environ.update(tensorflow_threads(workers or local_threads()))
     view = crops(open_screen(store), box=box, channels=channels.split(",") if channels else None, edge=edge)
@@ -154,6 +198,12 @@ def profile_command(store, model, weights, layer, name, box, channels, edge, bat
             path = write_features(store, name, features, chunk_cells=chunk_cells, overwrite=overwrite,
                                   scheduler="threads", progress=progress)
     click.echo(f"{features.sizes['cell']} cells x {features.sizes['feature']} features written to {path}")
+    left_out, at_edge, located = (view.attrs.get(k, 0) for k in ("cells_left_out", "cells_at_edge", "cells_located"))
+    if left_out:
+        click.echo(f"{left_out} of {located} cells left out: their {box}-px box leaves the image "
+                   "(--edge skip; --edge pad keeps them)")
+    else:
+        click.echo(f"no cell left out; {at_edge} of {located} boxes leave the image and were zero-padded (--edge pad)")
 
 # --- train ---
 
@@ -177,7 +227,7 @@ def train_command(config, resume, overrides, progress):
     try:
         result = train_from_config(load_config(config, list(overrides)), resume=resume, progress=progress)
     except CpzarrError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(_message(exc)) from None
     last = result.history.iloc[-1]
     click.echo(f"trained {len(result.history)} epochs; val_accuracy {last.get('val_accuracy', float('nan')):.3f}; "
                f"best checkpoint {result.best}")
@@ -185,16 +235,25 @@ def train_command(config, resume, overrides, progress):
 # --- profiles ---
 
 
-def _profiles_io(source, target, node, out_node, operation):
-    """Read SOURCE (a file, or a store with --node), apply ``operation``, write TARGET."""
-    from cpzarr.errors import CpzarrError
+def _profiles_io(source, target, node, out_node, operation, groups_option=None):
+    """Read SOURCE (a file, or a store with --node), apply ``operation``, write TARGET.
+
+    ``groups_option`` (``"--by plate"``) names the option that gave the grouping coordinates.
+    """
+    from cpzarr.errors import InputError
+
     from cpzarr.profiles import read_profiles, write_profiles
 
+    if node is None and os.path.isfile(os.path.join(source, "zarr.json")):
+        raise click.ClickException(f"{source} is a Zarr store: name the node of profiles with --node, "
+                               "e.g. --node profiles/efficientnet-lite0/aggregated")
     try:
         result = operation(read_profiles(source, node=node))
-        write_profiles(result, target, node=out_node)
-    except CpzarrError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except InputError as err:
+        if groups_option and str(err).startswith("grouping coordinates not found"):
+            raise click.ClickException(f"{groups_option}: {_message(err)}") from None
+        raise
+    write_profiles(result, target, node=out_node)
     click.echo(f"wrote {result.sizes['sample']} samples x {result.sizes['feature']} features to {target}"
                + (f" node {out_node}" if out_node else ""))
 
@@ -202,7 +261,7 @@ def _profiles_io(source, target, node, out_node, operation):
 _IN_OUT = [
     click.argument("source", type=click.Path(exists=True)),
     click.argument("target", type=click.Path()),
-    click.option("--node", default=None, help="Input node of a Zarr store, e.g. profiles/efficientnet/well."),
+    click.option("--node", default=None, help="Input node of a Zarr store, e.g. profiles/efficientnet-lite0/aggregated."),
     click.option("--out-node", default=None, help="Output node when TARGET is a Zarr store."),
 ]
 
@@ -231,7 +290,8 @@ def profiles_normalize(source, target, node, out_node, method, by, samples, matc
 
     groups = None if by.lower() == "none" else by.split(",")
     _profiles_io(source, target, node, out_node, lambda p: normalize(
-        p, method=method, by=groups, samples=samples, match_pycytominer=match_pycytominer))
+        p, method=method, by=groups, samples=samples, match_pycytominer=match_pycytominer),
+        groups_option=f"--by {by}")
 
 
 @profiles_group.command("feature-select")
@@ -274,7 +334,8 @@ def profiles_consensus(source, target, node, out_node, operation, replicate_colu
     from cpzarr.profiles import consensus
 
     _profiles_io(source, target, node, out_node, lambda p: consensus(
-        p, replicate_columns=replicate_columns.split(","), operation=operation))
+        p, replicate_columns=replicate_columns.split(","), operation=operation),
+        groups_option=f"--replicate-columns {replicate_columns}")
 
 
 @profiles_group.command("pipeline")
@@ -301,51 +362,81 @@ def profiles_pipeline(source, target, node, out_node, recipe):
 @main.command("evaluate")
 @click.argument("profiles", type=click.Path(exists=True))
 @click.option("--groups", "-g", multiple=True, required=True,
-              help="Sample coordinate(s) defining positives, e.g. --groups moa (repeatable).")
+              help="Sample coordinate(s) defining positives, e.g. --groups moa or Metadata_moa (repeatable).")
 @click.option("--mask", default=None, metavar="QUERY",
               help="Samples to keep, a query on the metadata (see README, Queries), e.g. \"control != 'negcon'\".")
-@click.option("--node", default=None, help="Store node holding the profiles (Zarr input).")
+@click.option("--node", default=None,
+              help="Store node holding the profiles (Zarr input); without it the profile nodes are listed.")
 @click.option("--output", "-o", type=click.Path(file_okay=False), default="evaluation",
               show_default=True, help="Folder for the metric tables (CSV) and plots (PNG).")
-@click.option("--k", "ks", multiple=True, type=int, default=(1, 5, 10, 20, 50, 100), show_default=True,
-              help="K values of Precision@K and Recall@K (repeatable).")
+@click.option("--k", "ks", multiple=True, type=int, default=None,
+              help="K values of Precision@K and Recall@K (repeatable; default: those of 1, 5, 10, 20, "
+                   "50, 100 not above the largest group).")
+@click.option("--percentile", "percentiles", multiple=True, type=float, default=None,
+              help="Enrichment percentiles (repeatable; default: those of 99.5 ... 97 whose top holds "
+                   "at least 20 pairs).")
 @click.option("--null-size", default=10_000, show_default=True, help="Permutations of the mAP null.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the mAP null.")
 @click.option("--method", type=click.Choice(["pearson", "cosine"]), default="pearson", show_default=True)
 @click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
               help="Precision of the similarity products (float32: about twice as fast).")
 @click.option("--block-size", type=int, default=None, help="Queries per block (default: about 2**24 similarities).")
+@click.option("--pooled", is_flag=True,
+              help="Also Cytominer-eval's grouped Precision/Recall@K (precision_recall_pooled.csv).")
 @click.option("--plots/--no-plots", default=True, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def evaluate_command(profiles, groups, mask, node, output, ks, null_size, seed, method, dtype,
-                     block_size, plots, progress):
+def evaluate_command(profiles, groups, mask, node, output, ks, percentiles, null_size, seed, method,
+                     dtype, block_size, pooled, plots, progress):
     """Precision/Recall@K, Precision@R, AP/mAP with p-values, Hit@K and Enrichment of PROFILES.
 
     PROFILES is a Pycytominer table (.parquet, .csv, .csv.gz) or a Zarr store (with --node).
+    The tables and headline are those of the evaluate stage of `cpzarr run` for the same options.
     """
+    import warnings
     from pathlib import Path
 
     from cpzarr.errors import CpzarrError
-    from cpzarr.evaluate import evaluate, plots as figures
+    from cpzarr.evaluate import DEFAULT_METRICS, evaluate, plots as figures
     from cpzarr.profiles import read_profiles
 
+    if node is None and Path(profiles).is_dir():
+        found = _profile_nodes(Path(profiles))
+        listing = "\n".join(f"  {n}" for n in found) if found else "  (none: run the profiles stage first)"
+        raise click.ClickException(
+            f"{profiles} is a Zarr store; choose its profiles with --node NODE. Profile nodes:\n{listing}")
     try:
         table = read_profiles(profiles, node=node)
-        results = evaluate(table, list(groups), mask=mask, k=ks, null_size=null_size, seed=seed,
-                           method=method, dtype=dtype, block_size=block_size, progress=progress)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            metrics = DEFAULT_METRICS + (("precision_recall_pooled",) if pooled else ())
+            results = evaluate(table, list(groups), mask=mask, k=ks or None, metrics=metrics,
+                               percentiles=percentiles or None, null_size=null_size, seed=seed,
+                               method=method, dtype=dtype, block_size=block_size, progress=progress)
     except CpzarrError as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(_message(exc)) from None
+    for warning in caught:
+        click.echo(f"warning: {warning.message}", err=True)
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)
     for name, result in results.items():
-        if name != "hits":
+        if name not in ("hits", "summary"):
             result.to_csv(folder / f"{name}.csv", index=False)
     if plots:
         figures.enrichment(results["enrichment"], folder / "enrichment.png")
         figures.precision_recall(results["precision_recall"], folder / "precision_recall.png")
         figures.hitk(results["hitk"], folder / "hitk.png")
-    click.echo(results["summary"].T.to_string(header=False))
+    click.echo(results["headline"].to_string(index=False, header=False))
     click.echo(f"tables and plots in {folder}")
+
+
+def _profile_nodes(store):
+    """Nodes of a Zarr store folder that hold a ``profiles`` array, as ``a/b`` paths."""
+    found = []
+    for meta in sorted(store.rglob("profiles/zarr.json")):
+        node = meta.parent.parent
+        if (node / "zarr.json").exists():
+            found.append(node.relative_to(store).as_posix())
+    return found
 
 
 # --- run / demo ---
@@ -371,7 +462,7 @@ def run_command(config, start, until, scheduler, overrides, force, no_progress):
         run(config, start=start, until=until, scheduler=scheduler, overrides=list(overrides),
             force=force, progress=not no_progress, echo=click.echo)
     except CpzarrError as err:
-        raise click.ClickException(str(err)) from None
+        raise click.ClickException(_message(err)) from None
 
 
 @main.command("demo")
@@ -388,7 +479,7 @@ def demo_command(out, scheduler, force, no_progress):
     try:
         result = demo(out, scheduler=scheduler, force=force, progress=not no_progress, echo=click.echo)
     except CpzarrError as err:
-        raise click.ClickException(str(err)) from None
+        raise click.ClickException(_message(err)) from None
     if result.report:
         click.echo(f"Open the report: {result.report}")
 

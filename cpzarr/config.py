@@ -27,7 +27,7 @@ import yaml
 
 from cpzarr.errors import ConfigError
 
-__all__ = ["Config", "load_config", "validate_config", "STAGES", "SCHEMA"]
+__all__ = ["Config", "load_config", "validate_config", "check_paths", "STAGES", "SCHEMA"]
 
 #: The stages of a run, in order.
 STAGES = ("ingest", "locate", "train", "features", "profiles", "evaluate", "report")
@@ -55,7 +55,6 @@ SCHEMA: dict[str, Any] = {
         "synthetic": Key((dict, type(None)), None, help="make_screen parameters for a synthetic screen"),
         "images": Key(_opt_str, None, path=True, help="a CellProfiler load_data CSV or a DeepProfiler index.csv"),
         "platemap": Key(_opt_str, None, path=True, help="platemap / well metadata table"),
-        "moa": Key(_opt_str, None, path=True, help="MOA table joined on the compound"),
         "store": Key(_opt_str, None, path=True, help="an existing store (skips ingest when no images)"),
     },
     "locate": {
@@ -66,8 +65,10 @@ SCHEMA: dict[str, Any] = {
     },
     "crops": {
         "box": Key((int,), 128, minimum=8, help="crop box size in pixels"),
-        "edge": Key((str,), "skip", choices=("skip", "pad")),
-        "scale": Key(_opt_str, "minmax", choices=("minmax", None)),
+        "edge": Key((str,), "pad", choices=("skip", "pad"),
+                    help="cells whose box leaves the image: zero-pad (DeepProfiler) or leave out"),
+        "scale": Key(_opt_str, None, choices=(None, "minmax", "deepprofiler"),
+                     help="crop scaling; null: the model's own (raw for classical, minmax for networks)"),
         "channels": Key((list, type(None)), None, help="channels to use (default: all)"),
     },
     "features": {
@@ -100,15 +101,20 @@ SCHEMA: dict[str, Any] = {
             (list,),
             ["mean_average_precision", "precision_recall", "enrichment", "hitk", "batch_enrichment"],
         ),
-        "percentiles": Key((list,), [99.5, 99.0, 98.5, 98.0, 97.5, 97.0]),
-        "k": Key((list,), [1, 5, 10, 20, 50]),
+        "percentiles": Key((list, type(None)), None,
+                           help="enrichment percentiles (null: those of 99.5…97 the data supports)"),
+        "k": Key((list, type(None)), None,
+                 help="K of Precision/Recall@K (null: those of 1…100 the group sizes support)"),
         "batch": Key((str,), "batch", help="coordinate holding the batch, for the batch enrichment score"),
+        "null_size": Key((int,), 10_000, minimum=1, help="random rankings of the mAP null"),
+        "seed": Key((int,), 0, help="seed of the mAP null"),
+        "threshold": Key((float, int), 0.05, help="significance level of the corrected p-values"),
     },
     "cluster": {
         "scheduler": Key(_opt_str, None, help="address of an existing Dask scheduler"),
         "n_workers": Key((int, type(None)), None, minimum=1),
         "threads_per_worker": Key((int, type(None)), None, minimum=1),
-        "memory_limit": Key((str, int), "auto"),
+        "memory_limit": Key((str, int, float), "auto", help="per worker: 'auto', '4GiB', bytes or a fraction"),
         "gpu": Key((int,), 0, minimum=0),
         "keras_backend": Key(_opt_str, None, choices=(None, "tensorflow", "jax", "torch"),
                              help="Keras backend of the local workers (null: KERAS_BACKEND, else tensorflow)"),
@@ -125,7 +131,7 @@ SCHEMA: dict[str, Any] = {
 }
 
 _METRICS = ("mean_average_precision", "precision_recall", "enrichment", "hitk", "batch_enrichment",
-            "replicate_reproducibility", "grit")
+            "replicate_reproducibility", "grit", "precision_recall_pooled")
 # Node names that would clash with the store's coordinates or its aggregated level.
 _RESERVED = ("plate", "well", "site", "channel", "cell", "sample", "feature", "aggregated")
 _STEPS = ("normalize", "feature_select", "spherize", "consensus")
@@ -212,7 +218,7 @@ def load_config(
 
     Examples
     --------
-    >>> cfg = load_config(text="features: {model: classical}")
+    >>> cfg = load_config(text="{input: {synthetic: {}}, features: {model: classical}}")
     >>> cfg.get("features.model"), cfg.get("crops.box")
     ('classical', 128)
     """
@@ -233,24 +239,88 @@ def load_config(
         raise ConfigError(f"{where}: the top level must be a mapping of sections, not {type(raw).__name__}")
 
     env = os.environ if environ is None else environ
+    origins: dict[str, str] = {}  # key path -> where a value that is not in the file came from
     for name, value in env.items():
         if name.startswith("CPZARR__"):
             keys = [k.lower() for k in name[len("CPZARR__"):].split("__")]
-            _set(raw, keys, yaml.safe_load(value))
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError as err:
+                raise ConfigError(f"environment variable {name}: its value is not valid YAML: {err}") from None
+            _set(raw, keys, parsed)
+            origins[".".join(keys)] = f"environment variable {name}"
     if overrides:
         items = overrides.items() if isinstance(overrides, Mapping) else [_split(o) for o in overrides]
         for key, value in items:
             _set(raw, key.split("."), value)
+            origins[key] = f"override {key}={value!r}" if isinstance(overrides, Mapping) \
+                else f"--set {key}"
 
-    values = validate_config(raw, base=base, where=where)
+    try:
+        values = validate_config(raw, base=base, where=where)
+    except ConfigError as err:
+        if not origins:
+            raise
+        problems = [_with_origin(p, origins) for p in err.problems]
+        raise ConfigError(f"{where}: {len(problems)} problem(s) in the config", problems) from None
     return Config(values=values, source=Path(path).resolve() if path is not None else None)
+
+
+def _with_origin(problem: str, origins: Mapping[str, str]) -> str:
+    """``problem`` (``"crops.boxx: unknown key"``) naming the variable or flag that set its key."""
+    key = problem.split(":", 1)[0].split("[", 1)[0]
+    parts = key.split(".")
+    for n in range(len(parts), 0, -1):
+        origin = origins.get(".".join(parts[:n]))
+        if origin:
+            return f"{problem} (set by {origin})"
+    return problem
+
+
+def check_paths(cfg: Config) -> None:
+    """Check that every file and folder the config reads exists, before any stage runs.
+
+    Paths that a stage of the same run writes (the store, a checkpoint the train stage makes)
+    are not required to exist.
+
+    Raises
+    ------
+    ConfigError
+        Listing every missing path with its key.
+    """
+    stages = cfg.stages
+    wanted = [("input.images", "file", "ingest" in stages), ("input.platemap", "file", "ingest" in stages)]
+    wanted.append(("input.store", "dir", "ingest" not in stages and cfg.get("input.store") is not None))
+    wanted.append(("locate.path", "any", "locate" in stages and cfg.get("locate.method") == "import"))
+    model = cfg.get("features.model")
+    wanted.append(("features.path", "any", model in ("deepprofiler", "cellprofiler")))
+    wanted.append(("features.checkpoint", "file", model == "trained"))
+    weights = cfg.get("features.weights")
+    wanted.append(("features.weights", "file", weights not in (None, "imagenet")
+                   and model not in ("classical", "deepprofiler", "cellprofiler", "trained")))
+    problems = []
+    for key, kind, needed in wanted:
+        value = cfg.get(key)
+        if not needed or not value:
+            continue
+        path = Path(value)
+        missing = not path.exists()
+        if missing or (kind == "file" and not path.is_file()) or (kind == "dir" and not path.is_dir()):
+            what = {"file": "file", "dir": "folder", "any": "file or folder"}[kind]
+            problems.append(f"{key}: {'no such' if missing else 'not a'} {what}: {value}")
+    if problems:
+        where = cfg.source or "config"
+        raise ConfigError(f"{where}: {len(problems)} path(s) the run reads cannot be found", problems)
 
 
 def _split(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not of the form key.path=value")
     key, value = item.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r}: the value is not valid YAML: {err}") from None
 
 
 def _set(tree: dict, keys: list[str], value: Any) -> None:
@@ -273,6 +343,9 @@ def validate_config(raw: Mapping[str, Any], *, base: Path | None = None, where: 
     base = base or Path.cwd()
     problems: list[str] = []
     values = _check_mapping(raw, SCHEMA, "", base, problems)
+    weights = values["features"].get("weights")
+    if isinstance(weights, str) and weights != "imagenet":  # a file, relative to the config
+        values["features"]["weights"] = str((base / os.path.expanduser(weights)).resolve())
     _check_semantics(values, problems)
     if problems:
         raise ConfigError(f"{where}: {len(problems)} problem(s) in the config", problems)
@@ -284,8 +357,8 @@ def _check_mapping(raw: Any, schema: Mapping[str, Any], prefix: str, base: Path,
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
-        problems.append(f"{prefix.rstrip('.') or '<top>'}: expected a mapping, got {raw!r}")
-        return out
+        problems.append(f"{prefix.rstrip('.') or '<top>'}: expected a mapping of keys, got {raw!r}")
+        raw = {}  # the defaults stand in, so that the other checks still run
     for key in raw:
         if key not in schema:
             guess = difflib.get_close_matches(str(key), list(schema), n=1)
@@ -329,27 +402,37 @@ def _names(types: tuple) -> str:
 
 
 def _check_semantics(values: dict, problems: list[str]) -> None:
+    # A value of the wrong type was reported already; the checks below skip it instead of crashing.
     inp = values["input"]
-    if inp.get("synthetic") is not None and inp.get("images"):
+    synthetic = inp.get("synthetic")
+    if synthetic is not None and inp.get("images"):
         problems.append("input: give either synthetic or images, not both")
-    if not (inp.get("synthetic") is not None or inp.get("images") or inp.get("store")):
+    if not (synthetic is not None or inp.get("images") or inp.get("store")):
         feats = values["features"]["model"]
         if feats not in ("deepprofiler", "cellprofiler"):
             problems.append("input: one of synthetic, images or store is required")
-    if inp.get("synthetic") is not None:
-        _check_kwargs("input.synthetic", inp["synthetic"], "cpzarr.synthetic", "make_screen", problems,
-                      skip=("path",))
+    if isinstance(synthetic, Mapping):
+        if _check_kwargs("input.synthetic", synthetic, "cpzarr.synthetic", "make_screen", problems,
+                         skip=("path",)):
+            _check_screen(synthetic, problems)
     loc = values["locate"]
-    if loc["method"] == "import" and not loc.get("path") and inp.get("synthetic") is None:
+    if loc["method"] == "import" and not loc.get("path") and synthetic is None:
         if values["features"]["model"] not in ("deepprofiler", "cellprofiler"):
             problems.append("locate.path: required when locate.method is 'import' (or use method: detect)")
-    if loc["method"] == "detect" and loc.get("detect"):
-        _check_kwargs("locate.detect", loc["detect"], "cpzarr.cells", "detect_nuclei", problems, skip=("screen",))
+    if loc["method"] == "detect" and isinstance(loc.get("detect"), Mapping) and loc["detect"]:
+        if _check_kwargs("locate.detect", loc["detect"], "cpzarr.cells", "detect_nuclei", problems,
+                         skip=("screen",)):
+            _check_numbers("locate.detect", _lookup("cpzarr.cells", "detect_nuclei"), loc["detect"], problems)
+    channels = values["crops"].get("channels")
+    if isinstance(channels, list) and (not channels or not all(isinstance(c, str) for c in channels)
+                                       or len(set(channels)) != len(channels)):
+        problems.append(f"crops.channels: {channels!r} must be distinct channel names such as [DNA, RNA]")
     feats = values["features"]
     if feats["model"] == "trained" and not feats.get("checkpoint") and values.get("train") is None:
         problems.append("features.checkpoint: required for model 'trained' unless a train section is given")
     if feats["model"] in ("deepprofiler", "cellprofiler") and not feats.get("path"):
         problems.append(f"features.path: required to import {feats['model']} outputs")
+    _check_memory(values["cluster"].get("memory_limit"), problems)
     pipelines = values["profiles"].get("pipelines")
     if pipelines is None:
         values["profiles"]["pipelines"] = pipelines = {
@@ -358,6 +441,8 @@ def _check_semantics(values: dict, problems: list[str]) -> None:
                 {"spherize": {"method": "ZCA-cor", "samples": "control == 'negcon'"}},
             ]
         }
+    if not isinstance(pipelines, Mapping):
+        pipelines = {}
     for name, steps in pipelines.items():
         if name in _RESERVED:
             problems.append(f"profiles.pipelines.{name}: the name is reserved (names a store node; "
@@ -381,22 +466,29 @@ def _check_semantics(values: dict, problems: list[str]) -> None:
             if params is not None and not isinstance(params, Mapping):
                 problems.append(f"{where}.{op}: parameters must be a mapping, got {params!r}")
                 continue
-            _check_kwargs(f"{where}.{op}", params or {}, "cpzarr.profiles", op, problems, skip=("profiles",))
+            if _check_kwargs(f"{where}.{op}", params or {}, "cpzarr.profiles", op, problems, skip=("profiles",)):
+                _check_step_values(f"{where}.{op}", op, params or {}, problems)
     cons = values["profiles"].get("consensus")
-    if cons:
-        _check_kwargs("profiles.consensus", cons, "cpzarr.profiles", "consensus", problems, skip=("profiles",))
+    if isinstance(cons, Mapping) and cons:
+        if _check_kwargs("profiles.consensus", cons, "cpzarr.profiles", "consensus", problems, skip=("profiles",)):
+            _check_step_values("profiles.consensus", "consensus", cons, problems)
     ev = values["evaluate"]
-    for m in ev["metrics"]:
+    for m in ev["metrics"] if isinstance(ev["metrics"], list) else []:
         if m not in _METRICS:
             guess = difflib.get_close_matches(str(m), _METRICS, n=1)
             hint = f"; did you mean {guess[0]!r}?" if guess else ""
             problems.append(f"evaluate.metrics: unknown metric {m!r}{hint} (allowed: {', '.join(_METRICS)})")
-    for p in ev["percentiles"]:
+    for p in ev["percentiles"] if isinstance(ev["percentiles"], list) else []:
         if not isinstance(p, _num) or isinstance(p, bool) or not 0 < p < 100:
             problems.append(f"evaluate.percentiles: {p!r} is not a percentile in (0, 100)")
-    for k in ev["k"]:
+    for k in ev["k"] if isinstance(ev["k"], list) else []:
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             problems.append(f"evaluate.k: {k!r} is not a positive integer")
+    groups = ev["groups"]
+    if isinstance(groups, list) and (not groups or not all(isinstance(g, str) for g in groups)):
+        problems.append(f"evaluate.groups: {groups!r} must be coordinate names such as moa")
+    if isinstance(ev.get("exclude"), str):
+        _check_query("evaluate.exclude", ev["exclude"], problems)
     if values.get("train") is not None:
         validator = _lookup("cpzarr.train", "validate_train_config")
         if validator is not None:
@@ -404,6 +496,101 @@ def _check_semantics(values: dict, problems: list[str]) -> None:
                 validator(values["train"])
             except ConfigError as err:
                 problems.extend(f"train.{p}" for p in (err.problems or [str(err)]))
+
+
+def _check_query(where: str, query: str, problems: list[str]) -> None:
+    """A sample query must parse (the columns it names are known only when the data is)."""
+    parse = _lookup("cpzarr.query", "parse_query")
+    if parse is not None:
+        try:
+            parse(query)
+        except Exception as err:  # noqa: BLE001 - any refusal of the parser is the user's to see
+            problems.append(f"{where}: {query!r} is not a valid query ({err})")
+        return
+    import ast
+
+    try:
+        tree = ast.parse(query.replace("Metadata_", ""), mode="eval")
+    except SyntaxError as err:
+        problems.append(f"{where}: {query!r} is not a valid query ({err.msg} at column {err.offset})")
+        return
+    if any(isinstance(node, (ast.Call, ast.Attribute, ast.Subscript, ast.Lambda)) for node in ast.walk(tree)):
+        problems.append(f"{where}: {query!r} is not a valid query (comparisons of columns with values, "
+                        "and/or/not only: no calls, attributes or indexing)")
+
+
+def _check_memory(limit: Any, problems: list[str]) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, (str, int, float)):
+        return  # its type was reported
+    if isinstance(limit, str) and limit != "auto":
+        from dask.utils import parse_bytes
+
+        try:
+            parse_bytes(limit)
+        except (ValueError, TypeError):
+            problems.append(f"cluster.memory_limit: {limit!r} is not a size such as '4GiB', bytes, "
+                            "a fraction of the machine's memory, or 'auto'")
+    elif isinstance(limit, (int, float)) and limit < 0:
+        problems.append(f"cluster.memory_limit: {limit!r} is negative")
+
+
+def _check_screen(params: Mapping[str, Any], problems: list[str]) -> None:
+    """Values of ``input.synthetic``, checked by the generator's own argument check."""
+    check = _lookup("cpzarr.synthetic", "check_screen_arguments")
+    if check is None:
+        return
+    try:
+        check(**params)
+    except ConfigError as err:
+        problems.extend(f"input.synthetic.{p}" for p in err.problems or [str(err)])
+    except Exception as err:  # noqa: BLE001 - InputError from the generator, or a bad type in it
+        lines = getattr(err, "problems", None) or [str(err)]
+        problems.extend(f"input.synthetic: {line}" for line in lines)
+
+
+def _choices(op: str) -> dict[str, tuple]:
+    """Allowed values of a profile step's string options, from the step's own module."""
+    import importlib
+
+    names = {"normalize": ("_normalize", {"method": "METHODS"}),
+             "spherize": ("_spherize", {"method": "METHODS"}),
+             "consensus": ("_consensus", {"operation": "OPERATIONS"}),
+             "feature_select": ("_select", {"operation": "OPERATIONS"})}
+    if op not in names:
+        return {}
+    module, keys = names[op]
+    mod = importlib.import_module(f"cpzarr.profiles.{module}")
+    return {key: tuple(getattr(mod, const)) for key, const in keys.items() if hasattr(mod, const)}
+
+
+def _check_step_values(where: str, op: str, params: Mapping[str, Any], problems: list[str]) -> None:
+    """Values of a profile step: allowed choices, queries, and numbers where numbers are due."""
+    choices = _choices(op)
+    for key, value in params.items():
+        if key in choices:
+            given = value if isinstance(value, list) and op == "feature_select" else [value]
+            for v in given:
+                if v not in choices[key]:
+                    guess = difflib.get_close_matches(str(v), [str(c) for c in choices[key]], n=1)
+                    hint = f"; did you mean {guess[0]!r}?" if guess else ""
+                    problems.append(f"{where}.{key}: {v!r} is not allowed{hint} "
+                                    f"(allowed: {', '.join(map(str, choices[key]))})")
+        elif key == "samples" and isinstance(value, str) and value != "all":
+            _check_query(f"{where}.{key}", value, problems)
+        else:
+            _check_numbers(where, _lookup("cpzarr.profiles", op), {key: value}, problems)
+
+
+def _check_numbers(where: str, func: Callable, params: Mapping[str, Any], problems: list[str]) -> None:
+    """Numbers and booleans where ``func``'s defaults are numbers and booleans."""
+    defaults = {n: p.default for n, p in inspect.signature(func).parameters.items()}
+    for key, value in params.items():
+        default = defaults.get(key)
+        if isinstance(default, bool) and not isinstance(value, bool):
+            problems.append(f"{where}.{key}: {value!r} is not true or false")
+        elif isinstance(default, _num) and not isinstance(default, bool) and (
+                isinstance(value, bool) or not isinstance(value, _num)):
+            problems.append(f"{where}.{key}: {value!r} is not a number")
 
 
 def _lookup(module: str, name: str) -> Callable | None:
@@ -416,22 +603,27 @@ def _lookup(module: str, name: str) -> Callable | None:
 
 
 def _check_kwargs(where: str, params: Mapping[str, Any], module: str, name: str, problems: list[str],
-                  skip: tuple = ()) -> None:
-    """Check ``params`` against the keyword parameters of ``module.name`` when it can be imported."""
+                  skip: tuple = ()) -> bool:
+    """Check ``params`` against the keyword parameters of ``module.name`` when it can be imported.
+
+    Returns True when every name is a parameter (so that their values can be checked next).
+    """
     func = _lookup(module, name)
     if func is None:
-        return
+        return False
     try:
         sig = inspect.signature(func)
     except (TypeError, ValueError):
-        return
+        return False
     if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
-        return
+        return False
     allowed = [n for n, p in sig.parameters.items()
                if n not in skip and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    before = len(problems)
     for key in params:
         if key not in allowed:
             guess = difflib.get_close_matches(str(key), allowed, n=1)
             hint = f"; did you mean {guess[0]!r}?" if guess else ""
             problems.append(f"{where}.{key}: not a parameter of {module}.{name}{hint} "
                             f"(allowed: {', '.join(allowed)})")
+    return len(problems) == before

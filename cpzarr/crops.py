@@ -10,7 +10,9 @@ Centre
     (``tf.image.crop_and_resize``), which shifts pixels by less than one pixel.
 Edges
     ``edge="skip"`` (the default) leaves out cells whose box leaves the image; ``edge="pad"`` keeps
-    them and fills the outside with zeros. Zero padding is DeepProfiler's behaviour
+    them and fills the outside with zeros. Either way the view's ``attrs`` count them
+    (``cells_at_edge``, ``cells_left_out``, see :func:`edge_counts`); ``cpzarr profile`` and
+    ``cpzarr run`` default to ``"pad"``. Zero padding is DeepProfiler's behaviour
     (``crop_and_resize`` extrapolates with 0), so use ``"pad"`` to get every cell DeepProfiler
     profiles. Skipping is the default because a crop that is half zeros is a different picture of
     a cell. Either way the ``cell`` coordinate holds each crop's index in the ``/cells`` node.
@@ -302,6 +304,7 @@ def crops(screen, box=128, channels=None, edge="skip", scale=None, chunks="site"
         len(channel_names), scale, chunks, read=read if read.array is not None else None,
     )
     picked = table.iloc[index]
+    at_edge = int((~_inside(rows, columns, box, images.sizes["y"], images.sizes["x"])).sum())
     coords = {
         "cell": ("cell", index.astype(np.int64)),
         "plate": ("cell", picked["plate"].to_numpy(object)),
@@ -313,8 +316,35 @@ def crops(screen, box=128, channels=None, edge="skip", scale=None, chunks="site"
     }
     return xr.DataArray(
         array, dims=("cell", "channel", "y", "x"), coords=coords, name="crops",
-        attrs={"box": int(box), "edge": edge, "scale": str(scale)},
+        attrs={"box": int(box), "edge": edge, "scale": str(scale), **edge_counts(len(table), at_edge, edge)},
     )
+
+
+def edge_counts(cells, at_edge, edge):
+    """The ``attrs`` that say how many cells a crop view left out, and why.
+
+    Parameters
+    ----------
+    cells : int
+        Cells located.
+    at_edge : int
+        Of them, cells whose box leaves the image.
+    edge : {"skip", "pad"}
+
+    Returns
+    -------
+    dict
+        ``cells_located``, ``cells_at_edge`` (zero-padded with ``"pad"``), ``cells_left_out``
+        and ``left_out_because`` (empty when none was).
+
+    Examples
+    --------
+    >>> edge_counts(739, 523, "skip")["cells_left_out"]
+    523
+    """
+    left_out = at_edge if edge == "skip" else 0
+    return {"cells_located": int(cells), "cells_at_edge": int(at_edge), "cells_left_out": int(left_out),
+            "left_out_because": "their box leaves the image (edge='skip')" if left_out else ""}
 
 
 # ---------------------------------------------------------------------------------------------

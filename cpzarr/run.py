@@ -8,24 +8,26 @@ resumes where it stopped, and changing a section re-runs that stage and everythi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import platform
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cpzarr._files import write_atomic
-from cpzarr.config import STAGES, Config, load_config
+from cpzarr.config import STAGES, Config, check_paths, load_config
 from cpzarr.errors import ConfigError, StoreError, resource_error
 
 logger = logging.getLogger("cpzarr")
 
-__all__ = ["run", "demo", "RunResult", "DEPENDS"]
+__all__ = ["run", "demo", "RunResult", "RunInterrupted", "DEPENDS"]
 
 #: The config sections each stage's output depends on (changing one re-runs the stage).
 DEPENDS = {
@@ -72,10 +74,22 @@ class RunState:
     def done(self, stage: str, fingerprint: str) -> bool:
         return self.data.get("stages", {}).get(stage, {}).get("fingerprint") == fingerprint
 
+    def started(self, stage: str) -> str | None:
+        """The fingerprint the stage last started with (finished or not), or None."""
+        return self.data.get("started", {}).get(stage)
+
+    def begin(self, stage: str, fingerprint: str) -> None:
+        """Record that ``stage`` starts with ``fingerprint``, so an interrupted run can resume it."""
+        self.data.setdefault("started", {})[stage] = fingerprint
+        self._write()
+
     def mark(self, stage: str, fingerprint: str, seconds: float, **info: Any) -> None:
         self.data.setdefault("stages", {})[stage] = {
             "fingerprint": fingerprint, "seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **info
         }
+        self._write()
+
+    def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(self.path, json.dumps(self.data, indent=2, default=str))
 
@@ -139,6 +153,7 @@ def run(
                               f"(it runs: {', '.join(order)})")
     first = order.index(start) if start else 0
     last = order.index(until) if until else len(order) - 1
+    check_paths(cfg)  # every input path, before hours of ingest
 
     store = Path(cfg.get("output.store") or cfg.get("input.store"))
     state = RunState(store)
@@ -179,9 +194,17 @@ def run(
                 continue
             say(f"[{stage}] running")
             ctx.fingerprint, ctx.force = fp, force
+            # Keep the finished units of an interrupted attempt with this very config; start
+            # afresh when asked to, when re-running a finished stage, or when its config changed.
+            previous = state.started(stage)
+            ctx.fresh = force or finished or (previous is not None and previous != fp)
+            state.begin(stage, fp)
             t0 = time.perf_counter()
             try:
-                info = getattr(stage_impl, f"stage_{stage}")(ctx) or {}
+                with _stage_warnings(stage, echo):
+                    info = getattr(stage_impl, f"stage_{stage}")(ctx) or {}
+            except KeyboardInterrupt:
+                raise RunInterrupted(_interrupted_text(ctx, stage, result.ran + result.skipped)) from None
             except (OSError, MemoryError) as err:  # ENOSPC, MemoryError: say where and that re-running resumes
                 raise resource_error(f"stage {stage!r}", ctx.store, err) from err
             seconds = time.perf_counter() - t0
@@ -198,6 +221,39 @@ def run(
     result.report = report if report.exists() else None
     say(_summary_text(result))
     return result
+
+
+@contextlib.contextmanager
+def _stage_warnings(stage: str, echo: Callable[[str], None] | None):
+    """Warnings raised in this process during ``stage`` printed through ``echo`` as one line naming
+    the stage (``[profiles] SpherizeWarning: ...``) instead of with the source line that raised them."""
+    if echo is None:
+        yield
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        echo(f"[{stage}] {category.__name__}: {message}")
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a stage; the message says what had finished and that re-running resumes."""
+
+
+def _interrupted_text(ctx: Any, stage: str, finished: list[str]) -> str:
+    from cpzarr import stages as stage_impl
+
+    done = f"finished: {', '.join(finished)}" if finished else "no stage had finished"
+    try:
+        units = stage_impl.stage_progress(ctx, stage)
+    except Exception:  # a half-written node must not hide the message
+        units = None
+    where = f"{stage} ({units})" if units else stage
+    return (f"Interrupted during {where}; {done}. Run the same command again to resume; "
+            "finished work is kept.")
 
 
 def demo(out: str | os.PathLike = "cpzarr-demo", **kwargs: Any) -> RunResult:

@@ -37,6 +37,8 @@ class Context:
     client: Any = None
     fingerprint: str | None = None
     force: bool = False
+    #: Start the stage afresh instead of keeping the finished units of an earlier attempt.
+    fresh: bool = False
 
     @property
     def report_dir(self) -> Path:
@@ -60,7 +62,12 @@ class Context:
 
     def summary(self) -> dict:
         info = self.state.info("profiles").get("summary") or self.state.info("features").get("summary") or {}
-        return dict(info)
+        info = dict(info)
+        feats = self.state.info("features")
+        if "cells_left_out" in feats:  # cells the crops left out (crops.edge: skip), and padded
+            info["cells left out (box leaves the image)"] = feats["cells_left_out"]
+            info["cells zero-padded at the image edge"] = feats["cells_at_edge"] - feats["cells_left_out"]
+        return info
 
     def headline(self) -> pd.DataFrame | None:
         path = self.tables_dir / "headline.csv"
@@ -105,10 +112,8 @@ def stage_ingest(ctx: Context) -> dict:
     else:
         table, platemap = inp["images"], inp["platemap"]
     # Same inputs: resume (complete wells are skipped). Other inputs, or --force: start afresh.
-    previous = ctx.state.info("ingest").get("fingerprint")
-    overwrite = ctx.force or (previous is not None and previous != ctx.fingerprint)
     ingest(table, ctx.store, platemap=platemap, scheduler=ctx.client, progress=ctx.progress,
-           overwrite=overwrite)
+           overwrite=ctx.fresh)
     _save_config(ctx)
     return info
 
@@ -145,7 +150,9 @@ def stage_locate(ctx: Context) -> dict:
 # --- train ----------------------------------------------------------------------------------
 
 def _train_dir(ctx: Context) -> Path:
-    return ctx.store.parent / (ctx.store.name.removesuffix(".zarr") + "-train")
+    from cpzarr.train._run import output_folder
+
+    return output_folder(ctx.cfg, ctx.store)
 
 
 def stage_train(ctx: Context) -> dict:
@@ -196,10 +203,12 @@ def stage_features(ctx: Context) -> dict:
         if model == "classical" and name == ctx.feature_sets()[0]:
             from cpzarr.features import classical
 
-            view = make_crops(screen, box=c["box"], channels=c["channels"], edge=c["edge"], scale=None)
+            # Classical measurements read raw intensities unless crops.scale says otherwise.
+            view = make_crops(screen, box=c["box"], channels=c["channels"], edge=c["edge"], scale=c["scale"])
             feats = classical(view)
         elif model == "trained" and name == ctx.feature_sets()[0]:
-            view = make_crops(screen, box=c["box"], channels=c["channels"], edge=c["edge"], scale="minmax")
+            view = make_crops(screen, box=c["box"], channels=c["channels"], edge=c["edge"],
+                              scale=c["scale"] or "minmax")
             checkpoint = f["checkpoint"] or ctx.state.info("train").get("checkpoint")
             if not checkpoint:
                 raise StoreError("features: no trained checkpoint (run the train stage first)")
@@ -207,12 +216,48 @@ def stage_features(ctx: Context) -> dict:
                             batch_size=f["batch_size"], dtype=f["dtype"])
         else:
             arch = model if model not in ("trained", "classical") else "efficientnet-lite0"
-            view = make_crops(screen, box=c["box"], channels=c["channels"], edge=c["edge"], scale="minmax")
+            view = make_crops(screen, box=c["box"], channels=c["channels"], edge=c["edge"],
+                              scale=c["scale"] or "minmax")
             feats = extract(view, model=arch, weights=f["weights"], layer=f["layer"],
                             batch_size=f["batch_size"], dtype=f["dtype"])
-        write_features(ctx.store, name, feats, overwrite=True, scheduler=ctx.client, progress=ctx.progress)
+        counts = {k: view.attrs[k] for k in ("edge", "cells_located", "cells_at_edge", "cells_left_out",
+                                               "left_out_because") if k in view.attrs}
+        feats.attrs.update(counts)  # on the node, for whoever reads it later
+        # Same config as an interrupted attempt: its complete units are kept (write_features
+        # refuses to resume a node of other features).
+        write_features(ctx.store, name, feats, overwrite=ctx.fresh, scheduler=ctx.client,
+                       progress=ctx.progress)
         n_cells = int(feats.sizes["cell"])
-    return {"cells": n_cells}
+    ctx.echo(f"[features] {_edge_line(counts, c['box'])}")
+    return {"cells": n_cells, "cells_left_out": counts.get("cells_left_out", 0),
+            "cells_at_edge": counts.get("cells_at_edge", 0)}
+
+
+def _edge_line(counts: dict, box: int) -> str:
+    """What became of the cells whose box leaves the image, in the config's words."""
+    located, at_edge = counts.get("cells_located", 0), counts.get("cells_at_edge", 0)
+    if counts.get("cells_left_out"):
+        return (f"{counts['cells_left_out']} of {located} cells left out: their {box}-px box leaves the "
+                "image (crops.edge: skip; crops.edge: pad keeps them, zero-padded as DeepProfiler does)")
+    if at_edge:
+        return f"all {located} cells profiled; {at_edge} boxes leaving the image zero-padded (crops.edge: pad)"
+    return f"all {located} cells profiled (no box leaves the image)"
+
+
+def stage_progress(ctx: Context, stage: str) -> str | None:
+    """How much of an unfinished ``stage`` is on disk, e.g. ``"3 of 4 units written"``."""
+    import zarr
+
+    if stage != "features":
+        return None
+    done = total = 0
+    for name in ctx.feature_sets():
+        try:
+            flags = zarr.open_group(str(ctx.store / "features" / name), mode="r")["unit_complete"][:]
+        except (FileNotFoundError, KeyError, ValueError):
+            continue
+        done, total = done + int(flags.sum()), total + flags.size
+    return f"{done} of {total} units written" if total else None
 
 
 def _write_plain_node(store: Path, group: str, dataset) -> None:
@@ -370,87 +415,95 @@ def profile_sets(ctx: Context, level: str | None = None) -> dict[str, Any]:
 
 
 def stage_evaluate(ctx: Context) -> dict:
-    """The metrics of every profile set, one task per set on the run's cluster; tables written here."""
+    """Every profile set through :func:`cpzarr.evaluate.evaluate` (the code path of
+    ``cpzarr evaluate``), one task per set on the run's cluster: its tables, and its headline
+    rows labelled by profile set, written here."""
+    from cpzarr import evaluate as ev
     from cpzarr.cluster import run_task
 
     e = ctx.cfg["evaluate"]
     ctx.tables_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
+    headlines = []
     results: dict[str, dict[str, pd.DataFrame]] = {}
     for label, prof in profile_sets(ctx).items():
-        set_rows, res = run_task(ctx.client, f"evaluate-{_slug(label)}", _evaluate_set, prof, label, e)
-        rows += set_rows
+        set_headline, res = run_task(ctx.client, f"evaluate-{_slug(label)}", _evaluate_set, prof,
+                                     label, e)
+        headlines.append(set_headline)
         results[label] = res
     if "batch_enrichment" in e["metrics"]:
         for label, prof in profile_sets(ctx, level="well").items():
-            if e["batch"] not in prof.coords or "control" not in prof.coords:
+            if ev.resolve_name(prof, e["batch"]) is None or ev.resolve_name(prof, "control") is None:
                 continue
-            be = run_task(ctx.client, f"evaluate-batch-{_slug(label)}", _batch_enrichment, prof, e)
+            be = run_task(ctx.client, f"evaluate-batch-{_slug(label)}", _batch_enrichment, prof,
+                          label, e)
             results.setdefault(label, {})["batch_enrichment"] = be
-            top = _headline_percentile(be)
-            rows.append((label, f"DMSO batch enrichment@{top['percentile']:g}", float(top["odds_ratio"])))
+            top = ev.headline_percentile(be)
+            headlines.append(pd.DataFrame({
+                "metric": [f"DMSO batch enrichment@{top['percentile']:g}"],
+                "value": [float(top["odds_ratio"])], "profiles": [label]}))
     for label, res in results.items():
         for metric, table in res.items():
             table.to_csv(ctx.tables_dir / f"{_slug(label)}.{metric}.csv", index=False)
-    headline = pd.DataFrame(rows, columns=["profiles", "metric", "value"])
+    headline = (pd.concat(headlines, ignore_index=True) if headlines
+                else pd.DataFrame(columns=["profiles", "metric", "value"]))
+    headline = headline[["profiles", "metric", "value"]]
     headline.to_csv(ctx.tables_dir / "headline.csv", index=False)
     (ctx.tables_dir / "sets.json").write_text(json.dumps({_slug(k): k for k in results}))
     return {}
 
 
-def _evaluate_set(prof, label: str, e: dict) -> tuple[list, dict]:
+def _evaluate_options(e: dict) -> dict:
+    """cpzarr.evaluate.evaluate's keyword arguments from the evaluate config section."""
+    return dict(
+        k=e["k"], percentiles=e["percentiles"], null_size=e.get("null_size", 10_000),
+        seed=e.get("seed", 0), threshold=e.get("threshold", 0.05),
+    )
+
+
+def _evaluate_set(prof, label: str, e: dict) -> tuple[pd.DataFrame, dict]:
     """Headline rows and metric tables of one profile set (run as one task)."""
     from cpzarr import evaluate as ev
 
     groups = e["groups"]
-    rows: list = []
+    mask = f"~({e['exclude']})" if e["exclude"] else None
     prof = prof.load()
-    if e["exclude"]:
-        prof = prof.isel(sample=~query_mask(e["exclude"], ev.sample_table(prof), what="evaluate.exclude"))
     res: dict[str, pd.DataFrame] = {}
-    if "precision_recall" in e["metrics"]:
-        pr = ev.precision_recall(prof, groups, k=tuple(e["k"]))
-        res["precision_recall"] = pr
-        rows += [(label, f"precision@{k}", v) for k, v in pr.groupby("k")["precision"].mean().items()]
-        rows += [(label, f"recall@{k}", v) for k, v in pr.groupby("k")["recall"].mean().items()]
-    if "mean_average_precision" in e["metrics"]:
-        ap = ev.average_precision(prof, groups)
-        m = ev.mean_average_precision(groups=groups, ap=ap, null_size=2000)
-        res["average_precision"], res["mean_average_precision"] = ap, m
-        rows.append((label, "mAP", float(m["mean_average_precision"].mean())))
-        rows.append((label, "precision@R", float(ap["precision_at_r"].mean())))
-        rows.append((label, "fraction retrieved (corrected p<0.05)", float(m["below_corrected_p"].mean())))
-    if "enrichment" in e["metrics"]:
-        en = ev.enrichment(prof, groups, percentiles=tuple(e["percentiles"]))
-        res["enrichment"] = en
-        top = _headline_percentile(en)
-        rows.append((label, f"enrichment@{top['percentile']:g}", float(top["odds_ratio"])))
-    if "hitk" in e["metrics"]:
-        hits, scores = ev.hitk(prof, groups)
-        res["hitk"] = scores
+    headline = pd.DataFrame(columns=["metric", "value", "profiles"])
+    wanted = [m for m in ev.METRICS if m in e["metrics"]]
+    if wanted:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            out = ev.evaluate(prof, groups, mask=mask, metrics=wanted, **_evaluate_options(e))
+        for warning in caught:  # say which profile set a data-size warning is about
+            warnings.warn(f"evaluate {label}: {warning.message}", warning.category, stacklevel=2)
+        res.update({k: v for k, v in out.items() if k not in ("hits", "headline", "summary")})
+        headline = out["headline"].assign(profiles=label)
     if "replicate_reproducibility" in e["metrics"]:
-        rr = ev.replicate_reproducibility(prof, groups)
-        res["replicate_reproducibility"] = rr
-    return rows, res
+        score, medians = ev.replicate_reproducibility(prof, groups, mask=mask)
+        res["replicate_reproducibility"] = medians.assign(score=score)
+    return headline, res
 
 
-def _batch_enrichment(prof, e: dict) -> pd.DataFrame:
+def _batch_enrichment(prof, label: str, e: dict) -> pd.DataFrame:
     """DMSO batch enrichment of one set of well profiles (run as one task)."""
     from cpzarr import evaluate as ev
 
-    return ev.batch_enrichment(prof.load(), batch=e["batch"], percentiles=tuple(e["percentiles"]))
+    prof = prof.load()
+    n_controls = int((ev.sample_table(prof)[ev.resolve_name(prof, "control")] == "negcon").sum())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        wanted = ev.default_percentiles(n_controls, e["percentiles"])
+    for warning in caught:
+        warnings.warn(f"DMSO batch enrichment {label}: {warning.message}", warning.category,
+                      stacklevel=2)
+    return ev.batch_enrichment(prof, batch=e["batch"], percentiles=wanted)
 
 
 def _headline_percentile(table: pd.DataFrame, min_pairs: int = 20) -> pd.Series:
-    """The row of the highest percentile whose "similar" side holds at least ``min_pairs`` pairs.
+    """Kept for callers of the old name: :func:`cpzarr.evaluate.headline_percentile`."""
+    from cpzarr.evaluate import headline_percentile
 
-    On a small screen the top 0.5 % of pairs can be a handful, whose odds ratio is noise (often
-    infinite); the full curve is in the tables and the report.
-    """
-    ordered = table.sort_values("percentile", ascending=False)
-    above = ordered["same_above"] + ordered["different_above"]
-    enough = ordered[above >= min_pairs]
-    return enough.iloc[0] if len(enough) else ordered.iloc[-1]
+    return headline_percentile(table, min_pairs)
 
 
 def _slug(label: str) -> str:

@@ -312,7 +312,8 @@ def screen_info(path) -> dict:
         ``path``, ``complete``, ``plates``, ``wells`` (names), ``sites`` (site numbers),
         ``sites_present``, ``sites_total`` (plates × wells × sites), ``wells_present``,
         ``channels``, ``dtype``, ``image_shape`` (y, x), ``raw_bytes`` (pixel bytes of the present
-        sites), ``disk_bytes`` (the store folder), ``nodes`` (every group below the root).
+        sites), ``disk_bytes`` (the store folder), ``images_disk_bytes`` (the images array alone),
+        ``nodes`` (every group below the root).
 
     Examples
     --------
@@ -329,6 +330,8 @@ def screen_info(path) -> dict:
     _, _, _, n_channels, ny, nx = images.shape
     itemsize = np.dtype(images.dtype).itemsize
     disk = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    # The pixels' own bytes, so that the ratio compares like with like (features nodes excluded).
+    images_disk = sum(f.stat().st_size for f in (path / "images").rglob("*") if f.is_file())
     attrs = dict(group.attrs)
     return {
         "path": str(path),
@@ -346,6 +349,7 @@ def screen_info(path) -> dict:
         "wells_present": int(present.any(axis=2).sum()),
         "raw_bytes": int(present.sum()) * n_channels * ny * nx * itemsize,
         "disk_bytes": int(disk),
+        "images_disk_bytes": int(images_disk),
         "nodes": _nodes(path),
     }
 
@@ -358,7 +362,8 @@ def format_info(info: dict) -> str:
     >>> print(format_info(screen_info("screen.zarr")))  # doctest: +SKIP
     """
     plates = info["plates"]
-    ratio = info["disk_bytes"] / info["raw_bytes"] if info["raw_bytes"] else float("nan")
+    images = info.get("images_disk_bytes", info["disk_bytes"])
+    ratio = images / info["raw_bytes"] if info["raw_bytes"] else float("nan")
     lines = [
         f"store      {info['path']}" + ("" if info["complete"] else "  (INCOMPLETE: re-run the ingest to finish it)"),
         f"plates     {len(plates)}: {_shorten(plates)}",
@@ -367,8 +372,8 @@ def format_info(info: dict) -> str:
         f"({len(info['sites'])} per well: {_shorten([str(s) for s in info['sites']])})",
         f"channels   {', '.join(info['channels'])}",
         f"images     {info['dtype']}, {info['image_shape'][0]} x {info['image_shape'][1]} pixels",
-        f"size       {_human(info['disk_bytes'])} on disk, {_human(info['raw_bytes'])} of raw pixels "
-        f"(ratio {ratio:.2f})",
+        f"size       {_human(info['disk_bytes'])} on disk; images {_human(images)} for "
+        f"{_human(info['raw_bytes'])} of raw pixels (ratio {ratio:.2f})",
         f"nodes      {', '.join(info['nodes']) if info['nodes'] else '(none besides the images)'}",
     ]
     return "\n".join(lines)

@@ -12,8 +12,9 @@ def test_defaults_and_types():
     cfg = load_config(text="input: {synthetic: {}}\nfeatures: {model: classical}")
     assert cfg.get("features.model") == "classical"
     assert cfg.get("crops.box") == 128
-    assert cfg.get("crops.edge") == "skip"
-    assert cfg.get("evaluate.percentiles")[0] == 99.5
+    assert cfg.get("crops.edge") == "pad"  # what DeepProfiler does; skip leaves cells out
+    assert cfg.get("evaluate.percentiles") is None  # picked from the data (cpzarr.evaluate)
+    assert cfg.get("evaluate.null_size") == 10_000
     assert "spherized" in cfg.get("profiles.pipelines")
 
 

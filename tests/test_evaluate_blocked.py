@@ -217,7 +217,8 @@ def test_evaluate_equals_single_metrics():
         results["precision_recall"], ev.precision_recall(profiles, "moa", k=[2, 5], mask=mask)
     )
     pd.testing.assert_frame_equal(
-        results["average_precision"], ev.average_precision(profiles, "moa", mask=mask)
+        results["average_precision"],
+        ev.average_precision(profiles, "moa", mask=mask, null_size=500),
     )
     pd.testing.assert_frame_equal(
         results["enrichment"], ev.enrichment(profiles, "moa", [99, 95], mask=mask)
@@ -225,7 +226,7 @@ def test_evaluate_equals_single_metrics():
     hits, scores = ev.hitk(profiles, "moa", [5, 50], mask=mask)
     np.testing.assert_array_equal(results["hits"], hits)
     pd.testing.assert_frame_equal(results["hitk"], scores)
-    assert results["summary"]["precision_at_r"].iloc[0] == pytest.approx(
+    assert results["summary"]["precision@R"].iloc[0] == pytest.approx(
         results["average_precision"]["precision_at_r"].mean()
     )
 

@@ -35,5 +35,5 @@ def test_pipeline_command_rejects_unknown_recipe(tmp_path):
     write_profiles(profiles, tmp_path / "w.parquet")
     result = CliRunner().invoke(main, ["profiles", "pipeline", str(tmp_path / "w.parquet"),
                                        str(tmp_path / "o.parquet"), "--recipe", "nope"])
-    assert result.exit_code != 0
-    assert "unknown pipeline recipe" in result.output  # a message, not a traceback
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: unknown pipeline recipe 'nope'")  # the message, no traceback

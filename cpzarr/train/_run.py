@@ -240,29 +240,39 @@ def _screen_crops(screen, box, channels, edge):
 
 
 def _atomic_save(model, path: Path):
+    from cpzarr._keras import saving_weights
+
     tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
+    with saving_weights():
+        model.save(tmp)
     os.replace(tmp, path)
 
 
-def _plot_history(history: pd.DataFrame, path: Path):
-    import matplotlib
+def _history_figure(history: pd.DataFrame):
+    """Loss, accuracy (training and validation) and the learning rate per epoch."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, metric in zip(axes, ("loss", "accuracy")):
-        ax.plot(history["epoch"], history[metric], "o-", label="training")
-        if f"val_{metric}" in history:
-            ax.plot(history["epoch"], history[f"val_{metric}"], "o-", label="validation")
+    panels = [m for m in ("loss", "accuracy", "learning_rate") if m in history]
+    fig = Figure(figsize=(4.5 * len(panels), 3.5))
+    for ax, metric in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        if metric == "learning_rate":
+            ax.plot(history["epoch"], history[metric], "o-", color="tab:gray")
+            ax.set_ylabel("learning rate (end of epoch)")
+        else:
+            ax.plot(history["epoch"], history[metric], "o-", label="training")
+            if f"val_{metric}" in history:
+                ax.plot(history["epoch"], history[f"val_{metric}"], "o-", label="validation")
+            ax.set_ylabel(metric)
+            ax.legend()
         ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-        ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def _plot_history(history: pd.DataFrame, path: Path):
+    fig = _history_figure(history)
     tmp = path.with_name(f".{path.name}")
     fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
     os.replace(tmp, path)
 
 
@@ -512,6 +522,17 @@ def _deterministic_ops():
         )
 
 
+def output_folder(config, store) -> Path:
+    """Where a config's training writes: ``train.output`` (relative to the config's folder), else
+    a ``train`` folder beside the store. ``cpzarr train`` and ``cpzarr run`` both use it."""
+    output = (config.get("train") or {}).get("output")
+    if output is None:
+        return Path(store).parent / "train"
+    if config.source is not None and not Path(output).is_absolute():
+        return Path(config.source).resolve().parent / output
+    return Path(output)
+
+
 def train_from_config(config, *, resume: bool = False, client: Any = None,
                       progress: bool = True) -> TrainResult:
     """Run the ``train:`` section of an experiment config on the run's store.
@@ -547,13 +568,8 @@ def train_from_config(config, *, resume: bool = False, client: Any = None,
             "train: no store to train on; run ingest and locate first",
             [f"output.store / input.store: {', '.join(str(p) for p in candidates if p) or 'unset'}"],
         )
-    output = options.output
-    if output is None:
-        output = store.parent / "train"
-    elif config.source is not None and not Path(output).is_absolute():
-        output = Path(config.source).resolve().parent / output
     return train(
-        open_screen(store), output, options, box=config.get("crops.box", 128),
+        open_screen(store), output_folder(config, store), options, box=config.get("crops.box", 128),
         channels=config.get("crops.channels"), edge=config.get("crops.edge", "skip"),
         resume=resume, client=client, progress=progress,
     )
