@@ -176,6 +176,7 @@ def read_image_table(table, channels=None) -> tuple[pd.DataFrame, pd.DataFrame, 
     raw["plate"] = sites["plate"].values
     raw["well"] = sites["well"].values
     well_metadata = _constant_within_wells(raw, source)
+    well_metadata.attrs["source_names"] = normalize_columns(raw).attrs["source_names"]
     unknown = [c for c in (channels or ()) if c not in found]
     return sites, well_metadata, order, {"format": fmt, "source": source, "unknown_channels": unknown, "found_channels": found}
 
@@ -200,8 +201,14 @@ def read_platemap(platemap) -> tuple[pd.DataFrame, str]:
     --------
     >>> frame, source = read_platemap("platemap.csv")  # doctest: +SKIP
     """
-    frame, source = read_table(platemap, what="platemap")
+    from cpzarr.formats.lincs import is_lincs_platemap, read_lincs_platemap
+
+    if is_lincs_platemap(platemap):  # barcode_platemap.csv + platemap/<name>.txt
+        frame, source = read_lincs_platemap(platemap), str(Path(platemap).resolve())
+    else:
+        frame, source = read_table(platemap, what="platemap")
     frame = normalize_columns(frame)
+    names = frame.attrs["source_names"]
     if "well" not in frame.columns:
         raise InputError(f"The platemap {source} has no well column (well, well_position or Metadata_Well).")
     frame["well"] = frame["well"].map(normalize_well)
@@ -215,13 +222,16 @@ def read_platemap(platemap) -> tuple[pd.DataFrame, str]:
             f"The platemap {source} lists some wells more than once.",
             [f"{'/'.join(r)} appears {int((frame[keys].apply(tuple, axis=1) == r).sum())} times" for r in rows],
         )
+    frame.attrs["source_names"] = names
     return frame, source
 
 
 def normalize_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """Drop ``Metadata_`` prefixes, lower-case names and apply the field's renames.
 
-    Returns a new frame; when two source columns map to one name, the first wins.
+    Returns a new frame; when two source columns map to one name, the first wins. Its
+    ``attrs["source_names"]`` maps each new name to the column's name as written (without
+    ``Metadata_``), so that exports can restore it.
 
     Examples
     --------
@@ -237,7 +247,13 @@ def normalize_columns(frame: pd.DataFrame) -> pd.DataFrame:
         names.append(_RENAMES.get(name, name))
     out = frame.copy()
     out.columns = names
-    return out.loc[:, ~out.columns.duplicated()]
+    out = out.loc[:, ~out.columns.duplicated()]
+    written = {}
+    for name, col in zip(names, frame.columns):
+        col = str(col)
+        written.setdefault(name, col[len("metadata_"):] if col.lower().startswith("metadata_") else col)
+    out.attrs["source_names"] = written
+    return out
 
 
 def derive_store_metadata(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -270,6 +286,12 @@ def derive_store_metadata(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]
         elif "broad_sample" in out.columns:
             out["compound"] = out["broad_sample"]
             notes.append("compound taken from broad_sample")
+        if "compound" in out.columns and "solvent" in out.columns:
+            # LINCS platemaps leave broad_sample empty in the solvent-only (DMSO) wells
+            empty = out["compound"].map(is_blank) & ~out["solvent"].map(is_blank)
+            if empty.any():
+                out["compound"] = out["compound"].astype(object).where(~empty, out["solvent"])
+                notes.append("compound taken from solvent where it is otherwise empty (solvent-only wells)")
     if "dose" not in out.columns:
         for alias in ("mmoles_per_liter", "concentration"):
             if alias in out.columns:

@@ -70,6 +70,7 @@ SCHEMA: dict[str, Any] = {
         "scale": Key(_opt_str, None, choices=(None, "minmax", "deepprofiler"),
                      help="crop scaling; null: the model's own (raw for classical, minmax for networks)"),
         "channels": Key((list, type(None)), None, help="channels to use (default: all)"),
+        "illumination": Key((bool,), False, help="divide images by the /illumination fields (computed if missing)"),
     },
     "features": {
         "model": Key(

@@ -70,13 +70,15 @@ def ingest(
     table : str, Path or DataFrame
         A CellProfiler load_data CSV (``FileName_Orig<Ch>``, ``PathName_Orig<Ch>``) or a
         DeepProfiler index.csv (one column of paths per channel, relative to the CSV's folder);
-        the format is recognised from the columns. Its other ``Metadata_*`` columns that are
+        the format is recognised from the columns. Or an OME-Zarr HCS plate (NGFF 0.4 / Zarr v2
+        or 0.5 / Zarr v3), or a folder of plates (:mod:`cpzarr.formats.ome_zarr`). Its other ``Metadata_*`` columns that are
         constant within a well become well metadata.
     store : str or Path
         The store directory to create (or resume).
     platemap : str, Path or DataFrame, optional
         Well metadata keyed by (plate, well), or by well only when one layout serves every plate
-        (``well_position`` is accepted). Its columns win over the image table's. Field names are
+        (``well_position`` is accepted); or a LINCS ``barcode_platemap.csv`` beside its
+        ``platemap/<Plate_Map_Name>.txt`` files (:mod:`cpzarr.formats.lincs`). Its columns win over the image table's. Field names are
         normalised (``control_type`` → ``control``, ``pert_iname``/``broad_sample`` →
         ``compound``, ``mmoles_per_liter`` → ``dose``, ``Batch_Number`` → ``batch``). Every imaged
         well must be in it.
@@ -122,7 +124,9 @@ def ingest(
     from cpzarr import __version__
     from cpzarr.store import open_screen
 
-    plan = plan_ingest(table, platemap=platemap, channels=channels)
+    from cpzarr.formats.ome_zarr import is_hcs, plan_hcs
+
+    plan = (plan_hcs if is_hcs(table) else plan_ingest)(table, platemap=platemap, channels=channels)
     store = Path(store)
     params = {
         "stage": "ingest",
@@ -329,6 +333,8 @@ def read_image(path, shape=None, dtype=None, out=None) -> np.ndarray:
     >>> read_image("r01c01f01p01-ch1sk1fk1fl1.png").shape  # doctest: +SKIP
     (1080, 1080)
     """
+    if hasattr(path, "read_plane"):  # one channel of an OME-Zarr field (cpzarr.formats.ome_zarr)
+        return path.read_plane(shape, dtype, out)
     path = str(path)
     if out is not None:
         shape, dtype = out.shape, out.dtype
@@ -423,6 +429,9 @@ def _join_metadata(table_meta, sites, platemap, problems):
         frame = frame.drop(columns=[c for c in pm_cols if c in frame.columns]).merge(
             joined, on=["plate", "well"], how="left"
         )
+    # each column's name as the sources wrote it, kept for Pycytominer-named exports
+    frame.attrs["source_names"] = {**table_meta.attrs.get("source_names", {}),
+                                   **(pm.attrs.get("source_names", {}) if platemap is not None else {})}
     frame, notes = _tables.derive_store_metadata(frame)
     if "batch" in frame.columns:
         per_plate = frame.groupby("plate")["batch"].nunique()
@@ -490,7 +499,9 @@ def _fmt(header) -> str:
 def _metadata_dataset(frame, plates, wells, sites, channels):
     import xarray as xr
 
+    names = frame.attrs.get("source_names", {})
     frame = frame.set_index(["plate", "well"])
+    frame.attrs["source_names"] = names
     grid = pd.MultiIndex.from_product([plates, wells], names=["plate", "well"])
     full = frame.reindex(grid)
     ds = xr.Dataset(
@@ -507,6 +518,9 @@ def _metadata_dataset(frame, plates, wells, sites, channels):
             continue
         values = _tables.as_store_column(full[col]).reshape(len(plates), len(wells))
         ds[col] = (("plate", "well"), values)
+        written = frame.attrs.get("source_names", {}).get(col)
+        if written and written != col:
+            ds[col].attrs["source_name"] = written
     # batch is a label even when the source numbers it (LINCS Batch_Number 1, 3)
     batch_values = (
         batch.map(lambda v: "" if _tables.is_blank(v) else _tables.as_label(v)).to_numpy(dtype=object)

@@ -198,17 +198,25 @@ def stage_features(ctx: Context) -> dict:
 
     screen = open_screen(ctx.store)
     c = ctx.cfg["crops"]
+    if c["illumination"]:
+        from cpzarr import illumination
+        from cpzarr.store import node_exists
+
+        if not node_exists(ctx.store, illumination.NODE):
+            illumination.write(ctx.store)
+    light = True if c["illumination"] else None
     n_cells = 0
     for name in ctx.feature_sets():
         if model == "classical" and name == ctx.feature_sets()[0]:
             from cpzarr.features import classical
 
             # Classical measurements read raw intensities unless crops.scale says otherwise.
-            view = make_crops(screen, box=c["box"], channels=c["channels"], edge=c["edge"], scale=c["scale"])
+            view = make_crops(screen, box=c["box"], channels=c["channels"], edge=c["edge"],
+                              illumination=light, scale=c["scale"])
             feats = classical(view)
         elif model == "trained" and name == ctx.feature_sets()[0]:
             view = make_crops(screen, box=c["box"], channels=c["channels"], edge=c["edge"],
-                              scale=c["scale"] or "minmax")
+                              illumination=light, scale=c["scale"] or "minmax")
             checkpoint = f["checkpoint"] or ctx.state.info("train").get("checkpoint")
             if not checkpoint:
                 raise StoreError("features: no trained checkpoint (run the train stage first)")
@@ -217,7 +225,7 @@ def stage_features(ctx: Context) -> dict:
         else:
             arch = model if model not in ("trained", "classical") else "efficientnet-lite0"
             view = make_crops(screen, box=c["box"], channels=c["channels"], edge=c["edge"],
-                              scale=c["scale"] or "minmax")
+                              illumination=light, scale=c["scale"] or "minmax")
             feats = extract(view, model=arch, weights=f["weights"], layer=f["layer"],
                             batch_size=f["batch_size"], dtype=f["dtype"])
         counts = {k: view.attrs[k] for k in ("edge", "cells_located", "cells_at_edge", "cells_left_out",
@@ -289,23 +297,13 @@ def _write_plain_node(store: Path, group: str, dataset) -> None:
 
 def well_metadata(ctx: Context, profiles):
     """Attach the store's well metadata (compound, dose, moa, control, batch, …) to well profiles."""
+    from cpzarr.export import attach_metadata
     from cpzarr.store import open_screen
 
     if ctx.cfg.get("input.store") is None and ctx.cfg.get("input.images") is None \
             and ctx.cfg.get("input.synthetic") is None:
         return _platemap_metadata(ctx, profiles)
-    root = open_screen(ctx.store).to_dataset()
-    plates = profiles["plate"].values
-    wells = profiles["well"].values
-    pi = pd.Index(root["plate"].values.astype(str)).get_indexer(plates.astype(str))
-    wi = pd.Index(root["well"].values.astype(str)).get_indexer(wells.astype(str))
-    coords = {}
-    for name, var in root.data_vars.items():
-        if var.dims == ("plate", "well") and name not in profiles.coords:
-            coords[name] = ("sample", np.asarray(var.values)[pi, wi])
-        elif var.dims == ("plate",) and name not in profiles.coords:
-            coords[name] = ("sample", np.asarray(var.values)[pi])
-    return profiles.assign_coords(coords)
+    return attach_metadata(profiles, open_screen(ctx.store).to_dataset())
 
 
 def _platemap_metadata(ctx: Context, profiles):

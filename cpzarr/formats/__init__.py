@@ -12,7 +12,11 @@ Examples
 
 # One import per line, sorted: modules added on other branches merge as a union.
 from cpzarr.formats import cellprofiler  # noqa: F401
+from cpzarr.formats import cytotable  # noqa: F401
 from cpzarr.formats import deepprofiler  # noqa: F401
+from cpzarr.formats import lincs  # noqa: F401
 from cpzarr.formats import load_data  # noqa: F401
+from cpzarr.formats import ome_zarr  # noqa: F401
 from cpzarr.formats import platemap  # noqa: F401
+from cpzarr.formats import sqlite  # noqa: F401
 from cpzarr.formats._contract import KINDS, Format, find_format, formats, get_format, register  # noqa: F401

@@ -17,6 +17,10 @@ from cpzarr.errors import InputError, StoreError
 
 PREFIX = "Metadata_"
 _RESERVED = ("sample", "feature")
+#: The store's key coordinates and Pycytominer's names for them.
+KEY_NAMES = {"plate": "Plate", "well": "Well", "site": "Site"}
+#: ``DataFrame.attrs`` key mapping each renamed metadata column back to its coordinate.
+CPZARR_COORDS = "cpzarr_coords"
 
 
 def _refuse_mostly_numeric(df, candidates):
@@ -56,12 +60,14 @@ def from_pycytominer(df, features="infer"):
     Returns
     -------
     profiles : DataArray (sample, feature)
-        Named ``profiles``; metadata as coordinates along ``sample`` without the prefix.
+        Named ``profiles``; metadata as coordinates along ``sample`` without the prefix, and
+        ``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site`` as the store's ``plate``,
+        ``well``, ``site``.
 
     Examples
     --------
     >>> df = pd.DataFrame({"Metadata_Plate": ["p", "p"], "Cells_x": [1.0, 2.0]})
-    >>> from_pycytominer(df).coords["Plate"].values.tolist()
+    >>> from_pycytominer(df).coords["plate"].values.tolist()
     ['p', 'p']
     """
     if not isinstance(df, pd.DataFrame):
@@ -89,8 +95,13 @@ def from_pycytominer(df, features="infer"):
     metadata = [c for c in columns if c not in feature_set]
 
     coords, unprefixed = {}, []
+    keys = {v: k for k, v in KEY_NAMES.items()}
+    written = df.attrs.get(CPZARR_COORDS) or {}  # column → coordinate, kept by Parquet and .h5ad
     for column in metadata:
         name = column[len(PREFIX):] if column.startswith(PREFIX) else column
+        if column.startswith(PREFIX):
+            name = keys.get(name, name)  # Metadata_Plate, _Well, _Site → the store's plate, well, site
+        name = written.get(column, name)
         if not column.startswith(PREFIX):
             unprefixed.append(column)
         if name in coords or name in _RESERVED:
@@ -116,13 +127,19 @@ def from_pycytominer(df, features="infer"):
     return xr.DataArray(values, dims=("sample", "feature"), coords=coords, name="profiles", attrs=attrs)
 
 
-def to_pycytominer(profiles):
+def to_pycytominer(profiles, names=None):
     """Convert a profile DataArray to a Pycytominer-convention frame.
 
     Parameters
     ----------
     profiles : DataArray (sample, feature)
         Computed if dask-backed.
+    names : dict, optional
+        Coordinate → column name (without ``Metadata_``) for metadata columns. By default a
+        column keeps the name :func:`from_pycytominer` read it under; otherwise the name the
+        platemap or image table wrote (``attrs["pycytominer_names"]``, which the store's well
+        metadata carry: ``control`` → ``control_type``, ``plate_map_name`` → ``Plate_Map_Name``);
+        ``plate``, ``well`` and ``site`` become ``Plate``, ``Well`` and ``Site``.
 
     Returns
     -------
@@ -138,12 +155,26 @@ def to_pycytominer(profiles):
     """
     _check_profiles(profiles)
     unprefixed = set(json.loads(profiles.attrs.get("pycytominer_unprefixed", "[]")))
-    data = {}
-    for name, coord in profiles.coords.items():
+    recorded = json.loads(profiles.attrs.get("pycytominer_columns", "[]"))
+    written = {**KEY_NAMES, **json.loads(profiles.attrs.get("pycytominer_names", "{}")), **(names or {})}
+    data, coords_of = {}, {}
+    order = list(KEY_NAMES)  # plate, well, site first
+    keys_first = sorted(profiles.coords.items(), key=lambda item: order.index(item[0]) if item[0] in order else 3)
+    for name, coord in keys_first:
         if name in _RESERVED or coord.dims != ("sample",):
             continue
-        column = name if name in unprefixed else PREFIX + name
+        if name in unprefixed:
+            column = name
+        elif PREFIX + name in recorded and not (names and name in names):
+            column = PREFIX + name
+        else:
+            column = PREFIX + written.get(name, name)
+        if column in data:
+            raise InputError(f"metadata {name!r} and another coordinate both become the column {column!r}; "
+                             "rename one or pass names=")
         data[column] = coord.values
+        if column != PREFIX + name and column != name:
+            coords_of[column] = name
     values = np.asarray(profiles.transpose("sample", "feature").values)
     features = [str(f) for f in profiles["feature"].values]
     dtypes = json.loads(profiles.attrs.get("pycytominer_dtypes", "{}"))
@@ -156,9 +187,10 @@ def to_pycytominer(profiles):
     if "sample" in profiles.coords:
         index = pd.Index(profiles["sample"].values)
     frame = pd.DataFrame(data, index=index)
-    recorded = json.loads(profiles.attrs.get("pycytominer_columns", "[]"))
     if recorded and set(recorded) == set(frame.columns):
         frame = frame[recorded]
+    if coords_of:  # Parquet and .h5ad keep this, so reading the file back restores the coordinates
+        frame.attrs[CPZARR_COORDS] = coords_of
     return frame
 
 
@@ -168,7 +200,8 @@ def read_profiles(path, node=None, features="infer"):
     Parameters
     ----------
     path : str or Path
-        ``.parquet``, ``.csv`` or ``.csv.gz`` in the Pycytominer convention, or a Zarr store.
+        ``.parquet``, ``.csv`` or ``.csv.gz`` in the Pycytominer convention, an AnnData ``.h5ad``
+        file, or a Zarr store.
     node : str, optional
         For a Zarr store, the group holding ``profiles``, e.g. ``"profiles/efficientnet/well"``.
     features : list of str or "infer"
@@ -208,6 +241,11 @@ def read_profiles(path, node=None, features="infer"):
             return from_pycytominer(frame, features=features)
         except InputError as error:
             raise InputError(f"{path}: {error}") from None
+    if kind == "h5ad":
+        from cpzarr.formats.h5ad import read_h5ad
+
+        frame, names = read_h5ad(path)
+        return from_pycytominer(frame, features=names if features == "infer" else features)
     _zarr_threads_like_dask()
     try:
         dataset = xr.open_zarr(path, group=node, zarr_format=3, consolidated=False)
@@ -230,7 +268,8 @@ def write_profiles(profiles, path, node=None, mode="w"):
     ----------
     profiles : DataArray (sample, feature)
     path : str or Path
-        ``.parquet``, ``.csv`` or ``.csv.gz`` (Pycytominer convention), anything else is a Zarr store.
+        ``.parquet``, ``.csv`` or ``.csv.gz`` (Pycytominer convention), ``.h5ad`` (AnnData: metadata
+        in ``obs``, features in ``X``; needs ``anndata``), anything else is a Zarr store.
     node : str, optional
         Group inside the Zarr store, e.g. ``"profiles/efficientnet/well"``.
     mode : {"w", "w-"}, default "w"
@@ -252,6 +291,10 @@ def write_profiles(profiles, path, node=None, mode="w"):
         to_pycytominer(profiles).to_parquet(path)
     elif kind == "csv":
         to_pycytominer(profiles).to_csv(path, index=False)
+    elif kind == "h5ad":
+        from cpzarr.formats.h5ad import write_h5ad
+
+        write_h5ad(to_pycytominer(profiles), path, features=[str(f) for f in profiles["feature"].values])
     else:
         _zarr_threads_like_dask()
         profiles = profiles.rename("profiles")
@@ -312,6 +355,8 @@ def _kind(path):
         return "parquet"
     if name.endswith(".csv") or name.endswith(".csv.gz") or name.endswith(".tsv"):
         return "csv"
+    if name.endswith(".h5ad"):
+        return "h5ad"
     return "zarr"
 
 
