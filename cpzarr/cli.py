@@ -415,7 +415,7 @@ def profiles_pipeline(source, target, node, out_node, recipe):
 @click.option("--groups", "-g", multiple=True, required=True,
               help="Sample coordinate(s) defining positives, e.g. --groups moa or Metadata_moa (repeatable).")
 @click.option("--mask", default=None, metavar="QUERY",
-              help="Samples to keep, a pandas query on the metadata, e.g. \"control != 'negcon'\".")
+              help="Samples to keep, a query on the metadata (see README, Queries), e.g. \"control != 'negcon'\".")
 @click.option("--node", default=None,
               help="Store node holding the profiles (Zarr input); without it the profile nodes are listed.")
 @click.option("--output", "-o", type=click.Path(file_okay=False), default="evaluation",

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from cpzarr import _tables
-from cpzarr.errors import InputError, StoreError
+from cpzarr.errors import InputError, StoreError, resource_error
 
 logger = logging.getLogger("cpzarr")
 
@@ -142,13 +142,31 @@ def ingest(
     # a store just created has no markers to check: every well is to write
     todo = plan.wells_with_sites if created else _wells_to_write(store, plan)
     logger.info("ingest %s: %d of %d wells to write", store, len(todo), len(plan.wells_with_sites))
-    _run_wells(store, plan, todo, scheduler=scheduler, n_workers=n_workers, batch_size=batch_size, progress=progress)
+    try:
+        unreadable = _run_wells(store, plan, todo, scheduler=scheduler, n_workers=n_workers,
+                                batch_size=batch_size, progress=progress)
+    except (OSError, MemoryError) as err:
+        raise resource_error("ingest", store, err) from err
+    if unreadable:
+        from cpzarr.store import _update_root_attrs
+
+        paths = sorted({path for path, _ in unreadable})
+        # The replaced files will have new sizes and times: leave them out of the fingerprint, so
+        # that the re-run resumes instead of asking for --overwrite.
+        _update_root_attrs(store, {"ingest_fingerprint": plan.fingerprint_without(paths),
+                                   "ingest_unreadable": paths})
+        raise InputError(
+            f"The ingest of {store} could not decode these image files (their headers read fine); "
+            "their wells were not written and the store stays incomplete. Replace the files and "
+            "re-run the same command: the wells already written are kept.",
+            [problem for _, problem in unreadable],
+        )
 
     unfinished = _wells_to_write(store, plan)
     if unfinished:
         names = [f"{plan.plates[p]}/{plan.wells[w]}" for p, w in unfinished]
         raise StoreError(f"The ingest of {store} left {len(unfinished)} well(s) unwritten: {', '.join(names[:10])}; re-run it.")
-    _finish(store, params)
+    _finish(store, params, plan.fingerprint)
     return open_screen(store)
 
 
@@ -168,6 +186,13 @@ class IngestPlan:
     files: dict = field(repr=False)  # (plate index, well index) -> [(site index, [path per channel])]
     metadata: object = field(repr=False)  # xarray.Dataset of well metadata and batch
     fingerprint: str = ""
+    signatures: list = field(default_factory=list, repr=False)  # (path, size, mtime_ns) per source file
+
+    def fingerprint_without(self, paths) -> str:
+        """The fingerprint with the size and time of ``paths`` left out (files found undecodable,
+        which the user replaces before re-running)."""
+        paths = set(paths)
+        return _fingerprint(self, [(p, None, None) if p in paths else (p, n, t) for p, n, t in self.signatures])
 
     @property
     def wells_with_sites(self):
@@ -197,7 +222,10 @@ def plan_ingest(table, *, platemap=None, channels=None) -> IngestPlan:
     ------
     InputError
         With every problem found: missing or unreadable files, images of another shape or dtype,
-        duplicate (plate, well, site), unknown channels, wells missing from the platemap.
+        duplicate (plate, well, site), negative site numbers or one so large that the site axis
+        would be far longer than the sites present, unknown channels, wells missing from the
+        platemap, well metadata that differs between the rows of one well, image paths that are
+        not .tif/.tiff/.png.
 
     Examples
     --------
@@ -218,8 +246,12 @@ def plan_ingest(table, *, platemap=None, channels=None) -> IngestPlan:
     non_int = ~bad_key & (sites["site"] % 1 != 0)
     for row in sites[non_int].itertuples():
         problems.append(f"line {row.line}: site {row.site} is not a whole number")
-    good = sites[~bad_key & ~non_int].copy()
+    negative = ~bad_key & ~non_int & (sites["site"] < 0)
+    for row in sites[negative].itertuples():
+        problems.append(f"line {row.line}: site {row.site:g} is negative")
+    good = sites[~bad_key & ~non_int & ~negative].copy()
     good["site"] = good["site"].astype(np.int64)
+    problems += _sparse_sites(good)
     dups = good[good.duplicated(["plate", "well", "site"], keep=False)]
     for (plate, well, site), rows in dups.groupby(["plate", "well", "site"]):
         problems.append(f"{plate}/{well} site {site} appears on several lines: {', '.join(map(str, rows['line']))}")
@@ -272,7 +304,8 @@ def plan_ingest(table, *, platemap=None, channels=None) -> IngestPlan:
         files=files,
         metadata=metadata,
     )
-    plan.fingerprint = _fingerprint(plan, headers)
+    plan.signatures = _signatures(headers)
+    plan.fingerprint = _fingerprint(plan, plan.signatures)
     return plan
 
 
@@ -410,6 +443,28 @@ def _join_metadata(table_meta, sites, platemap, problems):
     return frame, platemap_source, notes
 
 
+def _sparse_sites(sites, slack=2, extra=8) -> list[str]:
+    """Rows whose site number would make the site axis far longer than the sites present.
+
+    The site axis runs from 1 (or 0) to the largest site number; a typo (``1000000000`` for
+    ``10``) would allocate it for every well. An axis longer than ``slack`` times the distinct
+    site numbers plus ``extra`` is refused, naming the rows beyond that length.
+    """
+    if sites.empty:
+        return []
+    distinct = np.unique(sites["site"].to_numpy())
+    start = min(1, int(distinct[0]))
+    limit = start + slack * len(distinct) + extra
+    if distinct[-1] - start + 1 <= slack * len(distinct) + extra:
+        return []
+    far = sites[sites["site"] >= limit]
+    return [
+        f"line {row.line}: site {row.site} would make a site axis of {row.site - start + 1:,} for "
+        f"{len(distinct)} distinct site numbers (a typo?)"
+        for row in far.itertuples()
+    ]
+
+
 def _read_headers(sites, channels) -> dict:
     """(line, channel, path) -> (shape, dtype), or a string saying what is wrong with the file."""
     rows = zip(sites["line"], *(sites[ch] for ch in channels))
@@ -476,13 +531,22 @@ def _metadata_dataset(frame, plates, wells, sites, channels):
     return ds
 
 
-def _fingerprint(plan, headers) -> str:
+def _signatures(headers) -> list:
+    """Size and modification time of every source file (a content hash would read every pixel
+    twice): a file rewritten with the same size is seen as a change."""
+    signatures = []
+    for _, _, path in headers:
+        stat = os.stat(path)
+        signatures.append((path, stat.st_size, stat.st_mtime_ns))
+    return sorted(signatures)
+
+
+def _fingerprint(plan, signatures) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps([plan.channels, plan.plates, plan.wells, plan.sites.tolist(), list(plan.shape), plan.dtype]).encode())
     for key in sorted(plan.files):
         digest.update(json.dumps([key, plan.files[key]]).encode())
-    sizes = sorted((path, os.path.getsize(path)) for (_, _, path) in headers)
-    digest.update(json.dumps(sizes).encode())
+    digest.update(json.dumps(signatures).encode())
     wells = plan.metadata.drop_dims(["site", "channel"])
     digest.update(wells.to_dataframe().to_csv().encode())
     return digest.hexdigest()
@@ -497,10 +561,17 @@ def _prepare_store(store: Path, plan: IngestPlan, params: dict, *, overwrite: bo
 
     if store.exists():
         attrs = _root_attrs(store)
-        if is_store(store) and attrs.get("ingest_fingerprint") == plan.fingerprint and not overwrite:
+        expected = plan.fingerprint
+        if attrs and attrs.get("ingest_unreadable"):
+            expected = plan.fingerprint_without(attrs["ingest_unreadable"])
+        if is_store(store) and attrs.get("ingest_fingerprint") == expected and not overwrite:
             return False
         if not overwrite:
-            what = "a store made from other inputs" if is_store(store) else "something that is not a cpzarr store"
+            what = (
+                "a store made from other inputs (the image table, platemap, channels, or a source "
+                "file's size or modification time differ)"
+                if is_store(store) else "something that is not a cpzarr store"
+            )
             raise StoreError(
                 f"{store} already exists and holds {what}; pass overwrite=True (--overwrite) to replace it "
                 "or choose another path."
@@ -626,10 +697,17 @@ def write_well(store, p, w, n_sites, site_files, shape, dtype) -> int:
     n_channels = len(site_files[0][1])
     block = np.zeros((1, 1, n_sites, n_channels) + tuple(shape), dtype=dtype)
     mask = np.zeros((1, 1, n_sites), dtype=bool)
+    unreadable = []
     for s, paths in site_files:
         for c, path in enumerate(paths):
-            read_image(path, shape, dtype, out=block[0, 0, s, c])
+            try:
+                read_image(path, shape, dtype, out=block[0, 0, s, c])
+            except (OSError, ValueError, EOFError) as err:  # truncated or damaged pixel data
+                unreadable.append((path, f"{path}: {type(err).__name__}: {err}"))
         mask[0, 0, s] = True
+    if unreadable:
+        # Nothing of this well is written: it stays to do, and the store incomplete.
+        raise UnreadableImages(unreadable)
     _write_block(Path(store) / "images", (p, w, 0, 0, 0, 0), block)
     _write_block(Path(store) / "present", (p, w, 0), mask)
     return len(site_files)
@@ -654,8 +732,9 @@ def _write_block(path: Path, index: tuple, block: np.ndarray):
 
 
 def _run_wells(store, plan, todo, *, scheduler, n_workers, batch_size, progress):
+    """Write the wells ``todo``; returns the files that could not be decoded (their wells unwritten)."""
     if not todo:
-        return
+        return []
     items = [(str(store), p, w, len(plan.sites), plan.files[(p, w)], plan.shape, plan.dtype) for p, w in todo]
     names = [f"{plan.plates[p]}-{plan.wells[w]}" for p, w in todo]
     client = scheduler if _is_client(scheduler) else None
@@ -663,23 +742,40 @@ def _run_wells(store, plan, todo, *, scheduler, n_workers, batch_size, progress)
         from cpzarr.cluster import get_client
 
         with get_client(scheduler) as remote:
-            _run_distributed(remote, items, names, batch_size, progress)
-        return
-    if client is not None:
-        _run_distributed(client, items, names, batch_size, progress)
-        return
-    _run_local(items, names, scheduler or "threads", n_workers, batch_size, progress)
+            results = _run_distributed(remote, items, names, batch_size, progress)
+    elif client is not None:
+        results = _run_distributed(client, items, names, batch_size, progress)
+    else:
+        results = _run_local(items, names, scheduler or "threads", n_workers, batch_size, progress)
+    return [problem for result in results or () if isinstance(result, list) for problem in result]
 
 
 def _run_distributed(client, items, names, batch_size, progress):
     from cpzarr.cluster import map_batches
 
-    map_batches(_write_well_item, items, key_prefix="ingest-well", names=names, batch_size=batch_size,
-                client=client, progress=progress)
+    return map_batches(_write_well_item, items, key_prefix="ingest-well", names=names, batch_size=batch_size,
+                       client=client, progress=progress)
 
 
 def _write_well_item(item):
-    return write_well(*item)
+    return _write_well_reporting(*item)
+
+
+class UnreadableImages(InputError):
+    """Image files of one well whose pixels cannot be decoded (their headers were fine)."""
+
+    def __init__(self, unreadable):
+        self.unreadable = list(unreadable)  # (path, problem)
+        super().__init__("images cannot be decoded", [problem for _, problem in self.unreadable])
+
+
+def _write_well_reporting(*item):
+    """:func:`write_well`, giving the list of undecodable files instead of raising, so that one
+    bad file does not stop the other wells and every bad file is named at the end."""
+    try:
+        return write_well(*item)
+    except UnreadableImages as err:
+        return err.unreadable
 
 
 def _run_local(items, names, scheduler, n_workers, batch_size, progress):
@@ -693,28 +789,34 @@ def _run_local(items, names, scheduler, n_workers, batch_size, progress):
         def _posttask(self, key, result, dsk, state, worker_id):
             bar.update(1)
 
+    results = []
     try:
         for start in range(0, len(items), batch_size):
             chunk = range(start, min(start + batch_size, len(items)))
             tasks = [
-                dask.delayed(write_well, pure=False)(*items[i], dask_key_name=f"ingest-well-{names[i]}")
+                dask.delayed(_write_well_reporting, pure=False)(*items[i], dask_key_name=f"ingest-well-{names[i]}")
                 for i in chunk
             ]
             with _WellProgress():
-                dask.compute(*tasks, scheduler=scheduler, num_workers=n_workers)
+                results += dask.compute(*tasks, scheduler=scheduler, num_workers=n_workers)
     finally:
         bar.close()
+    return results
 
 
 def _is_client(obj) -> bool:
     return type(obj).__name__ == "Client" and hasattr(obj, "submit")
 
 
-def _finish(store: Path, params: dict):
+def _finish(store: Path, params: dict, fingerprint: str):
     from cpzarr.store import _root_attrs, _update_root_attrs, now_iso, read_provenance
 
-    if _root_attrs(store).get("complete"):
+    attrs = _root_attrs(store)
+    if attrs.get("complete"):
         return
     records = read_provenance(store)
     records["/"] = dict(params, time=now_iso())
-    _update_root_attrs(store, {"complete": True, "provenance": json.dumps(records, sort_keys=True, default=str)})
+    updates = {"complete": True, "provenance": json.dumps(records, sort_keys=True, default=str)}
+    if attrs.get("ingest_unreadable"):  # the replaced files count again
+        updates.update(ingest_fingerprint=fingerprint, ingest_unreadable=[])
+    _update_root_attrs(store, updates)

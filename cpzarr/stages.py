@@ -17,6 +17,7 @@ import pandas as pd
 
 from cpzarr.config import Config
 from cpzarr.errors import ConfigError, StoreError
+from cpzarr.query import query_mask
 
 __all__ = ["Context", "outputs_exist"]
 
@@ -644,7 +645,7 @@ def _exclude_mask(ctx: Context, prof) -> np.ndarray:
     query = ctx.cfg.get("evaluate.exclude")
     if not query:
         return np.ones(prof.sizes["sample"], dtype=bool)
-    return ~sample_table(prof).eval(query).to_numpy(dtype=bool)
+    return ~query_mask(query, sample_table(prof), what="evaluate.exclude")
 
 
 def _report_replicates(ctx: Context, sets: dict, figures: dict, tables: dict, notes: dict) -> pd.DataFrame:

@@ -23,6 +23,28 @@ KEY_NAMES = {"plate": "Plate", "well": "Well", "site": "Site"}
 CPZARR_COORDS = "cpzarr_coords"
 
 
+def _refuse_mostly_numeric(df, candidates):
+    """Refuse unprefixed text columns that are numbers but for a few cells: a feature column
+    with a typo would otherwise become metadata and silently leave the profiles."""
+    problems = []
+    for column in candidates:
+        values = df[column]
+        if pd.api.types.is_bool_dtype(values) or values.dtype != object:
+            continue
+        given = values.notna() & (values.astype(str).str.strip() != "")
+        numbers = pd.to_numeric(values.where(given), errors="coerce").notna()
+        bad = given & ~numbers
+        if numbers.sum() > 0 and numbers.sum() >= bad.sum():
+            rows = [f"row {i} ({values.iloc[i]!r})" for i in np.flatnonzero(bad.to_numpy())[:5]]
+            problems.append(f"column {column!r}: {int(bad.sum())} non-numeric of {int(given.sum())} values, "
+                            f"first at {', '.join(rows)}")
+    if problems:
+        raise InputError(
+            "profile table: feature columns hold non-numeric values (rows counted from 0 after the "
+            "header); fix them, or prefix true metadata columns with 'Metadata_'", problems
+        )
+
+
 def from_pycytominer(df, features="infer"):
     """Convert a Pycytominer-convention frame to a profile DataArray.
 
@@ -32,7 +54,8 @@ def from_pycytominer(df, features="infer"):
         One row per sample; ``Metadata_*`` columns are metadata, the other columns features.
     features : list of str or "infer", default "infer"
         Feature columns. ``"infer"`` takes every column that does not start with ``Metadata_``;
-        non-numeric columns among them are kept as metadata (without a prefix to strip).
+        non-numeric columns among them are kept as metadata (without a prefix to strip), except
+        a column of numbers with some non-numeric cells (a typo), which is refused with its rows.
 
     Returns
     -------
@@ -59,6 +82,7 @@ def from_pycytominer(df, features="infer"):
             if not c.startswith(PREFIX) and pd.api.types.is_numeric_dtype(df[c])
             and not pd.api.types.is_bool_dtype(df[c])
         ]
+        _refuse_mostly_numeric(df, [c for c in columns if not c.startswith(PREFIX) and c not in features])
     else:
         features = [str(f) for f in features]
         missing = [f for f in features if f not in columns]
@@ -209,7 +233,14 @@ def read_profiles(path, node=None, features="infer"):
             frame[column] = frame[column].where(frame[column].notna(), np.nan)
         return from_pycytominer(frame, features=features)
     if kind == "csv":
-        return from_pycytominer(pd.read_csv(path, float_precision="round_trip"), features=features)
+        try:
+            frame = pd.read_csv(path, float_precision="round_trip")
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, EOFError, OSError) as error:
+            raise InputError(f"profile file {path} is not a readable CSV table: {error}") from None
+        try:
+            return from_pycytominer(frame, features=features)
+        except InputError as error:
+            raise InputError(f"{path}: {error}") from None
     if kind == "h5ad":
         from cpzarr.formats.h5ad import read_h5ad
 

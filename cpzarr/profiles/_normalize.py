@@ -129,6 +129,7 @@ def normalize(
             block_bytes=_FIT_BLOCK_BYTES,
         ).compute()
     center, scale = stats[:, :d], stats[:, d:]
+    _refuse_infinite(center, keys, by, p["feature"].values, samples)
 
     zero = _zero_scale(method, center, scale, fit_counts)
     report = {}
@@ -237,8 +238,28 @@ def _fit(block, lengths, method):
             else:
                 center = np.nanmedian(rows, axis=0)
                 scale = MAD_SCALE * np.nanmedian(np.abs(rows - center), axis=0)
+            # ±inf in the fitting rows: a statistic it makes non-finite is marked +inf (all-NaN
+            # features give NaN), and normalize refuses it rather than return a NaN feature.
+            infected = np.isinf(rows).any(axis=0) & ~(np.isfinite(center) & np.isfinite(scale))
+            center[infected] = scale[infected] = np.inf
             out[i, :d], out[i, d:] = center, scale
     return out
+
+
+def _refuse_infinite(center, keys, by, features, samples):
+    """Refuse statistics that ±inf in the fitting samples made non-finite (see ``_fit``)."""
+    bad = np.isposinf(center)
+    if not bad.any():
+        return
+    problems = []
+    for g, f in zip(*np.nonzero(bad)):
+        group = "/".join(str(v) for v in keys.iloc[g].values) if by is not None else "all samples"
+        problems.append(f"feature {features[f]} in {group}")
+    raise InputError(
+        f"normalize: ±inf in the fitting samples ({samples!r}) of these features makes their "
+        "statistics undefined; fix or drop those values (NaN is ignored when fitting, inf is not)",
+        problems,
+    )
 
 
 def _zero_scale(method, center, scale, counts):
