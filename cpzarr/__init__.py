@@ -27,6 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from cpzarr import cells  # noqa: E402
 from cpzarr.config import load_config  # noqa: E402
 from cpzarr.crops import Sampler, crops, sample  # noqa: E402
+from cpzarr.export import export_ome_zarr  # noqa: E402
 from cpzarr.ingest import ingest  # noqa: E402
 from cpzarr.run import demo, run  # noqa: E402
 from cpzarr.store import open_screen  # noqa: E402
@@ -37,7 +38,7 @@ crops.Sampler = Sampler
 
 # Subpackages imported on first use: evaluate loads scipy.stats and synthetic scipy.ndimage
 # (about 50 MB of a process that only normalizes profiles).
-_LAZY = ("evaluate", "features", "profiles", "synthetic")
+_LAZY = ("evaluate", "features", "illumination", "profiles", "synthetic")
 
 
 def __getattr__(name):
@@ -52,6 +53,7 @@ def __dir__():
 
 __all__ = [
     "ingest",
+    "export_ome_zarr",
     "open_screen",
     "cells",
     "crops",
@@ -60,6 +62,7 @@ __all__ = [
     "features",
     "profiles",
     "evaluate",
+    "illumination",
     "synthetic",
     "load_config",
     "run",

@@ -170,10 +170,11 @@ def read_image_table(table, channels=None, storage_options=None) -> tuple[pd.Dat
                 f"The image table {source} has neither FileName_Orig<Channel> columns (load_data CSV) "
                 f"nor columns of image paths ending in {', '.join(IMAGE_SUFFIXES)} (DeepProfiler index.csv)."
             )
+        _refuse_odd_image_paths(frame, found, source)
         paths = {}
         for ch in found:
             col = frame[ch]
-            paths[ch] = [None if is_blank(v) else str(_absolute(base, str(v))) for v in col]
+            paths[ch] = [None if is_blank(v) else str(_absolute(base, str(v).strip())) for v in col]
     if channels is None:
         order = [c for c in CELL_PAINTING_CHANNELS if c in found] + [c for c in found if c not in CELL_PAINTING_CHANNELS]
     else:
@@ -201,7 +202,8 @@ def read_image_table(table, channels=None, storage_options=None) -> tuple[pd.Dat
     raw.columns = [c[len("Metadata_"):] for c in meta_cols]
     raw["plate"] = sites["plate"].values
     raw["well"] = sites["well"].values
-    well_metadata = _constant_within_wells(raw)
+    well_metadata = _constant_within_wells(raw, source)
+    well_metadata.attrs["source_names"] = normalize_columns(raw).attrs["source_names"]
     unknown = [c for c in (channels or ()) if c not in found]
     return sites, well_metadata, order, {"format": fmt, "source": source, "unknown_channels": unknown, "found_channels": found}
 
@@ -226,8 +228,15 @@ def read_platemap(platemap, storage_options=None) -> tuple[pd.DataFrame, str]:
     --------
     >>> frame, source = read_platemap("platemap.csv")  # doctest: +SKIP
     """
-    frame, source = read_table(platemap, what="platemap", storage_options=storage_options)
+    from cpzarr.formats.lincs import is_lincs_platemap, read_lincs_platemap
+    from cpzarr.store import is_url
+
+    if not is_url(platemap) and is_lincs_platemap(platemap):  # barcode_platemap.csv + platemap/<name>.txt
+        frame, source = read_lincs_platemap(platemap), str(Path(platemap).resolve())
+    else:
+        frame, source = read_table(platemap, what="platemap", storage_options=storage_options)
     frame = normalize_columns(frame)
+    names = frame.attrs["source_names"]
     if "well" not in frame.columns:
         raise InputError(f"The platemap {source} has no well column (well, well_position or Metadata_Well).")
     frame["well"] = frame["well"].map(normalize_well)
@@ -241,13 +250,16 @@ def read_platemap(platemap, storage_options=None) -> tuple[pd.DataFrame, str]:
             f"The platemap {source} lists some wells more than once.",
             [f"{'/'.join(r)} appears {int((frame[keys].apply(tuple, axis=1) == r).sum())} times" for r in rows],
         )
+    frame.attrs["source_names"] = names
     return frame, source
 
 
 def normalize_columns(frame: pd.DataFrame) -> pd.DataFrame:
     """Drop ``Metadata_`` prefixes, lower-case names and apply the field's renames.
 
-    Returns a new frame; when two source columns map to one name, the first wins.
+    Returns a new frame; when two source columns map to one name, the first wins. Its
+    ``attrs["source_names"]`` maps each new name to the column's name as written (without
+    ``Metadata_``), so that exports can restore it.
 
     Examples
     --------
@@ -263,7 +275,13 @@ def normalize_columns(frame: pd.DataFrame) -> pd.DataFrame:
         names.append(_RENAMES.get(name, name))
     out = frame.copy()
     out.columns = names
-    return out.loc[:, ~out.columns.duplicated()]
+    out = out.loc[:, ~out.columns.duplicated()]
+    written = {}
+    for name, col in zip(names, frame.columns):
+        col = str(col)
+        written.setdefault(name, col[len("metadata_"):] if col.lower().startswith("metadata_") else col)
+    out.attrs["source_names"] = written
+    return out
 
 
 def derive_store_metadata(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -296,6 +314,12 @@ def derive_store_metadata(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]
         elif "broad_sample" in out.columns:
             out["compound"] = out["broad_sample"]
             notes.append("compound taken from broad_sample")
+        if "compound" in out.columns and "solvent" in out.columns:
+            # LINCS platemaps leave broad_sample empty in the solvent-only (DMSO) wells
+            empty = out["compound"].map(is_blank) & ~out["solvent"].map(is_blank)
+            if empty.any():
+                out["compound"] = out["compound"].astype(object).where(~empty, out["solvent"])
+                notes.append("compound taken from solvent where it is otherwise empty (solvent-only wells)")
     if "dose" not in out.columns:
         for alias in ("mmoles_per_liter", "concentration"):
             if alias in out.columns:
@@ -353,18 +377,60 @@ def _load_data_paths(frame, filename_cols, base, source):
     return paths, found
 
 
-def _constant_within_wells(raw: pd.DataFrame) -> pd.DataFrame:
-    """Keep the columns that have one value per (plate, well); one row per well."""
+#: Well metadata that must be one value per well: the store's names and the field's synonyms
+#: that become them (see :func:`derive_store_metadata`). Other columns varying within a well
+#: (per-site acquisition details) are left out of the well metadata.
+WELL_LEVEL = REQUIRED_METADATA + ("pert_iname", "broad_sample", "mmoles_per_liter", "concentration") + _BATCH_ALIASES
+
+
+def _constant_within_wells(raw: pd.DataFrame, source: str = "the image table") -> pd.DataFrame:
+    """Keep the columns that have one value per (plate, well); one row per well.
+
+    A column of :data:`WELL_LEVEL` that differs within a well (a typo in one row) is refused
+    naming the wells and values: dropping it would replace ``compound`` for the whole screen by
+    another column, or blank ``batch`` on every plate.
+    """
     raw = normalize_columns(raw)
     cols = [c for c in raw.columns if c not in ("plate", "well")]
     grouped = raw.groupby(["plate", "well"], sort=False, dropna=False)
+    problems = []
+    for c in cols:
+        counts = grouped[c].nunique(dropna=False)
+        if c in WELL_LEVEL and (counts > 1).any():
+            for plate, well in counts.index[counts.to_numpy() > 1][:10]:
+                values = raw.loc[(raw["plate"] == plate) & (raw["well"] == well), c]
+                shown = ", ".join(repr(v) for v in pd.unique(values.map(lambda v: "" if is_blank(v) else v)))
+                problems.append(f"{plate}/{well}: {c} is {shown}")
+    if problems:
+        raise InputError(
+            f"The image table {source} gives different well metadata on the sites of one well; "
+            "make each well's rows agree (nothing was written).", problems,
+        )
     keep = [c for c in cols if (grouped[c].nunique(dropna=False) <= 1).all()]
     return grouped[keep].first().reset_index() if keep else grouped.size().reset_index()[["plate", "well"]]
 
 
 def _looks_like_images(column: pd.Series) -> bool:
-    values = [str(v) for v in column if not is_blank(v)]
-    return bool(values) and all(v.lower().endswith(IMAGE_SUFFIXES) for v in values)
+    """A column of image paths: at least one of its values ends in an image suffix.
+
+    One odd value (``.jpg``, a typo) must not hide the whole channel; those are refused by
+    :func:`_refuse_odd_image_paths` instead.
+    """
+    return any(str(v).strip().lower().endswith(IMAGE_SUFFIXES) for v in column if not is_blank(v))
+
+
+def _refuse_odd_image_paths(frame, channels, source):
+    """Refuse values of image-path columns that do not end in a readable image suffix."""
+    problems = []
+    for ch in channels:
+        for i, value in enumerate(frame[ch]):
+            if not is_blank(value) and not str(value).strip().lower().endswith(IMAGE_SUFFIXES):
+                problems.append(f"line {i + 2}, channel {ch}: {str(value)!r} is not a {'/'.join(IMAGE_SUFFIXES)} file")
+    if problems:
+        raise InputError(
+            f"The image table {source} lists files cpzarr cannot read as images (nothing was written).",
+            problems,
+        )
 
 
 def _absolute(base, path: str):

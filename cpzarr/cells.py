@@ -34,6 +34,8 @@ import pandas as pd
 import xarray as xr
 
 from cpzarr.errors import InputError, StoreError
+from cpzarr.formats.cellprofiler import read_locations as _cellprofiler_locations
+from cpzarr.formats.deepprofiler import read_locations as _deepprofiler_locations
 
 __all__ = ["import_locations", "detect_nuclei", "write_cells", "cells_table"]
 
@@ -270,9 +272,6 @@ def cells_from_table(table, images, *, attrs=None):
 # Import of location files
 # --------------------------------------------------------------------------------------------
 
-_DP_NAME = re.compile(r"^(?P<well>[A-Za-z]+\d+)-(?P<site>\d+)-Nuclei\.csv(\.gz)?$")
-_X_COLUMNS = ("Nuclei_Location_Center_X", "Location_Center_X")
-_Y_COLUMNS = ("Nuclei_Location_Center_Y", "Location_Center_Y")
 _EXAMPLES = 5
 
 
@@ -305,99 +304,9 @@ def _detect_kind(source):
     return "deepprofiler"
 
 
-def _pick_column(frame, names, path):
-    for name in names:
-        if name in frame:
-            return frame[name]
-    raise InputError(f"{path}: no column {' or '.join(names)}; columns are {list(frame.columns)[:12]}")
-
-
-def _read_deepprofiler(source):
-    """Rows (plate, well, site, x, y, file) from ``<plate>/<well>-<site>-Nuclei.csv`` files."""
-    folder = source / "locations" if (source / "locations").is_dir() else source
-    frames, problems, sites = [], [], set()
-    for path in sorted(folder.glob("*/*-Nuclei.csv*")):
-        match = _DP_NAME.match(path.name)
-        if not match:
-            problems.append(f"{path}: name is not <well>-<site>-Nuclei.csv")
-            continue
-        frame = pd.read_csv(path)
-        try:
-            x, y = _pick_column(frame, _X_COLUMNS, path), _pick_column(frame, _Y_COLUMNS, path)
-        except InputError as err:
-            problems.append(str(err))
-            continue
-        sites.add((path.parent.name, normalize_well(match["well"]), int(match["site"])))
-        frames.append(pd.DataFrame({
-            "plate": path.parent.name, "well": normalize_well(match["well"]),
-            "site": int(match["site"]), "x": x.to_numpy(np.float64), "y": y.to_numpy(np.float64),
-            "file": str(path), "row": np.arange(len(frame)) + 2,
-        }))
-    if problems:
-        raise InputError(f"unreadable location files under {folder}", problems)
-    if not frames:
-        raise InputError(
-            f"no location files <plate>/<well>-<site>-Nuclei.csv under {folder}; "
-            "pass the DeepProfiler locations folder (or its parent)"
-        )
-    table = pd.concat(frames, ignore_index=True)
-    # an empty file (a site without cells) leaves no rows but is still the site's file
-    table.attrs["sites"] = sites
-    return table
-
-
-def _metadata_column(frame, name, path):
-    for candidate in (f"Metadata_{name}", f"Image_Metadata_{name}"):
-        if candidate in frame:
-            return frame[candidate]
-    raise InputError(f"{path}: no column Metadata_{name} (needed to map ImageNumber to the {name.lower()})")
-
-
-def _read_cellprofiler_folder(nuclei_path, image_path):
-    nuclei = pd.read_csv(nuclei_path)
-    image = pd.read_csv(image_path)
-    for frame, path, needed in ((nuclei, nuclei_path, ("ImageNumber", "ObjectNumber")), (image, image_path, ("ImageNumber",))):
-        missing = [c for c in needed if c not in frame]
-        if missing:
-            raise InputError(f"{path}: no column {missing[0]}")
-    sites = pd.DataFrame({
-        "ImageNumber": image["ImageNumber"],
-        "plate": _metadata_column(image, "Plate", image_path).astype(str),
-        "well": _metadata_column(image, "Well", image_path).map(normalize_well),
-        "site": _metadata_column(image, "Site", image_path).astype(np.int64),
-    })
-    table = pd.DataFrame({
-        "ImageNumber": nuclei["ImageNumber"],
-        "object_id": nuclei["ObjectNumber"].astype(np.int64),
-        "x": _pick_column(nuclei, _X_COLUMNS, nuclei_path).to_numpy(np.float64),
-        "y": _pick_column(nuclei, _Y_COLUMNS, nuclei_path).to_numpy(np.float64),
-        "file": str(nuclei_path), "row": np.arange(len(nuclei)) + 2,
-    })
-    table = table.merge(sites, on="ImageNumber", how="left")
-    orphans = table[table["plate"].isna()]
-    if len(orphans):
-        raise InputError(
-            f"{nuclei_path}: {len(orphans)} objects have an ImageNumber missing from {image_path}",
-            [f"row {r}: ImageNumber {n}" for r, n in zip(orphans["row"], orphans["ImageNumber"])],
-        )
-    return table.drop(columns="ImageNumber")
-
-
-def _read_cellprofiler(source):
-    """Rows from a CellProfiler Nuclei table and its Image table (or one folder of them per site)."""
-    if source.is_file():
-        folders = [(source, _find(source.parent, "Image"))]
-    elif _find(source, "Nuclei"):
-        folders = [(_find(source, "Nuclei"), _find(source, "Image"))]
-    else:
-        folders = [(_find(d, "Nuclei"), _find(d, "Image")) for d in sorted(source.iterdir()) if d.is_dir()]
-        folders = [f for f in folders if f[0] is not None]
-    if not folders:
-        raise InputError(f"no Nuclei.csv (or Nuclei.csv.gz) in {source} or its sub-folders")
-    lacking = [str(n) for n, i in folders if i is None]
-    if lacking:
-        raise InputError("Image.csv must sit beside each Nuclei.csv (it maps ImageNumber to plate, well, site)", lacking)
-    return pd.concat([_read_cellprofiler_folder(n, i) for n, i in folders], ignore_index=True)
+# The readers of the location files live in cpzarr.formats (deepprofiler, cellprofiler).
+_read_deepprofiler = _deepprofiler_locations
+_read_cellprofiler = _cellprofiler_locations
 
 
 def _validate(table, images, root):

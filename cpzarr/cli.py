@@ -108,10 +108,10 @@ def _store(store, storage_options):
 
 
 @main.command("ingest")
-@click.argument("table", type=_PathOrURL(exists=True, dir_okay=False))
+@click.argument("table", type=_PathOrURL(exists=True))
 @click.argument("store", type=_PathOrURL(file_okay=False))
 @click.option("--platemap", type=_PathOrURL(exists=True, dir_okay=False),
-              help="Well metadata CSV/TSV keyed by (plate, well) or by well.")
+              help="Well metadata CSV/TSV keyed by (plate, well) or by well, or a LINCS barcode_platemap.csv.")
 @click.option("--channels", help="Comma-separated channels to ingest, in store order (default: all).")
 @click.option("--scheduler", help="Dask scheduler address (tcp://host:8786) or threads / processes / sync.")
 @click.option("--workers", type=int, help="Workers of the local scheduler (default: one per core).")
@@ -119,7 +119,7 @@ def _store(store, storage_options):
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar over wells.")
 @_storage_options
 def ingest_command(table, store, platemap, channels, scheduler, workers, overwrite, progress, storage_options):
-    """Ingest the site images of TABLE (load_data CSV or DeepProfiler index.csv) into STORE.
+    """Ingest the site images of TABLE (load_data CSV, DeepProfiler index.csv or OME-Zarr HCS plate) into STORE.
 
     Re-running the same command resumes an interrupted ingest.
     """
@@ -135,6 +135,31 @@ def ingest_command(table, store, platemap, channels, scheduler, workers, overwri
     except CpzarrError as exc:
         raise click.ClickException(_message(exc)) from None
     click.echo(format_info(screen_info(_store(store, storage_options))))
+
+
+@main.command("export")
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=click.Path())
+@click.option("--ome-zarr", "ome_zarr", is_flag=True, help="Write the images as an OME-NGFF 0.5 HCS plate.")
+@click.option("--node", help="Write this node instead: features/<model> or profiles/<model>/<level>, "
+              "to OUT .parquet, .csv(.gz) or .h5ad with Pycytominer's column names.")
+@click.option("--plate", help="With --ome-zarr: only this plate.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT plate.")
+def export_command(store, out, ome_zarr, node, plate, overwrite):
+    """Export STORE's images (--ome-zarr) or one of its nodes (--node) to OUT for other tools."""
+    from cpzarr.errors import CpzarrError
+    from cpzarr.export import export_ome_zarr, export_table
+
+    if bool(ome_zarr) == bool(node):
+        raise click.UsageError("give either --ome-zarr or --node NODE")
+    try:
+        if ome_zarr:
+            for path in export_ome_zarr(store, out, plate=plate, overwrite=overwrite):
+                click.echo(f"wrote OME-Zarr HCS plate {path}")
+        else:
+            click.echo(f"wrote {export_table(store, node, out)}")
+    except CpzarrError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @main.command("info")
@@ -194,6 +219,29 @@ def locate_command(store, source, kind, on_invalid, detect, channel, sigma, thre
     sites = int((cells["cell_count"] > 0).sum())
     click.echo(f"{cells.sizes['cell']} cells in {sites} sites written to {path}")
 
+# --- illumination ---
+
+@main.command("illumination")
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@click.option("--downsample", type=int, default=4, show_default=True, help="Block-mean downsampling factor.")
+@click.option("--median-size", type=int, default=24, show_default=True,
+              help="Median filter side, in downsampled pixels.")
+@click.option("--percentile", type=float, default=2.0, show_default=True, help="Robust minimum the field is divided by.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing /illumination node.")
+def illumination_command(store, downsample, median_size, percentile, overwrite):
+    """Estimate each plate's and channel's illumination field of STORE into its /illumination node."""
+    from cpzarr import illumination
+    from cpzarr.errors import CpzarrError
+
+    try:
+        field = illumination.write(store, overwrite=overwrite, downsample=downsample, median_size=median_size,
+                                   percentile=percentile)
+    except CpzarrError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"illumination fields of {field.sizes['plate']} plates x {field.sizes['channel']} channels "
+               f"written to {store}/illumination (max/min per field: "
+               f"{float((field.max(('y', 'x')) / field.min(('y', 'x'))).max()):.2f})")
+
 # --- profile (features) ---
 
 @main.command("profile")
@@ -217,10 +265,11 @@ def locate_command(store, source, kind, on_invalid, detect, channel, sigma, thre
 @click.option("--scheduler", default=None, help="Dask scheduler address (default: threads in this process).")
 @click.option("--workers", type=int, default=None, help="Threads of the local scheduler (default: cores).")
 @click.option("--overwrite", is_flag=True, help="Start the node afresh instead of resuming it.")
+@click.option("--illumination", is_flag=True, help="Crop images divided by the store's /illumination fields.")
 @click.option("--progress/--no-progress", default=True)
 @_storage_options
 def profile_command(store, model, weights, layer, name, box, channels, edge, batch_size, dtype, mixed_precision,
-                    chunk_cells, scheduler, workers, overwrite, progress, storage_options):
+                    chunk_cells, scheduler, workers, overwrite, illumination, progress, storage_options):
     """Compute CNN features of every cell of STORE into /features/<name> (resumable)."""
     import dask
 
@@ -241,7 +290,8 @@ def profile_command(store, model, weights, layer, name, box, channels, edge, bat
         raise click.ClickException(f"--weights {weights}: no such file")
     if not scheduler:  # this process's threads each run their own forward passes
         os.environ.update(tensorflow_threads(workers or local_threads()))
-    view = crops(open_screen(store), box=box, channels=channels.split(",") if channels else None, edge=edge)
+    view = crops(open_screen(store), box=box, channels=channels.split(",") if channels else None, edge=edge,
+                 illumination=True if illumination else None)
     features = extract(view, model=model, weights=None if weights == "random" else weights, layer=layer,
                        batch_size=batch_size, dtype=dtype,
                        mixed_precision=False if mixed_precision == "off" else mixed_precision)
@@ -408,7 +458,8 @@ def profiles_consensus(source, target, node, out_node, overwrite, storage_option
 @profiles_group.command("pipeline")
 @_in_out
 @click.option("--recipe", required=True, help="spherize_only, mad_robustize_select_spherize, "
-              "mad_robustize_select_outliers, or a YAML file with a list of steps.")
+              "mad_robustize_select_outliers, a JUMP-recipe-style name (profiles_mad_int_featselect_harmony), "
+              "or a YAML file with a list of steps.")
 def profiles_pipeline(source, target, node, out_node, overwrite, storage_options, recipe):
     """Apply a recipe of profile steps to SOURCE and write TARGET."""
     from pathlib import Path
@@ -431,7 +482,7 @@ def profiles_pipeline(source, target, node, out_node, overwrite, storage_options
 @click.option("--groups", "-g", multiple=True, required=True,
               help="Sample coordinate(s) defining positives, e.g. --groups moa or Metadata_moa (repeatable).")
 @click.option("--mask", default=None, metavar="QUERY",
-              help="Samples to keep, a pandas query on the metadata, e.g. \"control != 'negcon'\".")
+              help="Samples to keep, a query on the metadata (see README, Queries), e.g. \"control != 'negcon'\".")
 @click.option("--node", default=None,
               help="Store node holding the profiles (Zarr input); without it the profile nodes are listed.")
 @click.option("--output", "-o", type=click.Path(file_okay=False), default="evaluation",

@@ -72,6 +72,7 @@ SCHEMA: dict[str, Any] = {
         "scale": Key(_opt_str, None, choices=(None, "minmax", "deepprofiler"),
                      help="crop scaling; null: the model's own (raw for classical, minmax for networks)"),
         "channels": Key((list, type(None)), None, help="channels to use (default: all)"),
+        "illumination": Key((bool,), False, help="divide images by the /illumination fields (computed if missing)"),
     },
     "features": {
         "model": Key(
@@ -92,7 +93,14 @@ SCHEMA: dict[str, Any] = {
     "train": Key((dict, type(None)), None, help="cpzarr.train parameters (validated by cpzarr.train)"),
     "profiles": {
         "aggregate": Key((str,), "mean", choices=("mean", "median")),
-        "pipelines": Key((dict, type(None)), None, help="named profile sets: name → list of steps"),
+        "pipelines": Key((dict, list, type(None)), None,
+                         help="named profile sets: name → list of steps or a recipe name "
+                              "(profiles_mad_int_featselect_harmony); a list of recipe names names each by itself"),
+        "sweeps": Key((list, type(None)), None,
+                      help="more pipelines: [{pipeline: name, step: spherize, values: {epsilon: [1e-6, 1e-2]}}]"),
+        "compare": Key((dict, bool, type(None)), None,
+                       help="compare the pipelines (replicate mAP, MOA mAP, DMSO batch enrichment) into "
+                            "tables/pipeline_comparison.csv: true or cpzarr.profiles.compare_pipelines options"),
         "consensus": Key((dict, type(None)), {"operation": "median", "replicate_columns": ["compound", "dose"]}),
     },
     "evaluate": {
@@ -139,7 +147,8 @@ _METRICS = ("mean_average_precision", "precision_recall", "enrichment", "hitk", 
             "replicate_reproducibility", "grit", "precision_recall_pooled")
 # Node names that would clash with the store's coordinates or its aggregated level.
 _RESERVED = ("plate", "well", "site", "channel", "cell", "sample", "feature", "aggregated")
-_STEPS = ("normalize", "feature_select", "spherize", "consensus")
+_STEPS = ("normalize", "feature_select", "spherize", "consensus", "correct_well_position", "regress_cell_count",
+          "pca", "tvn", "coral", "harmony")
 
 
 @dataclass
@@ -448,9 +457,18 @@ def _check_semantics(values: dict, problems: list[str]) -> None:
                 {"spherize": {"method": "ZCA-cor", "samples": "control == 'negcon'"}},
             ]
         }
+    if isinstance(pipelines, list):
+        if not all(isinstance(n, str) for n in pipelines):
+            problems.append(f"profiles.pipelines: a list must hold recipe names, got {pipelines!r}")
+            pipelines = {}
+        values["profiles"]["pipelines"] = pipelines = {n: n for n in pipelines}
     if not isinstance(pipelines, Mapping):
         pipelines = {}
+    _expand_sweeps(values["profiles"], pipelines, problems)
     for name, steps in pipelines.items():
+        if isinstance(steps, str):
+            _check_recipe(f"profiles.pipelines.{name}", steps, problems)
+            continue
         if name in _RESERVED:
             problems.append(f"profiles.pipelines.{name}: the name is reserved (names a store node; "
                             f"avoid {', '.join(_RESERVED)})")
@@ -475,6 +493,12 @@ def _check_semantics(values: dict, problems: list[str]) -> None:
                 continue
             if _check_kwargs(f"{where}.{op}", params or {}, "cpzarr.profiles", op, problems, skip=("profiles",)):
                 _check_step_values(f"{where}.{op}", op, params or {}, problems)
+    compare = values["profiles"].get("compare")
+    if isinstance(compare, Mapping):
+        _check_kwargs("profiles.compare", compare, "cpzarr.profiles", "compare_pipelines", problems,
+                      skip=("profiles", "pipelines"))
+        _check_kwargs("profiles.compare", {k: v for k, v in compare.items() if k != "criterion"},
+                      "cpzarr.profiles", "pipeline_metrics", problems, skip=("profiles",))
     cons = values["profiles"].get("consensus")
     if isinstance(cons, Mapping) and cons:
         if _check_kwargs("profiles.consensus", cons, "cpzarr.profiles", "consensus", problems, skip=("profiles",)):
@@ -567,7 +591,10 @@ def _choices(op: str) -> dict[str, tuple]:
         return {}
     module, keys = names[op]
     mod = importlib.import_module(f"cpzarr.profiles.{module}")
-    return {key: tuple(getattr(mod, const)) for key, const in keys.items() if hasattr(mod, const)}
+    out = {key: tuple(getattr(mod, const)) for key, const in keys.items() if hasattr(mod, const)}
+    if op == "normalize" and "method" in out:  # other names of a method ("int": inverse_normal)
+        out["method"] += tuple(getattr(mod, "ALIASES", {}))
+    return out
 
 
 def _check_step_values(where: str, op: str, params: Mapping[str, Any], problems: list[str]) -> None:
@@ -607,6 +634,49 @@ def _lookup(module: str, name: str) -> Callable | None:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
         return None
+
+
+def _check_recipe(where: str, name: str, problems: list[str]) -> None:
+    try:
+        from cpzarr.profiles import RECIPES, recipe_steps
+    except ImportError:  # pragma: no cover
+        return
+    if name in RECIPES:
+        return
+    try:
+        recipe_steps(name)
+    except ValueError as err:
+        problems.append(f"{where}: {str(err).splitlines()[0]} ({'; '.join(getattr(err, 'problems', []))})")
+
+
+def _expand_sweeps(section: dict, pipelines: dict, problems: list[str]) -> None:
+    """Add the pipelines of ``profiles.sweeps`` (copies of one pipeline with a step's parameters varied)."""
+    for i, item in enumerate(section.get("sweeps") or []):
+        where = f"profiles.sweeps[{i}]"
+        if not (isinstance(item, Mapping) and set(item) <= {"pipeline", "step", "values"}
+                and {"pipeline", "step", "values"} <= set(item)):
+            problems.append(f"{where}: expected {{pipeline: <name>, step: <step>, values: {{param: [v, ...]}}}}")
+            continue
+        base = pipelines.get(item["pipeline"])
+        if base is None:
+            problems.append(f"{where}.pipeline: {item['pipeline']!r} is not one of profiles.pipelines "
+                            f"({', '.join(map(str, pipelines))})")
+            continue
+        values = item["values"]
+        if not (isinstance(values, Mapping) and all(isinstance(v, list) and v for v in values.values())):
+            problems.append(f"{where}.values: expected a mapping of parameter → non-empty list")
+            continue
+        from cpzarr.profiles import sweep
+
+        steps = base if isinstance(base, str) else [
+            {"step": op, **(params or {})} for step in base for op, params in step.items()]
+        try:
+            grid = sweep(steps, item["step"], dict(values), label=str(item["pipeline"]))
+        except ValueError as err:
+            problems.append(f"{where}: {str(err).splitlines()[0]}")
+            continue
+        for name, candidate in grid.items():
+            pipelines[name] = [{s["step"]: {k: v for k, v in s.items() if k != "step"}} for s in candidate]
 
 
 def _check_kwargs(where: str, params: Mapping[str, Any], module: str, name: str, problems: list[str],

@@ -255,7 +255,7 @@ def _prepared(screen, cells, box, edge, channels):
     return images, root, table, keep, rows, columns, pos, channel_index, channel_names
 
 
-def crops(screen, box=128, channels=None, edge="skip", scale=None, chunks="site", *, cells=None):
+def crops(screen, box=128, channels=None, edge="skip", scale=None, chunks="site", *, cells=None, illumination=None):
     """Lazy single-cell crops of a screen.
 
     Parameters
@@ -274,6 +274,9 @@ def crops(screen, box=128, channels=None, edge="skip", scale=None, chunks="site"
         One dask chunk (and one task) per site, or per well.
     cells : Dataset or pandas.DataFrame, optional
         Cells to crop instead of the store's ``/cells`` node (any subset of it, in any order).
+    illumination : bool or DataArray (plate, channel, y, x), optional
+        Divide the images by their illumination fields first (lazily, float32): True takes the
+        store's ``/illumination`` node (:mod:`cpzarr.illumination`), a DataArray is used as given.
 
     Returns
     -------
@@ -290,6 +293,10 @@ def crops(screen, box=128, channels=None, edge="skip", scale=None, chunks="site"
     (32, 2, 128, 128)
     """
     _check_options(box, edge, scale, chunks)
+    if illumination is not None and illumination is not False:
+        from cpzarr.illumination import corrected_screen
+
+        screen = corrected_screen(screen, illumination)
     images, root, table, keep, rows, columns, pos, channel_index, channel_names = _prepared(
         screen, cells, box, edge, channels
     )

@@ -45,3 +45,33 @@ class ClusterError(CpzarrError):
 
 class WeightsError(CpzarrError):
     """Model weights cannot be had, or do not match their claimed checksum."""
+
+
+class ResourceError(CpzarrError):
+    """The machine ran out of disk space or memory (or an I/O call failed) during a stage."""
+
+
+def resource_error(stage, path, error):
+    """A :class:`ResourceError` for an ``OSError`` or ``MemoryError`` raised inside ``stage``.
+
+    Names the stage, the file (the error's own, else ``path``) and what to do; says that
+    re-running the same command resumes, since every stage writes whole units atomically.
+
+    Examples
+    --------
+    >>> import errno
+    >>> str(resource_error("ingest", "s.zarr", OSError(errno.ENOSPC, "No space left on device")))[:43]
+    'ingest ran out of disk space writing s.zarr'
+    """
+    import errno
+
+    resume = "then re-run the same command: what was completed is kept and the rest resumes"
+    if isinstance(error, MemoryError):
+        return ResourceError(
+            f"{stage} ran out of memory (working on {path}); give it more memory or fewer workers "
+            f"(cluster.n_workers, cluster.memory_limit), {resume}"
+        )
+    where = getattr(error, "filename", None) or path
+    if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return ResourceError(f"{stage} ran out of disk space writing {where} ({error.strerror}); free space, {resume}")
+    return ResourceError(f"{stage} failed on {where}: {type(error).__name__}: {error}; fix it, {resume}")

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from cpzarr import _tables
-from cpzarr.errors import InputError, StoreError
+from cpzarr.errors import InputError, StoreError, resource_error
 from cpzarr.store import as_location, write_block, write_unit
 
 logger = logging.getLogger("cpzarr")
@@ -70,14 +70,16 @@ def ingest(
     table : str, Path or DataFrame
         A path or fsspec URL (``s3://…``) of a CellProfiler load_data CSV (``FileName_Orig<Ch>``, ``PathName_Orig<Ch>``) or a
         DeepProfiler index.csv (one column of paths per channel, relative to the CSV's folder);
-        the format is recognised from the columns. Its other ``Metadata_*`` columns that are
+        the format is recognised from the columns. Or an OME-Zarr HCS plate (NGFF 0.4 / Zarr v2
+        or 0.5 / Zarr v3), or a folder of plates (:mod:`cpzarr.formats.ome_zarr`). Its other ``Metadata_*`` columns that are
         constant within a well become well metadata.
     store : str, Path or cpzarr.store.Location
         The store to create (or resume): a local directory or an fsspec URL
         (``s3://bucket/screen.zarr``).
     platemap : str, Path or DataFrame, optional
         Well metadata keyed by (plate, well), or by well only when one layout serves every plate
-        (``well_position`` is accepted). Its columns win over the image table's. Field names are
+        (``well_position`` is accepted); or a LINCS ``barcode_platemap.csv`` beside its
+        ``platemap/<Plate_Map_Name>.txt`` files (:mod:`cpzarr.formats.lincs`). Its columns win over the image table's. Field names are
         normalised (``control_type`` → ``control``, ``pert_iname``/``broad_sample`` →
         ``compound``, ``mmoles_per_liter`` → ``dose``, ``Batch_Number`` → ``batch``). Every imaged
         well must be in it.
@@ -128,7 +130,13 @@ def ingest(
 
     from cpzarr.store import Location, as_location
 
-    plan = plan_ingest(table, platemap=platemap, channels=channels, storage_options=storage_options)
+    from cpzarr.formats.ome_zarr import is_hcs, plan_hcs
+    from cpzarr.store import is_url
+
+    if not is_url(table) and is_hcs(table):
+        plan = plan_hcs(table, platemap=platemap, channels=channels)
+    else:
+        plan = plan_ingest(table, platemap=platemap, channels=channels, storage_options=storage_options)
     # a Location keeps its own options; storage_options then serve the inputs
     store = as_location(store, None if isinstance(store, Location) else storage_options)
     with store_lock(store, "ingest"):
@@ -158,13 +166,31 @@ def _ingest_locked(store, plan, __version__, *, overwrite, compression_level, sc
     # a store just created has no markers to check: every well is to write
     todo = plan.wells_with_sites if created else _wells_to_write(store, plan)
     logger.info("ingest %s: %d of %d wells to write", store, len(todo), len(plan.wells_with_sites))
-    _run_wells(store, plan, todo, scheduler=scheduler, n_workers=n_workers, batch_size=batch_size, progress=progress)
+    try:
+        unreadable = _run_wells(store, plan, todo, scheduler=scheduler, n_workers=n_workers,
+                                batch_size=batch_size, progress=progress)
+    except (OSError, MemoryError) as err:
+        raise resource_error("ingest", store, err) from err
+    if unreadable:
+        from cpzarr.store import _update_root_attrs
+
+        paths = sorted({path for path, _ in unreadable})
+        # The replaced files will have new sizes and times: leave them out of the fingerprint, so
+        # that the re-run resumes instead of asking for --overwrite.
+        _update_root_attrs(store, {"ingest_fingerprint": plan.fingerprint_without(paths),
+                                   "ingest_unreadable": paths})
+        raise InputError(
+            f"The ingest of {store} could not decode these image files (their headers read fine); "
+            "their wells were not written and the store stays incomplete. Replace the files and "
+            "re-run the same command: the wells already written are kept.",
+            [problem for _, problem in unreadable],
+        )
 
     unfinished = _wells_to_write(store, plan)
     if unfinished:
         names = [f"{plan.plates[p]}/{plan.wells[w]}" for p, w in unfinished]
         raise StoreError(f"The ingest of {store} left {len(unfinished)} well(s) unwritten: {', '.join(names[:10])}; re-run it.")
-    _finish(store, params)
+    _finish(store, params, plan.fingerprint)
 
 
 @dataclass
@@ -184,6 +210,13 @@ class IngestPlan:
     metadata: object = field(repr=False)  # xarray.Dataset of well metadata and batch
     fingerprint: str = ""
     storage_options: dict = field(default_factory=dict, repr=False)  # for images given as URLs
+    signatures: list = field(default_factory=list, repr=False)  # (path, size, mtime_ns) per source file
+
+    def fingerprint_without(self, paths) -> str:
+        """The fingerprint with the size and time of ``paths`` left out (files found undecodable,
+        which the user replaces before re-running)."""
+        paths = set(paths)
+        return _fingerprint(self, [(p, None, None) if p in paths else (p, n, t) for p, n, t in self.signatures])
 
     @property
     def wells_with_sites(self):
@@ -213,7 +246,10 @@ def plan_ingest(table, *, platemap=None, channels=None, storage_options=None) ->
     ------
     InputError
         With every problem found: missing or unreadable files, images of another shape or dtype,
-        duplicate (plate, well, site), unknown channels, wells missing from the platemap.
+        duplicate (plate, well, site), negative site numbers or one so large that the site axis
+        would be far longer than the sites present, unknown channels, wells missing from the
+        platemap, well metadata that differs between the rows of one well, image paths that are
+        not .tif/.tiff/.png.
 
     Examples
     --------
@@ -234,8 +270,12 @@ def plan_ingest(table, *, platemap=None, channels=None, storage_options=None) ->
     non_int = ~bad_key & (sites["site"] % 1 != 0)
     for row in sites[non_int].itertuples():
         problems.append(f"line {row.line}: site {row.site} is not a whole number")
-    good = sites[~bad_key & ~non_int].copy()
+    negative = ~bad_key & ~non_int & (sites["site"] < 0)
+    for row in sites[negative].itertuples():
+        problems.append(f"line {row.line}: site {row.site:g} is negative")
+    good = sites[~bad_key & ~non_int & ~negative].copy()
     good["site"] = good["site"].astype(np.int64)
+    problems += _sparse_sites(good)
     dups = good[good.duplicated(["plate", "well", "site"], keep=False)]
     for (plate, well, site), rows in dups.groupby(["plate", "well", "site"]):
         problems.append(f"{plate}/{well} site {site} appears on several lines: {', '.join(map(str, rows['line']))}")
@@ -289,7 +329,8 @@ def plan_ingest(table, *, platemap=None, channels=None, storage_options=None) ->
         metadata=metadata,
         storage_options=dict(storage_options or {}),
     )
-    plan.fingerprint = _fingerprint(plan, headers)
+    plan.signatures = _signatures(headers, storage_options)
+    plan.fingerprint = _fingerprint(plan, plan.signatures)
     return plan
 
 
@@ -319,6 +360,8 @@ def read_image(path, shape=None, dtype=None, out=None, storage_options=None) -> 
     >>> read_image("r01c01f01p01-ch1sk1fk1fl1.png").shape  # doctest: +SKIP
     (1080, 1080)
     """
+    if hasattr(path, "read_plane"):  # one channel of an OME-Zarr field (cpzarr.formats.ome_zarr)
+        return path.read_plane(shape, dtype, out)
     path = str(path)
     if out is not None:
         shape, dtype = out.shape, out.dtype
@@ -429,6 +472,9 @@ def _join_metadata(table_meta, sites, platemap, problems, storage_options=None):
         frame = frame.drop(columns=[c for c in pm_cols if c in frame.columns]).merge(
             joined, on=["plate", "well"], how="left"
         )
+    # each column's name as the sources wrote it, kept for Pycytominer-named exports
+    frame.attrs["source_names"] = {**table_meta.attrs.get("source_names", {}),
+                                   **(pm.attrs.get("source_names", {}) if platemap is not None else {})}
     frame, notes = _tables.derive_store_metadata(frame)
     if "batch" in frame.columns:
         per_plate = frame.groupby("plate")["batch"].nunique()
@@ -438,6 +484,28 @@ def _join_metadata(table_meta, sites, platemap, problems, storage_options=None):
     else:
         notes.append("no batch column (batch, Batch_Number): batch filled with empty strings")
     return frame, platemap_source, notes
+
+
+def _sparse_sites(sites, slack=2, extra=8) -> list[str]:
+    """Rows whose site number would make the site axis far longer than the sites present.
+
+    The site axis runs from 1 (or 0) to the largest site number; a typo (``1000000000`` for
+    ``10``) would allocate it for every well. An axis longer than ``slack`` times the distinct
+    site numbers plus ``extra`` is refused, naming the rows beyond that length.
+    """
+    if sites.empty:
+        return []
+    distinct = np.unique(sites["site"].to_numpy())
+    start = min(1, int(distinct[0]))
+    limit = start + slack * len(distinct) + extra
+    if distinct[-1] - start + 1 <= slack * len(distinct) + extra:
+        return []
+    far = sites[sites["site"] >= limit]
+    return [
+        f"line {row.line}: site {row.site} would make a site axis of {row.site - start + 1:,} for "
+        f"{len(distinct)} distinct site numbers (a typo?)"
+        for row in far.itertuples()
+    ]
 
 
 def _read_headers(sites, channels, storage_options=None) -> dict:
@@ -483,7 +551,9 @@ def _fmt(header) -> str:
 def _metadata_dataset(frame, plates, wells, sites, channels):
     import xarray as xr
 
+    names = frame.attrs.get("source_names", {})
     frame = frame.set_index(["plate", "well"])
+    frame.attrs["source_names"] = names
     grid = pd.MultiIndex.from_product([plates, wells], names=["plate", "well"])
     full = frame.reindex(grid)
     ds = xr.Dataset(
@@ -500,6 +570,9 @@ def _metadata_dataset(frame, plates, wells, sites, channels):
             continue
         values = _tables.as_store_column(full[col]).reshape(len(plates), len(wells))
         ds[col] = (("plate", "well"), values)
+        written = frame.attrs.get("source_names", {}).get(col)
+        if written and written != col:
+            ds[col].attrs["source_name"] = written
     # batch is a label even when the source numbers it (LINCS Batch_Number 1, 3)
     batch_values = (
         batch.map(lambda v: "" if _tables.is_blank(v) else _tables.as_label(v)).to_numpy(dtype=object)
@@ -510,13 +583,27 @@ def _metadata_dataset(frame, plates, wells, sites, channels):
     return ds
 
 
-def _fingerprint(plan, headers) -> str:
+def _signatures(headers, storage_options=None) -> list:
+    """Size and modification time of every source file (a content hash would read every pixel
+    twice): a file rewritten with the same size is seen as a change."""
+    from cpzarr.store import is_url
+
+    signatures = []
+    for _, _, path in headers:
+        if is_url(path):  # an object: its size (object stores' times are not kept portably)
+            signatures.append((path, _size(path, storage_options), None))
+            continue
+        stat = os.stat(path)
+        signatures.append((path, stat.st_size, stat.st_mtime_ns))
+    return sorted(signatures)
+
+
+def _fingerprint(plan, signatures) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps([plan.channels, plan.plates, plan.wells, plan.sites.tolist(), list(plan.shape), plan.dtype]).encode())
     for key in sorted(plan.files):
         digest.update(json.dumps([key, plan.files[key]]).encode())
-    sizes = sorted((path, _size(path, plan.storage_options)) for (_, _, path) in headers)
-    digest.update(json.dumps(sizes).encode())
+    digest.update(json.dumps(signatures).encode())
     wells = plan.metadata.drop_dims(["site", "channel"])
     digest.update(wells.to_dataframe().to_csv().encode())
     return digest.hexdigest()
@@ -542,10 +629,17 @@ def _prepare_store(store: Path, plan: IngestPlan, params: dict, *, overwrite: bo
 
     if store.exists():
         attrs = _root_attrs(store)
-        if is_store(store) and attrs.get("ingest_fingerprint") == plan.fingerprint and not overwrite:
+        expected = plan.fingerprint
+        if attrs and attrs.get("ingest_unreadable"):
+            expected = plan.fingerprint_without(attrs["ingest_unreadable"])
+        if is_store(store) and attrs.get("ingest_fingerprint") == expected and not overwrite:
             return False
         if not overwrite:
-            what = "a store made from other inputs" if is_store(store) else "something that is not a cpzarr store"
+            what = (
+                "a store made from other inputs (the image table, platemap, channels, or a source "
+                "file's size or modification time differ)"
+                if is_store(store) else "something that is not a cpzarr store"
+            )
             raise StoreError(
                 f"{store} already exists and holds {what}; pass overwrite=True (--overwrite) to replace it "
                 "or choose another path."
@@ -655,10 +749,17 @@ def write_well(store, p, w, n_sites, site_files, shape, dtype, storage_options=N
     n_channels = len(site_files[0][1])
     block = np.zeros((1, 1, n_sites, n_channels) + tuple(shape), dtype=dtype)
     mask = np.zeros((1, 1, n_sites), dtype=bool)
+    unreadable = []
     for s, paths in site_files:
         for c, path in enumerate(paths):
-            read_image(path, shape, dtype, out=block[0, 0, s, c], storage_options=storage_options)
+            try:
+                read_image(path, shape, dtype, out=block[0, 0, s, c], storage_options=storage_options)
+            except (OSError, ValueError, EOFError) as err:  # truncated or damaged pixel data
+                unreadable.append((path, f"{path}: {type(err).__name__}: {err}"))
         mask[0, 0, s] = True
+    if unreadable:
+        # Nothing of this well is written: it stays to do, and the store incomplete.
+        raise UnreadableImages(unreadable)
     # the well's shard, then its present chunk: the unit's completion marker
     store = as_location(store)
     write_unit([(store / "images", (p, w, 0, 0, 0, 0), block)], (store / "present", (p, w, 0), mask))
@@ -671,8 +772,9 @@ def _write_block(path: Path, index: tuple, block: np.ndarray):
 
 
 def _run_wells(store, plan, todo, *, scheduler, n_workers, batch_size, progress):
+    """Write the wells ``todo``; returns the files that could not be decoded (their wells unwritten)."""
     if not todo:
-        return
+        return []
     items = [(store if not isinstance(store, Path) else str(store), p, w, len(plan.sites), plan.files[(p, w)],
               plan.shape, plan.dtype, plan.storage_options or None) for p, w in todo]
     names = [f"{plan.plates[p]}-{plan.wells[w]}" for p, w in todo]
@@ -681,23 +783,40 @@ def _run_wells(store, plan, todo, *, scheduler, n_workers, batch_size, progress)
         from cpzarr.cluster import get_client
 
         with get_client(scheduler) as remote:
-            _run_distributed(remote, items, names, batch_size, progress)
-        return
-    if client is not None:
-        _run_distributed(client, items, names, batch_size, progress)
-        return
-    _run_local(items, names, scheduler or "threads", n_workers, batch_size, progress)
+            results = _run_distributed(remote, items, names, batch_size, progress)
+    elif client is not None:
+        results = _run_distributed(client, items, names, batch_size, progress)
+    else:
+        results = _run_local(items, names, scheduler or "threads", n_workers, batch_size, progress)
+    return [problem for result in results or () if isinstance(result, list) for problem in result]
 
 
 def _run_distributed(client, items, names, batch_size, progress):
     from cpzarr.cluster import map_batches
 
-    map_batches(_write_well_item, items, key_prefix="ingest-well", names=names, batch_size=batch_size,
-                client=client, progress=progress)
+    return map_batches(_write_well_item, items, key_prefix="ingest-well", names=names, batch_size=batch_size,
+                       client=client, progress=progress)
 
 
 def _write_well_item(item):
-    return write_well(*item)
+    return _write_well_reporting(*item)
+
+
+class UnreadableImages(InputError):
+    """Image files of one well whose pixels cannot be decoded (their headers were fine)."""
+
+    def __init__(self, unreadable):
+        self.unreadable = list(unreadable)  # (path, problem)
+        super().__init__("images cannot be decoded", [problem for _, problem in self.unreadable])
+
+
+def _write_well_reporting(*item):
+    """:func:`write_well`, giving the list of undecodable files instead of raising, so that one
+    bad file does not stop the other wells and every bad file is named at the end."""
+    try:
+        return write_well(*item)
+    except UnreadableImages as err:
+        return err.unreadable
 
 
 def _run_local(items, names, scheduler, n_workers, batch_size, progress):
@@ -711,28 +830,34 @@ def _run_local(items, names, scheduler, n_workers, batch_size, progress):
         def _posttask(self, key, result, dsk, state, worker_id):
             bar.update(1)
 
+    results = []
     try:
         for start in range(0, len(items), batch_size):
             chunk = range(start, min(start + batch_size, len(items)))
             tasks = [
-                dask.delayed(write_well, pure=False)(*items[i], dask_key_name=f"ingest-well-{names[i]}")
+                dask.delayed(_write_well_reporting, pure=False)(*items[i], dask_key_name=f"ingest-well-{names[i]}")
                 for i in chunk
             ]
             with _WellProgress():
-                dask.compute(*tasks, scheduler=scheduler, num_workers=n_workers)
+                results += dask.compute(*tasks, scheduler=scheduler, num_workers=n_workers)
     finally:
         bar.close()
+    return results
 
 
 def _is_client(obj) -> bool:
     return type(obj).__name__ == "Client" and hasattr(obj, "submit")
 
 
-def _finish(store: Path, params: dict):
+def _finish(store: Path, params: dict, fingerprint: str):
     from cpzarr.store import _root_attrs, _update_root_attrs, now_iso, read_provenance
 
-    if _root_attrs(store).get("complete"):
+    attrs = _root_attrs(store)
+    if attrs.get("complete"):
         return
     records = read_provenance(store)
     records["/"] = dict(params, time=now_iso())
-    _update_root_attrs(store, {"complete": True, "provenance": json.dumps(records, sort_keys=True, default=str)})
+    updates = {"complete": True, "provenance": json.dumps(records, sort_keys=True, default=str)}
+    if attrs.get("ingest_unreadable"):  # the replaced files count again
+        updates.update(ingest_fingerprint=fingerprint, ingest_unreadable=[])
+    _update_root_attrs(store, updates)

@@ -23,7 +23,7 @@ from typing import Any
 
 from cpzarr._files import write_atomic
 from cpzarr.config import STAGES, Config, check_paths, load_config
-from cpzarr.errors import ConfigError, StoreError
+from cpzarr.errors import ConfigError, StoreError, resource_error
 
 logger = logging.getLogger("cpzarr")
 
@@ -215,6 +215,8 @@ def run(
                     info = getattr(stage_impl, f"stage_{stage}")(ctx) or {}
             except KeyboardInterrupt:
                 raise RunInterrupted(_interrupted_text(ctx, stage, result.ran + result.skipped)) from None
+            except (OSError, MemoryError) as err:  # ENOSPC, MemoryError: say where and that re-running resumes
+                raise resource_error(f"stage {stage!r}", ctx.store, err) from err
             seconds = time.perf_counter() - t0
             state.mark(stage, fp, seconds, **info)
             result.ran.append(stage)

@@ -17,6 +17,7 @@ import pandas as pd
 
 from cpzarr.config import Config
 from cpzarr.errors import ConfigError, StoreError
+from cpzarr.query import query_mask
 
 __all__ = ["Context", "outputs_exist"]
 
@@ -200,17 +201,25 @@ def stage_features(ctx: Context) -> dict:
 
     screen = open_screen(ctx.store)
     c = ctx.cfg["crops"]
+    if c["illumination"]:
+        from cpzarr import illumination
+        from cpzarr.store import node_exists
+
+        if not node_exists(ctx.store, illumination.NODE):
+            illumination.write(ctx.store)
+    light = True if c["illumination"] else None
     n_cells = 0
     for name in ctx.feature_sets():
         if model == "classical" and name == ctx.feature_sets()[0]:
             from cpzarr.features import classical
 
             # Classical measurements read raw intensities unless crops.scale says otherwise.
-            view = make_crops(screen, box=c["box"], channels=c["channels"], edge=c["edge"], scale=c["scale"])
+            view = make_crops(screen, box=c["box"], channels=c["channels"], edge=c["edge"],
+                              illumination=light, scale=c["scale"])
             feats = classical(view)
         elif model == "trained" and name == ctx.feature_sets()[0]:
             view = make_crops(screen, box=c["box"], channels=c["channels"], edge=c["edge"],
-                              scale=c["scale"] or "minmax")
+                              illumination=light, scale=c["scale"] or "minmax")
             checkpoint = f["checkpoint"] or ctx.state.info("train").get("checkpoint")
             if not checkpoint:
                 raise StoreError("features: no trained checkpoint (run the train stage first)")
@@ -219,7 +228,7 @@ def stage_features(ctx: Context) -> dict:
         else:
             arch = model if model not in ("trained", "classical") else "efficientnet-lite0"
             view = make_crops(screen, box=c["box"], channels=c["channels"], edge=c["edge"],
-                              scale=c["scale"] or "minmax")
+                              illumination=light, scale=c["scale"] or "minmax")
             feats = extract(view, model=arch, weights=f["weights"], layer=f["layer"],
                             batch_size=f["batch_size"], dtype=f["dtype"])
         counts = {k: view.attrs[k] for k in ("edge", "cells_located", "cells_at_edge", "cells_left_out",
@@ -272,23 +281,13 @@ def _write_plain_node(store: Path, group: str, dataset) -> None:
 
 def well_metadata(ctx: Context, profiles):
     """Attach the store's well metadata (compound, dose, moa, control, batch, …) to well profiles."""
+    from cpzarr.export import attach_metadata
     from cpzarr.store import open_screen
 
     if ctx.cfg.get("input.store") is None and ctx.cfg.get("input.images") is None \
             and ctx.cfg.get("input.synthetic") is None:
         return _platemap_metadata(ctx, profiles)
-    root = open_screen(ctx.store).to_dataset()
-    plates = profiles["plate"].values
-    wells = profiles["well"].values
-    pi = pd.Index(root["plate"].values.astype(str)).get_indexer(plates.astype(str))
-    wi = pd.Index(root["well"].values.astype(str)).get_indexer(wells.astype(str))
-    coords = {}
-    for name, var in root.data_vars.items():
-        if var.dims == ("plate", "well") and name not in profiles.coords:
-            coords[name] = ("sample", np.asarray(var.values)[pi, wi])
-        elif var.dims == ("plate",) and name not in profiles.coords:
-            coords[name] = ("sample", np.asarray(var.values)[pi])
-    return profiles.assign_coords(coords)
+    return attach_metadata(profiles, open_screen(ctx.store).to_dataset())
 
 
 def _platemap_metadata(ctx: Context, profiles):
@@ -309,8 +308,14 @@ def _platemap_metadata(ctx: Context, profiles):
     return profiles.assign_coords(coords)
 
 
-def _steps(spec: list) -> list:
+def _steps(spec: list | str) -> list | str:
+    if isinstance(spec, str):  # a recipe name: profiles_mad_int_featselect_harmony
+        return spec
     return [(op, dict(params or {})) for step in spec for op, params in step.items()]
+
+
+#: The pipeline comparison of a run (``profiles.compare``), one row per feature set × pipeline.
+COMPARISON_TABLE = "pipeline_comparison.csv"
 
 
 def stage_profiles(ctx: Context) -> dict:
@@ -318,19 +323,32 @@ def stage_profiles(ctx: Context) -> dict:
 
     Every step reads its input node from the store and writes its output node there, so the
     client holds no table; fitted matrices (a 6,400² whitening matrix is 330 MB) stay on the
-    worker that fitted them.
+    worker that fitted them. With ``profiles.compare`` each pipeline's task also returns its
+    metrics, and the comparison is written to the tables (``COMPARISON_TABLE``).
     """
     from cpzarr.cluster import run_task
+    from cpzarr.profiles import rank_pipelines
 
     p = ctx.cfg["profiles"]
     remote = _remote(ctx)
     summary: dict[str, Any] = {}
+    compare = p.get("compare")
+    compare = {} if compare is True else (dict(compare) if compare else None)
+    rows = []
     for name in ctx.feature_sets():
         summary.update(run_task(ctx.client, f"aggregate-{name}", _aggregate_node, remote, name))
         for pname, spec in p["pipelines"].items():
-            run_task(ctx.client, f"normalize-{name}-{pname}", _pipeline_node, remote, name, pname, spec)
+            row = run_task(ctx.client, f"normalize-{name}-{pname}", _pipeline_node, remote, name, pname, spec,
+                           compare)
+            if row is not None:
+                rows.append({"pipeline": pname if len(ctx.feature_sets()) == 1 else f"{name} {pname}", **row})
             if p["consensus"]:
                 run_task(ctx.client, f"consensus-{name}-{pname}", _consensus_node, remote, name, pname)
+    if rows:
+        table = rank_pipelines(rows, compare.get("criterion", "score"))
+        ctx.tables_dir.mkdir(parents=True, exist_ok=True)
+        table.to_csv(ctx.tables_dir / COMPARISON_TABLE, index=False)
+        summary["chosen_pipeline"] = table.attrs["chosen"]
     return {"summary": summary}
 
 
@@ -361,13 +379,18 @@ def _aggregate_node(ctx: Context, name: str) -> dict:
     return summary
 
 
-def _pipeline_node(ctx: Context, name: str, pname: str, spec: list) -> None:
-    """One profile pipeline (normalize, feature_select, spherize …) of the well profiles, written."""
-    from cpzarr.profiles import pipeline, read_profiles, write_profiles
+def _pipeline_node(ctx: Context, name: str, pname: str, spec: list | str, compare: dict | None = None) -> dict | None:
+    """One profile pipeline (normalize, feature_select, spherize …) of the well profiles, written;
+    with ``compare`` (``profiles.compare`` options) its comparison metrics."""
+    from cpzarr.profiles import pipeline, pipeline_metrics, read_profiles, write_profiles
 
     well = read_profiles(ctx.store, node=f"profiles/{name}/aggregated").load()
     out = (pipeline(well, _steps(spec)) if spec else well).compute()
     write_profiles(out, ctx.store, node=f"profiles/{name}/{pname}")
+    if compare is None:
+        return None
+    metrics = {k: v for k, v in compare.items() if k != "criterion"}
+    return {**pipeline_metrics(out, **metrics), "steps": out.attrs.get("cpzarr_pipeline", "[]")}
 
 
 def _consensus_node(ctx: Context, name: str, pname: str) -> None:
@@ -497,7 +520,7 @@ def _load_results(ctx: Context) -> dict[str, dict[str, pd.DataFrame]]:
     labels = json.loads((ctx.tables_dir / "sets.json").read_text())
     out: dict[str, dict[str, pd.DataFrame]] = {}
     for path in sorted(ctx.tables_dir.glob("*.csv")):
-        if path.name == "headline.csv":
+        if path.name in ("headline.csv", COMPARISON_TABLE):
             continue
         slug, metric = path.stem.split(".", 1)
         out.setdefault(labels.get(slug, slug), {})[metric] = pd.read_csv(path)
@@ -606,7 +629,7 @@ def _exclude_mask(ctx: Context, prof) -> np.ndarray:
     query = ctx.cfg.get("evaluate.exclude")
     if not query:
         return np.ones(prof.sizes["sample"], dtype=bool)
-    return ~sample_table(prof).eval(query).to_numpy(dtype=bool)
+    return ~query_mask(query, sample_table(prof), what="evaluate.exclude")
 
 
 def _report_replicates(ctx: Context, sets: dict, figures: dict, tables: dict, notes: dict) -> pd.DataFrame:

@@ -91,3 +91,118 @@ def assert_profiles_equal(actual, expected, rtol=1e-6, atol=0.0, check_coords=Tr
 def _sort_order(profiles, names):
     frame = pd.DataFrame({n: pd.Series(profiles[n].values).astype(str) for n in names})
     return np.asarray(frame.sort_values(names, kind="stable").index)
+
+
+def check_reader(fmt, path, tmp_path, **options):
+    """Conformance suite of a :mod:`cpzarr.formats` reader; returns what it read from ``path``.
+
+    Checks, with AssertionError naming the first failure, that the reader
+
+    1. recognises ``path`` (``detect``), and does not recognise a file of random bytes;
+    2. reads ``path`` into a result that honours its kind's contract (columns, dims, dtypes,
+       sort order: see :mod:`cpzarr.formats._contract`);
+    3. refuses a missing path and an empty file (0 bytes, or an empty folder) with
+       :class:`cpzarr.errors.InputError` naming it, never a raw parser error.
+
+    Parameters
+    ----------
+    fmt : cpzarr.formats.Format or str
+        The reader, or its registered name.
+    path : str or Path
+        A valid sample of the format.
+    tmp_path : Path
+        A scratch folder for the broken samples.
+    **options
+        Passed to ``read``.
+
+    Examples
+    --------
+    >>> result = check_reader("load_data", "load_data.csv", tmp_path)  # doctest: +SKIP
+    """
+    from pathlib import Path
+
+    from cpzarr.errors import InputError
+    from cpzarr.formats import get_format
+
+    fmt = get_format(fmt) if isinstance(fmt, str) else fmt
+    path, tmp_path = Path(path), Path(tmp_path)
+    assert fmt.looks_like(path), f"{fmt.name}: does not recognise its own sample {path}"
+    noise = tmp_path / f"noise-{fmt.name}.csv"
+    noise.write_bytes(bytes(range(256)) * 4)
+    assert not fmt.looks_like(noise), f"{fmt.name}: takes a file of random bytes for its format"
+
+    result = fmt.read(path, **options)
+    _CHECKS[fmt.kind](fmt, result)
+
+    missing = tmp_path / f"missing-{fmt.name}" / path.name
+    _assert_refused(fmt, missing, InputError, options)
+    empty = tmp_path / f"empty-{fmt.name}"
+    empty.mkdir(exist_ok=True)
+    target = empty / path.name
+    if path.is_dir():
+        target.mkdir(exist_ok=True)
+    else:
+        target.write_bytes(b"")
+    _assert_refused(fmt, target, InputError, options)
+    return result
+
+
+def _assert_refused(fmt, path, error_type, options):
+    try:
+        fmt.read(path, **options)
+    except error_type as error:
+        assert path.name in str(error) or str(path.parent) in str(error), (
+            f"{fmt.name}: the error for {path} does not name it: {error}")
+        return
+    except Exception as error:  # the suite's point: anything else is a failure
+        raise AssertionError(f"{fmt.name}: {path} gave {type(error).__name__}: {error}, not InputError") from error
+    raise AssertionError(f"{fmt.name}: {path} was read without an error")
+
+
+def _check_images(fmt, result):
+    assert isinstance(result, tuple) and len(result) == 4, f"{fmt.name}: images give (sites, metadata, channels, info)"
+    sites, meta, channels, info = result
+    assert isinstance(sites, pd.DataFrame) and isinstance(meta, pd.DataFrame)
+    assert {"plate", "well", "site", "line"} <= set(sites.columns), f"{fmt.name}: site columns {list(sites.columns)}"
+    assert channels and all(c in sites.columns for c in channels), f"{fmt.name}: channels {channels}"
+    assert info.get("format") and info.get("source"), f"{fmt.name}: info {info}"
+    from pathlib import Path
+
+    for c in channels:
+        paths = [p for p in sites[c] if p is not None]
+        assert all(Path(p).is_absolute() for p in paths), f"{fmt.name}: channel {c} paths must be absolute"
+    assert {"plate", "well"} <= set(meta.columns), f"{fmt.name}: well metadata keyed by plate and well"
+    assert not meta.duplicated(["plate", "well"]).any(), f"{fmt.name}: one metadata row per well"
+
+
+def _check_locations(fmt, result):
+    assert isinstance(result, pd.DataFrame), f"{fmt.name}: locations are a DataFrame"
+    need = {"plate", "well", "site", "x", "y", "file", "row"}
+    assert need <= set(result.columns), f"{fmt.name}: lacks {sorted(need - set(result.columns))}"
+    assert result["x"].dtype == np.float64 and result["y"].dtype == np.float64, f"{fmt.name}: x, y float64"
+    assert len(result) > 0, f"{fmt.name}: no locations read from a valid sample"
+
+
+def _check_features(fmt, result):
+    assert isinstance(result, xr.Dataset) and "features" in result, f"{fmt.name}: a Dataset with 'features'"
+    features = result["features"]
+    assert features.dims == ("cell", "feature"), f"{fmt.name}: dims {features.dims}"
+    assert features.dtype == np.float32, f"{fmt.name}: dtype {features.dtype}"
+    for name in ("plate", "well", "site", "x", "y"):
+        assert name in result.coords and result[name].dims == ("cell",), f"{fmt.name}: coordinate {name} along cell"
+    keys = pd.DataFrame({k: result[k].values for k in ("plate", "well", "site")})
+    assert keys.equals(keys.sort_values(["plate", "well", "site"], kind="stable").reset_index(drop=True)), (
+        f"{fmt.name}: cells not sorted by plate, well, site")
+
+
+def _check_platemap(fmt, result):
+    assert isinstance(result, tuple) and len(result) == 2, f"{fmt.name}: platemaps give (frame, source)"
+    frame, source = result
+    assert isinstance(frame, pd.DataFrame) and "well" in frame.columns, f"{fmt.name}: a frame with 'well'"
+    keys = ["plate", "well"] if "plate" in frame.columns else ["well"]
+    assert not frame.duplicated(keys).any(), f"{fmt.name}: one row per well"
+    assert isinstance(source, str) and source
+
+
+_CHECKS = {"images": _check_images, "locations": _check_locations, "features": _check_features,
+           "platemap": _check_platemap}

@@ -156,7 +156,7 @@ def test_cli_run_with_no_scheduler_prints_one_line(tmp_path):
     from cpzarr.cli import main
 
     config = tmp_path / "c.yaml"
-    config.write_text("input: {synthetic: {plates: 1}}\noutput: {store: s.zarr, report: r}\n")
+    config.write_text("input: {synthetic: {plates: 2, batches: 2}}\noutput: {store: s.zarr, report: r}\n")
     port = _free_port()
     out = CliRunner().invoke(main, ["run", str(config), "--scheduler", f"tcp://127.0.0.1:{port}"])
     assert out.exit_code == 1

@@ -16,7 +16,7 @@ def _problems(text, **kwargs):
 
 def test_scalar_for_a_list_and_a_section_as_a_list_are_problems_not_crashes():
     problems = _problems(BASE + "evaluate: {k: 5}\n")
-    assert problems == ["evaluate.k: 5 is a int; expected list"]
+    assert problems == ["evaluate.k: 5 is a int; expected list or null"]
     problems = _problems("input: {synthetic: {}}\nfeatures: [classical]\ncrops: [1, 2]\n")
     assert "features: expected a mapping of keys, got ['classical']" in problems
     assert "crops: expected a mapping of keys, got [1, 2]" in problems

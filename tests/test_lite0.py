@@ -189,3 +189,50 @@ def test_one_plane_fold_equals_three_copied_planes():
         np.asarray(model(np.repeat(plane, 3, axis=-1), training=False)),
         rtol=1e-4, atol=1e-4,
     )
+
+
+class _Touch:
+    """Unpickled by plain pickle, this creates the file ``path`` (it calls builtins.open)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("position", ["magic", "protocol", "system", "state", "keys"])
+def test_reader_runs_no_pickle_code(tmp_path, position):
+    """Issue 21 item 5: each of the checkpoint's pickles goes through a restricted unpickler."""
+    target = tmp_path / "pwned.txt"
+    evil = pickle.dumps(_Touch(target), protocol=2)
+    parts = {
+        "magic": pickle.dumps(0x1950A86A20F9469CFC6C), "protocol": pickle.dumps(1001),
+        "system": pickle.dumps({"little_endian": True}), "state": pickle.dumps(OrderedDict()),
+        "keys": pickle.dumps([]),
+    }
+    parts[position] = evil
+    path = tmp_path / "evil.pth"
+    path.write_bytes(b"".join(parts.values()))
+    with pytest.raises(WeightsError, match="builtins.open|io.open"):
+        _lite0.read_pth(path)
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("position, value, message", [
+    ("magic", "not a number", "magic number is a str"),
+    ("keys", {"0": 1}, "storage keys is a dict"),
+    ("keys", ["9"], "storage '9' is listed"),
+    ("state", [1, 2], "not a state dict"),
+])
+def test_reader_refuses_odd_plain_data(tmp_path, position, value, message):
+    parts = {
+        "magic": pickle.dumps(0x1950A86A20F9469CFC6C), "protocol": pickle.dumps(1001),
+        "system": pickle.dumps({"little_endian": True}), "state": pickle.dumps(OrderedDict()),
+        "keys": pickle.dumps([]),
+    }
+    parts[position] = pickle.dumps(value)
+    path = tmp_path / "odd.pth"
+    path.write_bytes(b"".join(parts.values()))
+    with pytest.raises(WeightsError, match=message):
+        _lite0.read_pth(path)

@@ -48,7 +48,7 @@ def test_make_profiles_layout_and_determinism():
 
 def test_io_roundtrip_all_formats(tmp_path, small):
     frame = to_pycytominer(small)
-    assert frame.columns[0] == "Metadata_plate"
+    assert frame.columns[0] == "Metadata_Plate"
     for name, node in [("p.parquet", None), ("p.csv.gz", None), ("p.zarr", "profiles/demo/well")]:
         write_profiles(small, tmp_path / name, node=node)
         back = read_profiles(tmp_path / name, node=node)
@@ -79,7 +79,7 @@ def test_conversion_keeps_dtypes_order_index_and_nan():
     }, index=[10, 11, 12])
     profiles = from_pycytominer(frame)
     assert list(profiles["feature"].values) == ["Cells_a", "Nuclei_b"]
-    assert "Image_Text" in profiles.coords and "Well" in profiles.coords
+    assert "Image_Text" in profiles.coords and "well" in profiles.coords
     pd.testing.assert_frame_equal(to_pycytominer(profiles), frame)
 
 
@@ -87,7 +87,7 @@ def test_conversion_errors():
     with pytest.raises(InputError, match="not in the profile table"):
         from_pycytominer(pd.DataFrame({"Cells_a": [1.0]}), features=["Cells_a", "Cells_b"])
     with pytest.raises(InputError, match="already taken"):
-        from_pycytominer(pd.DataFrame({"Metadata_Well": ["A"], "Well": ["B"], "Cells_a": [1.0]}))
+        from_pycytominer(pd.DataFrame({"Metadata_Well": ["A"], "well": ["B"], "Cells_a": [1.0]}))
 
 
 def _reference_normalize(values, codes, fit, method):

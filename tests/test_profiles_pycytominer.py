@@ -40,7 +40,7 @@ def test_normalize_fit_on_dmso(plate, method, chunks):
     expected = pycytominer.normalize(plate, features=features, meta_features=meta, samples=DMSO_QUERY, method=method)
     profiles = from_pycytominer(plate)
     profiles = profiles if chunks is None else profiles.chunk({"sample": chunks})
-    actual = normalize(profiles, method=method, by="Plate", samples='pert_type == "control"')
+    actual = normalize(profiles, method=method, by="plate", samples='pert_type == "control"')
     assert_profiles_equal(actual.compute(), expected, rtol=1e-6)
 
 
@@ -202,7 +202,7 @@ def test_annotate_reproduces_lincs_metadata(plate, shared_data):
                            sep="\t")
     moa = pd.read_csv(metadata / "moa" / "repurposing_info_external_moa_map_resolved.tsv", sep="\t")
     original = from_pycytominer(plate)
-    bare = original.drop_vars([c for c in original.coords if c not in ("Well", "feature")]).rename({"Well": "well"})
+    bare = original.drop_vars([c for c in original.coords if c not in ("well", "feature")])
     annotated = annotate(bare, platemap, external_metadata=moa[["broad_sample", "pert_iname", "moa", "target"]])
     expected_moa = pd.Series(original["moa"].values).fillna("")
     assert (pd.Series(annotated["moa"].values).fillna("") == expected_moa).all()

@@ -157,3 +157,48 @@ output: {{store: {tmp_path / 'lincs.zarr'}, report: {tmp_path / 'report'}}}
     for treated in ("A13", "P13"):
         idx = np.flatnonzero(wells == treated)
         assert dist[np.ix_(idx, dmso)].mean() > dmso_dmso, treated
+
+
+def test_run_compares_recipe_pipelines_and_a_sweep(tmp_path):
+    config = TINY.format(model="classical").replace(
+        """  pipelines:
+    raw: []
+""", """  pipelines:
+    raw: []
+    mad_int: profiles_mad_int
+""").replace(
+        """  consensus: {operation""", """  sweeps: [{pipeline: spherized, step: spherize, values: {epsilon: [0.001, 0.1]}}]
+  compare: {criterion: score}
+  consensus: {operation""")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(config)
+    cfg = load_config(path)
+    assert sorted(cfg.get("profiles.pipelines")) == [
+        "mad_int", "raw", "spherized", "spherized@epsilon=0.001", "spherized@epsilon=0.1"]
+    run(path, until="profiles", progress=False, echo=None)
+    table = pd.read_csv(tmp_path / "out" / "report" / "tables" / "pipeline_comparison.csv")
+    assert sorted(table["pipeline"]) == sorted(cfg.get("profiles.pipelines"))
+    assert table["chosen"].sum() == 1 and bool(table["chosen"].iloc[0])
+    assert table["score"].is_monotonic_decreasing
+    from cpzarr.profiles import normalize, read_profiles
+
+    store = tmp_path / "out" / "screen.zarr"
+    well = read_profiles(store, node="profiles/classical/aggregated")
+    expected = normalize(normalize(well, method="mad_robustize", by="plate", samples="control == 'negcon'"),
+                         method="rank_inverse_normal", by=None)
+    np.testing.assert_allclose(read_profiles(store, node="profiles/classical/mad_int").values,
+                               expected.values, rtol=1e-5, atol=1e-5)
+    eps = read_profiles(store, node="profiles/classical/spherized@epsilon=0.1")
+    assert '"epsilon": 0.1' in eps.attrs["cpzarr_steps"]
+
+
+def test_config_names_bad_recipe_and_sweep(tmp_path):
+    bad = TINY.format(model="classical").replace("    raw: []\n", "    raw: []\n    oops: profiles_mad_intt\n").replace(
+        "  consensus: {operation", "  sweeps: [{pipeline: nope, step: spherize, values: {epsilon: [1]}}]\n  consensus: {operation")
+    path = tmp_path / "bad.yaml"
+    path.write_text(bad)
+    with pytest.raises(Exception) as info:
+        load_config(path)
+    text = str(info.value)
+    assert "profiles.pipelines.oops" in text and "intt" in text
+    assert "profiles.sweeps[0].pipeline" in text

@@ -320,6 +320,27 @@ def test_refuses_to_write_into_a_non_empty_folder(tmp_path):
     assert (tmp_path / "s" / "keep.txt").read_text() == "mine"
 
 
+def test_overwrite_removes_only_what_make_screen_wrote(tmp_path):
+    """Issue 21 item 2: overwrite emptied a user's images/, labels/, locations/ and index.csv."""
+    user = tmp_path / "s"
+    (user / "images").mkdir(parents=True)
+    (user / "images" / "mine.tif").write_bytes(b"precious")
+    (user / "index.csv").write_text("mine")
+    with pytest.raises(InputError, match="not written by cpzarr"):
+        make_screen(user, **SMALL, overwrite=True)
+    assert (user / "images" / "mine.tif").read_bytes() == b"precious"
+    assert (user / "index.csv").read_text() == "mine"
+
+    made = make_screen(tmp_path / "m", **SMALL)
+    (made.root / "notes.txt").write_text("kept")
+    stale = made.root / "images" / "P01" / "stale.tif"
+    stale.write_bytes(b"old")
+    again = make_screen(made.root, **SMALL, overwrite=True)
+    assert (again.root / "notes.txt").read_text() == "kept"
+    assert not stale.exists()
+    assert (again.root / "images" / "P01" / "P01_A01_s1_DNA.tif").is_file()
+
+
 def test_higher_dose_moves_further_from_dmso(tmp_path):
     info = make_screen(
         tmp_path / "s",

@@ -315,7 +315,7 @@ def batch_enrichment(
     batch : str or list of str
         Coordinate(s) naming the batch.
     negcon : boolean array (sample,) or str
-        Which samples are negative controls (a pandas query on the sample coordinates or a mask).
+        Which samples are negative controls (a :mod:`cpzarr.query` string on the sample coordinates or a mask).
     percentiles, method, dtype, block_size, progress
         As in :func:`enrichment`.
 

@@ -118,7 +118,7 @@ def grit(
     groups : str or list of str
         Sample coordinate(s) of the larger group (e.g. ``"moa"``).
     control : boolean array (sample,) or str
-        Which samples are the controls (a pandas query on the sample coordinates or a mask).
+        Which samples are the controls (a :mod:`cpzarr.query` string on the sample coordinates or a mask).
     mask : None, boolean array (sample,) or str, optional
         Samples to keep at all.
     method, dtype, block_size, progress

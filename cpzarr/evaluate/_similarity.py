@@ -11,6 +11,7 @@ import pandas as pd
 import xarray as xr
 
 from cpzarr.errors import InputError
+from cpzarr.query import query_mask
 
 METHODS = ("pearson", "cosine")
 
@@ -112,20 +113,12 @@ def _group_codes(profiles, names):
 
 
 def _sample_mask(profiles, mask, what="mask"):
-    """Boolean numpy array over samples from None, a boolean array or a pandas query string."""
+    """Boolean numpy array over samples from None, a boolean array or a :mod:`cpzarr.query` string."""
     n = profiles.sizes["sample"]
     if mask is None:
         return np.ones(n, dtype=bool)
     if isinstance(mask, str):
-        frame = _query_table(profiles)
-        try:
-            keep = frame.eval(mask)
-        except Exception as error:
-            raise InputError(
-                f"{what} {mask!r} is not a valid query on the sample coordinates "
-                f"{_sample_coords(profiles)} (Metadata_ prefixes accepted): {error}"
-            ) from None
-        return np.asarray(keep, dtype=bool)
+        return query_mask(mask, sample_table(profiles), what=what)
     keep = np.asarray(mask.values if isinstance(mask, xr.DataArray) else mask)
     if keep.dtype != bool or keep.shape != (n,):
         raise InputError(f"{what} must be a boolean array of length {n} (one per sample)")
@@ -269,7 +262,7 @@ def similarity(profiles, query=None, method="pearson", dtype="float64"):
     profiles : DataArray (sample, feature)
         Profiles, metadata as coordinates along ``sample``.
     query : None, boolean array (sample,) or str, optional
-        Which samples are queries: all (default), a boolean mask, or a pandas query on the sample
+        Which samples are queries: all (default), a boolean mask, or a :mod:`cpzarr.query` string on the sample
         coordinates such as ``"control != 'negcon'"``.
     method : {"pearson", "cosine"}
         Pearson correlation between profiles (default) or cosine similarity.

@@ -456,12 +456,39 @@ class _Unpickler(pickle.Unpickler):
         return self.storages[key]
 
 
+class _PlainUnpickler(pickle.Unpickler):
+    """For the header and key-list pickles: plain data only, every global and persistent id refused."""
+
+    def __init__(self, file, path, what):
+        super().__init__(file)
+        self.path, self.what = path, what
+
+    def find_class(self, module, name):
+        raise WeightsError(
+            f"{self.path}: the checkpoint's {self.what} refers to {module}.{name}, but it must be "
+            "plain data; refusing to load it"
+        )
+
+    def persistent_load(self, pid):
+        raise WeightsError(f"{self.path}: unexpected persistent id {pid!r} in the checkpoint's {self.what}")
+
+
+def _plain(f, path, what, kind):
+    """The next pickle of ``f``, read with :class:`_PlainUnpickler` and checked to be a ``kind``."""
+    value = _PlainUnpickler(f, path, what).load()
+    if not isinstance(value, kind):
+        raise WeightsError(f"{path}: the checkpoint's {what} is a {type(value).__name__}, not a plain PyTorch header")
+    return value
+
+
 def read_pth(path, drop=("num_batches_tracked",)):
     """Read a PyTorch legacy-format (pre-1.6) state-dict checkpoint into numpy arrays.
 
-    Only ``collections.OrderedDict``, ``torch._utils._rebuild_tensor_v2`` and torch storage
-    types are resolved while unpickling; any other global is refused, so a checkpoint cannot run
-    code. torch is not imported.
+    Every one of the file's four pickles goes through a restricted unpickler: the state dict may
+    resolve only ``collections.OrderedDict``, ``torch._utils._rebuild_tensor_v2`` and torch
+    storage types; the magic number, protocol version, system info and storage keys must be plain
+    data and resolve no global at all. Anything else is refused, so a checkpoint cannot run code.
+    torch is not imported.
 
     Parameters
     ----------
@@ -484,19 +511,24 @@ def read_pth(path, drop=("num_batches_tracked",)):
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            magic = pickle.load(f)
+            magic = _plain(f, path, "magic number", int)
             if magic != _LEGACY_MAGIC:
                 raise WeightsError(
                     f"{path} is not a legacy PyTorch checkpoint (zip-format checkpoints from "
                     "torch >= 1.6 are not supported here)"
                 )
-            pickle.load(f)  # protocol version
-            pickle.load(f)  # system info: byte order and type sizes, little-endian assumed
+            _plain(f, path, "protocol version", int)
+            # system info: byte order and type sizes, little-endian assumed
+            _plain(f, path, "system info", dict)
             unpickler = _Unpickler(f, path)
             state = unpickler.load()
-            keys = pickle.load(f)
+            if not isinstance(state, dict) or not all(isinstance(t, _Tensor) for t in state.values()):
+                raise WeightsError(f"{path}: the checkpoint is not a state dict of tensors")
+            keys = _plain(f, path, "storage keys", list)
             data = {}
             for key in keys:
+                if key not in unpickler.storages:
+                    raise WeightsError(f"{path}: storage {key!r} is listed but no tensor uses it")
                 storage = unpickler.storages[key]
                 (numel,) = struct.unpack("<q", f.read(8))
                 nbytes = numel * np.dtype(storage.dtype).itemsize

@@ -268,8 +268,9 @@ def import_cellprofiler(
 ):
     """Read CellProfiler single-cell tables into a features Dataset.
 
-    Each table set (a folder with ``Image.csv`` and the compartment CSVs, optionally gzipped, or
-    a dict of DataFrames) is joined as Pycytominer does: the cytoplasm is the hub, its
+    Each table set (a folder with ``Image.csv`` and the compartment CSVs, optionally gzipped, a
+    dict of DataFrames, or the tables of one ``TableNumber`` of a CellProfiler SQLite database,
+    see :mod:`cpzarr.formats.sqlite`) is joined as Pycytominer does: the cytoplasm is the hub, its
     ``Parent_Cells`` and ``Parent_Nuclei`` matching the ``ObjectNumber`` of the cells and nuclei of
     the same ``ImageNumber``; without a cytoplasm table, ``Cells.Parent_Nuclei`` links cells to
     nuclei. Objects without a partner are dropped (an inner join). ``Image.csv`` gives
@@ -285,7 +286,10 @@ def import_cellprofiler(
     ----------
     path_or_tables : str, Path, dict of DataFrame, or a list of them
         A folder holding the CSVs, a folder of such folders (one per site or per run, as
-        ``BR00121431_Target2/<well>-<site>/``), or ``{"Image": df, "Nuclei": df, ...}``. Folders
+        ``BR00121431_Target2/<well>-<site>/``), ``{"Image": df, "Nuclei": df, ...}``, a
+        CellProfiler ``.sqlite`` database (``Image``, ``Cells``, ``Cytoplasm``, ``Nuclei`` tables
+        keyed by ``TableNumber``/``ImageNumber``/``ObjectNumber``), or CytoTable's joined
+        ``.parquet`` output (read by :func:`cpzarr.formats.cytotable.import_cytotable`). Folders
         with only ``Image.csv`` (sites whose objects were not exported) are skipped with a warning.
     compartments : sequence of str
         Compartment tables to join, in the order their features appear.
@@ -320,7 +324,16 @@ def import_cellprofiler(
     compartments = [c.capitalize() for c in compartments]
     if not compartments:
         raise InputError("import_cellprofiler: no compartments to import")
-    sets, skipped = _table_sets(path_or_tables, compartments)
+    if _is_parquet(path_or_tables):
+        from cpzarr.formats.cytotable import import_cytotable
+
+        return import_cytotable(path_or_tables, compartments=compartments, exclude=exclude, store=store, name=name)
+    from cpzarr.formats.sqlite import cellprofiler_table_sets, is_sqlite
+
+    if is_sqlite(path_or_tables):
+        sets, skipped = cellprofiler_table_sets(path_or_tables, compartments), []
+    else:
+        sets, skipped = _table_sets(path_or_tables, compartments)
     if skipped:
         warnings.warn(
             f"CellProfiler import: {len(skipped)} folders hold no object tables and were skipped: "
@@ -360,6 +373,10 @@ def import_cellprofiler(
     if store is not None:
         write_imported(store, ds, name)
     return ds
+
+
+def _is_parquet(source):
+    return isinstance(source, (str, Path)) and str(source).lower().endswith((".parquet", ".pq"))
 
 
 def _find_table(folder, stem):

@@ -44,6 +44,8 @@ def consensus(
         ``modz`` weights each replicate by its mean correlation with the others (negative
         correlations count as 0, weights clipped below at ``min_weight``, normalized to sum 1 and
         rounded to ``precision`` decimals), as Pycytominer; a single replicate is returned as is.
+        A feature that is NaN in every replicate of a treatment is NaN in its consensus, as with
+        ``median`` (Pycytominer's pandas sum gives 0 there).
     method : {"spearman", "pearson"}, default "spearman"
         Correlation between replicates for ``modz``.
     min_weight : float, default 0.01
@@ -178,12 +180,16 @@ def _reduce(block, lengths, operation, method, min_weight, precision):
             elif operation == "mean":
                 out[segments] = (np.nanmean if has_nan else np.mean)(stack, axis=1, dtype=np.float64)
             elif length == 1:
-                out[segments] = np.nan_to_num(stack[:, 0].astype(np.float64), nan=0.0)
+                out[segments] = stack[:, 0].astype(np.float64)
             elif has_nan:
                 for i, segment in enumerate(segments):
                     rows64 = stack[i].astype(np.float64)
                     weights = modz_weights(rows64, method, min_weight, precision)
-                    out[segment] = np.nansum(rows64 * weights[:, None], axis=0)
+                    # A feature missing in every replicate stays missing (pandas' sum, and so
+                    # Pycytominer, would give 0, a value no replicate had).
+                    out[segment] = np.where(
+                        np.isnan(rows64).all(axis=0), np.nan, np.nansum(rows64 * weights[:, None], axis=0)
+                    )
             elif large:
                 # One large group (the DMSO wells): its rows are contiguous, so a view, and float64
                 # temporaries exist one slice of features at a time.

@@ -18,6 +18,32 @@ from cpzarr.errors import InputError, StoreError
 
 PREFIX = "Metadata_"
 _RESERVED = ("sample", "feature")
+#: The store's key coordinates and Pycytominer's names for them.
+KEY_NAMES = {"plate": "Plate", "well": "Well", "site": "Site"}
+#: ``DataFrame.attrs`` key mapping each renamed metadata column back to its coordinate.
+CPZARR_COORDS = "cpzarr_coords"
+
+
+def _refuse_mostly_numeric(df, candidates):
+    """Refuse unprefixed text columns that are numbers but for a few cells: a feature column
+    with a typo would otherwise become metadata and silently leave the profiles."""
+    problems = []
+    for column in candidates:
+        values = df[column]
+        if pd.api.types.is_bool_dtype(values) or values.dtype != object:
+            continue
+        given = values.notna() & (values.astype(str).str.strip() != "")
+        numbers = pd.to_numeric(values.where(given), errors="coerce").notna()
+        bad = given & ~numbers
+        if numbers.sum() > 0 and numbers.sum() >= bad.sum():
+            rows = [f"row {i} ({values.iloc[i]!r})" for i in np.flatnonzero(bad.to_numpy())[:5]]
+            problems.append(f"column {column!r}: {int(bad.sum())} non-numeric of {int(given.sum())} values, "
+                            f"first at {', '.join(rows)}")
+    if problems:
+        raise InputError(
+            "profile table: feature columns hold non-numeric values (rows counted from 0 after the "
+            "header); fix them, or prefix true metadata columns with 'Metadata_'", problems
+        )
 
 
 def from_pycytominer(df, features="infer"):
@@ -29,17 +55,20 @@ def from_pycytominer(df, features="infer"):
         One row per sample; ``Metadata_*`` columns are metadata, the other columns features.
     features : list of str or "infer", default "infer"
         Feature columns. ``"infer"`` takes every column that does not start with ``Metadata_``;
-        non-numeric columns among them are kept as metadata (without a prefix to strip).
+        non-numeric columns among them are kept as metadata (without a prefix to strip), except
+        a column of numbers with some non-numeric cells (a typo), which is refused with its rows.
 
     Returns
     -------
     profiles : DataArray (sample, feature)
-        Named ``profiles``; metadata as coordinates along ``sample`` without the prefix.
+        Named ``profiles``; metadata as coordinates along ``sample`` without the prefix, and
+        ``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site`` as the store's ``plate``,
+        ``well``, ``site``.
 
     Examples
     --------
     >>> df = pd.DataFrame({"Metadata_Plate": ["p", "p"], "Cells_x": [1.0, 2.0]})
-    >>> from_pycytominer(df).coords["Plate"].values.tolist()
+    >>> from_pycytominer(df).coords["plate"].values.tolist()
     ['p', 'p']
     """
     if not isinstance(df, pd.DataFrame):
@@ -54,6 +83,7 @@ def from_pycytominer(df, features="infer"):
             if not c.startswith(PREFIX) and pd.api.types.is_numeric_dtype(df[c])
             and not pd.api.types.is_bool_dtype(df[c])
         ]
+        _refuse_mostly_numeric(df, [c for c in columns if not c.startswith(PREFIX) and c not in features])
     else:
         features = [str(f) for f in features]
         missing = [f for f in features if f not in columns]
@@ -66,8 +96,13 @@ def from_pycytominer(df, features="infer"):
     metadata = [c for c in columns if c not in feature_set]
 
     coords, unprefixed = {}, []
+    keys = {v: k for k, v in KEY_NAMES.items()}
+    written = df.attrs.get(CPZARR_COORDS) or {}  # column → coordinate, kept by Parquet and .h5ad
     for column in metadata:
         name = column[len(PREFIX):] if column.startswith(PREFIX) else column
+        if column.startswith(PREFIX):
+            name = keys.get(name, name)  # Metadata_Plate, _Well, _Site → the store's plate, well, site
+        name = written.get(column, name)
         if not column.startswith(PREFIX):
             unprefixed.append(column)
         if name in coords or name in _RESERVED:
@@ -93,13 +128,19 @@ def from_pycytominer(df, features="infer"):
     return xr.DataArray(values, dims=("sample", "feature"), coords=coords, name="profiles", attrs=attrs)
 
 
-def to_pycytominer(profiles):
+def to_pycytominer(profiles, names=None):
     """Convert a profile DataArray to a Pycytominer-convention frame.
 
     Parameters
     ----------
     profiles : DataArray (sample, feature)
         Computed if dask-backed.
+    names : dict, optional
+        Coordinate → column name (without ``Metadata_``) for metadata columns. By default a
+        column keeps the name :func:`from_pycytominer` read it under; otherwise the name the
+        platemap or image table wrote (``attrs["pycytominer_names"]``, which the store's well
+        metadata carry: ``control`` → ``control_type``, ``plate_map_name`` → ``Plate_Map_Name``);
+        ``plate``, ``well`` and ``site`` become ``Plate``, ``Well`` and ``Site``.
 
     Returns
     -------
@@ -115,12 +156,26 @@ def to_pycytominer(profiles):
     """
     _check_profiles(profiles)
     unprefixed = set(json.loads(profiles.attrs.get("pycytominer_unprefixed", "[]")))
-    data = {}
-    for name, coord in profiles.coords.items():
+    recorded = json.loads(profiles.attrs.get("pycytominer_columns", "[]"))
+    written = {**KEY_NAMES, **json.loads(profiles.attrs.get("pycytominer_names", "{}")), **(names or {})}
+    data, coords_of = {}, {}
+    order = list(KEY_NAMES)  # plate, well, site first
+    keys_first = sorted(profiles.coords.items(), key=lambda item: order.index(item[0]) if item[0] in order else 3)
+    for name, coord in keys_first:
         if name in _RESERVED or coord.dims != ("sample",):
             continue
-        column = name if name in unprefixed else PREFIX + name
+        if name in unprefixed:
+            column = name
+        elif PREFIX + name in recorded and not (names and name in names):
+            column = PREFIX + name
+        else:
+            column = PREFIX + written.get(name, name)
+        if column in data:
+            raise InputError(f"metadata {name!r} and another coordinate both become the column {column!r}; "
+                             "rename one or pass names=")
         data[column] = coord.values
+        if column != PREFIX + name and column != name:
+            coords_of[column] = name
     values = np.asarray(profiles.transpose("sample", "feature").values)
     features = [str(f) for f in profiles["feature"].values]
     dtypes = json.loads(profiles.attrs.get("pycytominer_dtypes", "{}"))
@@ -133,9 +188,10 @@ def to_pycytominer(profiles):
     if "sample" in profiles.coords:
         index = pd.Index(profiles["sample"].values)
     frame = pd.DataFrame(data, index=index)
-    recorded = json.loads(profiles.attrs.get("pycytominer_columns", "[]"))
     if recorded and set(recorded) == set(frame.columns):
         frame = frame[recorded]
+    if coords_of:  # Parquet and .h5ad keep this, so reading the file back restores the coordinates
+        frame.attrs[CPZARR_COORDS] = coords_of
     return frame
 
 
@@ -145,7 +201,8 @@ def read_profiles(path, node=None, features="infer"):
     Parameters
     ----------
     path : str or Path
-        ``.parquet``, ``.csv`` or ``.csv.gz`` in the Pycytominer convention, or a Zarr store.
+        ``.parquet``, ``.csv`` or ``.csv.gz`` in the Pycytominer convention, an AnnData ``.h5ad``
+        file, or a Zarr store.
     node : str, optional
         For a Zarr store, the group holding ``profiles``, e.g. ``"profiles/efficientnet/well"``.
     features : list of str or "infer"
@@ -181,8 +238,19 @@ def read_profiles(path, node=None, features="infer"):
         return from_pycytominer(frame, features=features)
     if kind == "csv":
         source, options = _source(path)
-        return from_pycytominer(pd.read_csv(source, storage_options=options, float_precision="round_trip"),
-                                features=features)
+        try:
+            frame = pd.read_csv(source, storage_options=options, float_precision="round_trip")
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, EOFError, OSError) as error:
+            raise InputError(f"profile file {path} is not a readable CSV table: {error}") from None
+        try:
+            return from_pycytominer(frame, features=features)
+        except InputError as error:
+            raise InputError(f"{path}: {error}") from None
+    if kind == "h5ad":
+        from cpzarr.formats.h5ad import read_h5ad
+
+        frame, names = read_h5ad(path)
+        return from_pycytominer(frame, features=names if features == "infer" else features)
     _zarr_threads_like_dask()
     from cpzarr.store import STORE_ATTRS, node_status
 
@@ -212,7 +280,8 @@ def write_profiles(profiles, path, node=None, mode="w", overwrite=False):
     ----------
     profiles : DataArray (sample, feature)
     path : str or Path
-        ``.parquet``, ``.csv`` or ``.csv.gz`` (Pycytominer convention), anything else is a Zarr store.
+        ``.parquet``, ``.csv`` or ``.csv.gz`` (Pycytominer convention), ``.h5ad`` (AnnData: metadata
+        in ``obs``, features in ``X``; needs ``anndata``), anything else is a Zarr store.
     node : str, optional
         Group inside the Zarr store, e.g. ``"profiles/efficientnet/well"``. Into an existing
         store (a screen store included) only this node is written, atomically, under the
@@ -238,7 +307,7 @@ def write_profiles(profiles, path, node=None, mode="w", overwrite=False):
     _check_profiles(profiles)
     path = as_location(path)
     kind = _kind(path)
-    if kind in ("parquet", "csv") and not isinstance(path, Path):
+    if kind in ("parquet", "csv", "h5ad") and not isinstance(path, Path):
         raise InputError(f"{path}: write a table to an object store as a Zarr node (or to a local file)")
     if kind in ("parquet", "csv"):
         if path.is_dir():
@@ -253,6 +322,10 @@ def write_profiles(profiles, path, node=None, mode="w", overwrite=False):
             os.replace(tmp, path)  # a crash leaves the old table or the new one, never half of one
         finally:
             tmp.unlink(missing_ok=True)
+    elif kind == "h5ad":
+        from cpzarr.formats.h5ad import write_h5ad
+
+        write_h5ad(to_pycytominer(profiles), path, features=[str(f) for f in profiles["feature"].values])
     else:
         _zarr_threads_like_dask()
         profiles = profiles.rename("profiles")
@@ -366,6 +439,8 @@ def _kind(path):
         return "parquet"
     if name.endswith(".csv") or name.endswith(".csv.gz") or name.endswith(".tsv"):
         return "csv"
+    if name.endswith(".h5ad"):
+        return "h5ad"
     return "zarr"
 
 

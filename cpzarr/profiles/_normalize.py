@@ -1,4 +1,4 @@
-"""normalize: standardize, robustize and mad_robustize fitted per group on all or some samples."""
+"""normalize: standardize, robustize, mad_robustize and inverse normal transforms fitted per group."""
 
 import json
 import warnings
@@ -12,9 +12,13 @@ from cpzarr.errors import InputError
 from cpzarr.profiles._samples import (
     as_dask, check_profiles, group_codes, like_input, record_step, sample_mask,
 )
+from cpzarr.profiles._grouped import check_fit, constant_report, map_groups
+from cpzarr.profiles._inverse_normal import transform_function
 from cpzarr.profiles._segments import segment_reduce, segments_of
 
-METHODS = ("standardize", "robustize", "mad_robustize")
+METHODS = ("standardize", "robustize", "mad_robustize", "inverse_normal", "rank_inverse_normal")
+#: Other names of the methods (``int`` is the JUMP profiling recipe's step name).
+ALIASES = {"int": "inverse_normal"}
 MAD_SCALE = 1.4826
 _EPS = np.finfo(np.float64).eps
 # Fitting rows per block. Rows of a block are extracted from every input chunk read before the
@@ -34,16 +38,25 @@ def normalize(
     samples="all",
     epsilon=1e-18,
     match_pycytominer=False,
+    n_quantiles=1000,
+    rank_offset=3 / 8,
 ):
     """Normalize features per group with statistics fitted on all or a subset of samples.
 
     Parameters
     ----------
     profiles : DataArray (sample, feature)
-    method : {"standardize", "robustize", "mad_robustize"}
+    method : {"standardize", "robustize", "mad_robustize", "inverse_normal", "rank_inverse_normal"}
         ``(x - mean) / std`` (population std, ddof 0); ``(x - median) / IQR`` (25th to 75th
-        linear-interpolated percentile, not rescaled); ``(x - median) / (1.4826 · MAD)``.
-        NaN is ignored when fitting.
+        linear-interpolated percentile, not rescaled); ``(x - median) / (1.4826 · MAD)``:
+        NaN is ignored when fitting. ``"inverse_normal"`` (alias ``"int"``): Pycytominer's
+        quantile-based inverse normal transform, each feature mapped through the
+        ``min(n_quantiles, n)`` quantiles of the group's n fitting samples to the standard
+        normal (scikit-learn's ``QuantileTransformer``, output clipped to ±5.2);
+        ``"rank_inverse_normal"``: the JUMP recipe's rank formula ``Φ⁻¹((r - c) / (n - 2c + 1))``,
+        r the value's average rank among the fitting samples (between them for other samples).
+        The two INT methods refuse NaN in the fitting samples (an ``InputError`` naming the group
+        and features).
     by : str, list of str or None, default "plate"
         Coordinates whose combinations form the groups fitted separately (None: one group,
         as one Pycytominer ``normalize`` call).
@@ -55,6 +68,10 @@ def normalize(
     match_pycytominer : bool, default False
         Reproduce Pycytominer's numbers also for zero-scale features: a zero MAD then gives
         ``(x - median) / epsilon`` (values near 1e18).
+    n_quantiles : int, default 1000
+        Quantiles of ``"inverse_normal"`` (Pycytominer's ``inverse_normal_n_quantiles``).
+    rank_offset : float, default 3/8
+        c of ``"rank_inverse_normal"`` (Blom's 3/8; 0.5 is Hazen's, 0 van der Waerden's).
 
     Returns
     -------
@@ -64,6 +81,13 @@ def normalize(
 
     Notes
     -----
+    The INT methods run group-local: with groups that are runs of samples (plates) each chunk
+    is moved to hold whole groups and fits and transforms them where it is read; other
+    groupings (``by=None``) are done in blocks of whole columns (all samples, a few features).
+    All fitting samples are used: scikit-learn subsamples 10,000 at random beyond that, so
+    Pycytominer's numbers then vary from run to run. A feature constant in a group's fitting
+    samples maps to -5.2 (as Pycytominer's) and is reported in a ``ZeroScaleWarning``.
+
     Zero-scale rule: a feature whose scale in a group's fitting samples is zero (std: constant
     within rounding, as scikit-learn decides; IQR or MAD below 10 machine epsilons) is centred
     and divided by 1, and reported in a ``ZeroScaleWarning`` and in ``attrs``. Pycytominer does
@@ -79,8 +103,9 @@ def normalize(
     >>> z.sizes == p.sizes
     True
     """
+    method = ALIASES.get(method, method)
     if method not in METHODS:
-        raise InputError(f"normalize method {method!r} is not one of {METHODS}")
+        raise InputError(f"normalize method {method!r} is not one of {METHODS} (or aliases {sorted(ALIASES)})")
     p = check_profiles(profiles)
     mask = sample_mask(p, samples)
     codes, keys = group_codes(p, by)
@@ -90,6 +115,8 @@ def normalize(
         raise InputError(f"no fitting samples ({samples!r}) in these groups; choose other samples or groups", empty)
 
     x = as_dask(p)
+    if method in ("inverse_normal", "rank_inverse_normal"):
+        return _inverse_normal(profiles, p, x, codes, keys, mask, method, by, samples, n_quantiles, rank_offset)
     d = x.shape[1]
     starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
     if len(starts) == len(keys):
@@ -102,6 +129,7 @@ def normalize(
             block_bytes=_FIT_BLOCK_BYTES,
         ).compute()
     center, scale = stats[:, :d], stats[:, d:]
+    _refuse_infinite(center, keys, by, p["feature"].values, samples)
 
     zero = _zero_scale(method, center, scale, fit_counts)
     report = {}
@@ -133,6 +161,32 @@ def normalize(
         "method": method, "by": by, "samples": samples, "epsilon": epsilon,
         "match_pycytominer": match_pycytominer,
     })
+    return like_input(profiles, out)
+
+
+def _inverse_normal(profiles, p, x, codes, keys, mask, method, by, samples, n_quantiles, rank_offset):
+    if method == "inverse_normal" and (not isinstance(n_quantiles, (int, np.integer)) or n_quantiles < 2):
+        raise InputError(f"normalize inverse_normal: n_quantiles must be an integer >= 2, got {n_quantiles!r}")
+    if method == "rank_inverse_normal" and not 0 <= rank_offset < 0.5:
+        raise InputError(f"normalize rank_inverse_normal: rank_offset must be in [0, 0.5), got {rank_offset!r}")
+    features = np.asarray(p["feature"].values)
+    constant = check_fit(x, codes, mask, keys, features, f"normalize {method}")
+    report = constant_report(constant, keys, features)
+    if report:
+        warnings.warn(
+            f"{int(constant.any(axis=0).sum())} features are constant in the fitting samples of "
+            f"{len(report)} group(s) (mapped to one value): {_preview(report)}",
+            ZeroScaleWarning,
+            stacklevel=3,
+        )
+    out_dtype = p.dtype if np.issubdtype(p.dtype, np.floating) else np.float64
+    func = transform_function(method, n_quantiles=n_quantiles, rank_offset=rank_offset)
+    result = map_groups(x, codes, mask, func, np.float64).astype(out_dtype)
+    out = xr.DataArray(result, dims=p.dims, coords=p.coords, name="profiles", attrs=dict(p.attrs))
+    out.attrs["zero_scale_features"] = json.dumps(report)
+    params = {"method": method, "by": by, "samples": samples}
+    params.update({"n_quantiles": n_quantiles} if method == "inverse_normal" else {"rank_offset": rank_offset})
+    record_step(out, "normalize", params)
     return like_input(profiles, out)
 
 
@@ -184,8 +238,28 @@ def _fit(block, lengths, method):
             else:
                 center = np.nanmedian(rows, axis=0)
                 scale = MAD_SCALE * np.nanmedian(np.abs(rows - center), axis=0)
+            # ±inf in the fitting rows: a statistic it makes non-finite is marked +inf (all-NaN
+            # features give NaN), and normalize refuses it rather than return a NaN feature.
+            infected = np.isinf(rows).any(axis=0) & ~(np.isfinite(center) & np.isfinite(scale))
+            center[infected] = scale[infected] = np.inf
             out[i, :d], out[i, d:] = center, scale
     return out
+
+
+def _refuse_infinite(center, keys, by, features, samples):
+    """Refuse statistics that ±inf in the fitting samples made non-finite (see ``_fit``)."""
+    bad = np.isposinf(center)
+    if not bad.any():
+        return
+    problems = []
+    for g, f in zip(*np.nonzero(bad)):
+        group = "/".join(str(v) for v in keys.iloc[g].values) if by is not None else "all samples"
+        problems.append(f"feature {features[f]} in {group}")
+    raise InputError(
+        f"normalize: ±inf in the fitting samples ({samples!r}) of these features makes their "
+        "statistics undefined; fix or drop those values (NaN is ignored when fitting, inf is not)",
+        problems,
+    )
 
 
 def _zero_scale(method, center, scale, counts):

@@ -1,7 +1,6 @@
 """Selecting and grouping samples by their metadata coordinates, and recording steps in attrs."""
 
 import json
-import re
 
 import dask.array as da
 import numpy as np
@@ -10,6 +9,7 @@ import xarray as xr
 
 from cpzarr.errors import InputError
 from cpzarr.profiles._io import _check_profiles
+from cpzarr.query import query_mask
 
 
 def check_profiles(profiles):
@@ -30,22 +30,15 @@ def metadata_frame(profiles):
 def sample_mask(profiles, samples):
     """Boolean numpy mask over ``sample`` from "all", a mask, or a query on the coordinates.
 
-    Queries use pandas ``DataFrame.query`` syntax on coordinate names, e.g.
-    ``'control == "negcon"'``; Pycytominer-style ``Metadata_`` prefixes are accepted.
+    Queries are in the language of :mod:`cpzarr.query` (comparisons, ``in``, ``and``/``or``/``not``
+    on coordinate names, e.g. ``'control == "negcon"'``; Pycytominer-style ``Metadata_`` prefixes
+    are accepted); they are parsed, never run as Python.
     """
     n = profiles.sizes["sample"]
     if samples is None or (isinstance(samples, str) and samples == "all"):
         return np.ones(n, dtype=bool)
     if isinstance(samples, str):
-        frame = metadata_frame(profiles)
-        query = re.sub(r"\bMetadata_", "", samples)
-        try:
-            mask = frame.eval(query)
-        except Exception as error:
-            raise InputError(
-                f"cannot evaluate samples query {samples!r} on coordinates {list(frame.columns)}: {error}"
-            ) from error
-        mask = np.asarray(mask)
+        mask = query_mask(samples, metadata_frame(profiles), what="samples")
         if mask.dtype != bool or mask.shape != (n,):
             raise InputError(f"samples query {samples!r} does not give one True/False per sample")
         return mask

@@ -200,7 +200,7 @@ def _fit_gram(x, fit_rows, method, center, features, dtype):
 
     fit = _gather(x, fit_rows)
     n, d = fit.shape
-    _check_finite(np.isnan(fit).any(axis=0), features)
+    _check_finite(~np.isfinite(fit).all(axis=0), features)
     columns = _column_blocks(d, n)
     mean = np.concatenate([fit[:, c].mean(axis=0, dtype=np.float64) for c in columns])
     variance = np.concatenate([fit[:, c].astype(np.float64).var(axis=0) for c in columns])
@@ -255,15 +255,16 @@ def _fit_scatter(fit, n, d, method, center, features):
 
 
 def _moments(block):
-    """Cross-products, column sums and NaN counts of one block, stacked as (d + 2, d)."""
-    nan = np.isnan(block)
-    zeroed = np.where(nan, 0.0, block)
-    return np.vstack([zeroed.T @ zeroed, zeroed.sum(axis=0), nan.sum(axis=0)])
+    """Cross-products, column sums and counts of NaN or ±inf of one block, stacked as (d + 2, d)."""
+    bad = ~np.isfinite(block)
+    zeroed = np.where(bad, 0.0, block)
+    return np.vstack([zeroed.T @ zeroed, zeroed.sum(axis=0), bad.sum(axis=0)])
 
 
 def _check_finite(nan_features, features):
     if nan_features.any():
         raise InputError(
-            "spherize cannot fit on NaN; drop these features first (feature_select drop_na_columns)",
+            "spherize cannot fit on NaN or ±inf in the fitting samples; drop these features first "
+            "(feature_select drop_na_columns) or fix the values",
             [str(f) for f in features[nan_features]],
         )

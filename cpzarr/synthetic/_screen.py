@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import shutil
 import string
 from pathlib import Path
@@ -230,7 +231,9 @@ def make_screen(
     labels : bool
         Also write nucleus label images under ``labels/``.
     overwrite : bool
-        Replace a screen already written at ``path``.
+        Replace a screen an earlier ``make_screen`` wrote at ``path`` (recognised by its marker
+        file ``.cpzarr-synthetic.json``; only what it wrote is removed). Any other non-empty
+        folder is refused.
     seed : int
         Seed of everything random; same arguments give byte-identical files.
     progress : bool
@@ -670,7 +673,18 @@ def check_screen_arguments(**arguments):
     _checked(**{k: values[k] for k in inspect.signature(_checked).parameters})
 
 
+#: The file that marks a folder as written by :func:`make_screen`, and what it may hold.
+MARKER = ".cpzarr-synthetic.json"
+_WRITTEN = ("images", "labels", "locations", "load_data.csv", "index.csv", "platemap.csv",
+            "truth.csv", "batch_effects.csv")
+
+
 def _prepare_folder(root, overwrite):
+    """Make ``root`` ready; with ``overwrite`` remove only what an earlier make_screen wrote there.
+
+    A folder is recognised as make_screen's by its marker file; any other non-empty folder is
+    refused even with ``overwrite``, so that a user's folder of that name is never emptied.
+    """
     if root.exists() and not root.is_dir():
         raise InputError(f"make_screen: {root} exists and is not a folder")
     if root.is_dir() and any(root.iterdir()):
@@ -678,9 +692,26 @@ def _prepare_folder(root, overwrite):
             raise InputError(
                 f"make_screen: {root} is not empty; pass overwrite=True or choose a new folder"
             )
-        for name in ("images", "labels", "locations"):
-            shutil.rmtree(root / name, ignore_errors=True)
+        marker = root / MARKER
+        if not marker.is_file():
+            held = sorted(p.name for p in root.iterdir())
+            raise InputError(
+                f"make_screen: {root} is not empty and was not written by cpzarr (no {MARKER}); "
+                "refusing to replace it. Choose another folder or remove it yourself",
+                [f"holds {name}" for name in held],
+            )
+        try:
+            written = json.loads(marker.read_text()).get("written", [])
+        except (OSError, ValueError, AttributeError) as error:
+            raise InputError(f"make_screen: cannot read the marker {marker}: {error}") from None
+        for name in set(written) & set(_WRITTEN):
+            target = root / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
     root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text(json.dumps({"written_by": "cpzarr.synthetic.make_screen", "written": list(_WRITTEN)}))
 
 
 def _load_data_columns(channels):

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from cpzarr.errors import InputError
+from cpzarr.query import query_mask
 from cpzarr.train._augment import augment, minmax_scale
 
 logger = logging.getLogger("cpzarr")
@@ -71,7 +72,7 @@ def split_cells(
         ``val_fraction`` of the cells of every well validate, the rest train. ``dose``: cells at
         ``train_dose`` train and cells at ``val_dose`` validate (the study's honest split); wells
         at other doses are unused. ``custom``: the coordinate ``split_coordinate`` holds
-        ``"train"`` / ``"val"`` (anything else is unused), or ``split_query`` is a pandas query
+        ``"train"`` / ``"val"`` (anything else is unused), or ``split_query`` is a :mod:`cpzarr.query`
         selecting the validation cells (the others train).
     label : str
         The class coordinate.
@@ -149,11 +150,8 @@ def split_cells(
             side[values == "train"] = "train"
             side[values == "val"] = "val"
         else:
-            try:
-                chosen = cells.eval(split_query)
-            except Exception as err:  # pandas raises many types for a bad expression
-                raise InputError(f"split_query {split_query!r} cannot be evaluated: {err}") from err
-            side[:] = np.where(np.asarray(chosen, bool), "val", "train")
+            chosen = query_mask(split_query, cells, what="split_query")
+            side[:] = np.where(chosen, "val", "train")
     else:
         raise InputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     problems = [f"no {s} cells" for s in ("train", "val") if not (side == s).any()]

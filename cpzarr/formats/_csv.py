@@ -1,0 +1,70 @@
+"""Header sniffing shared by the CSV detectors (never raises, reads a few rows only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt")
+
+
+def head(path: Path, rows: int = 0):
+    """The first ``rows`` rows (0: the header only) of a CSV/TSV, or None when unreadable."""
+    name = path.name.lower()
+    if not path.is_file() or not name.endswith(CSV_SUFFIXES):
+        return None
+    sep = "\t" if name.endswith((".tsv", ".txt")) else ","
+    try:
+        return pd.read_csv(path, sep=sep, nrows=rows)
+    except Exception:  # a detector only says yes or no
+        return None
+
+
+def columns(path: Path) -> set:
+    """Lower-cased column names of a CSV/TSV (empty when unreadable)."""
+    frame = head(path)
+    return set() if frame is None else {str(c).lower() for c in frame.columns}
+
+
+# --- location tables (CellProfiler and DeepProfiler nuclei centres) ---
+
+#: Column names of a nucleus centre, DeepProfiler's/CytoTable's first, CellProfiler's Nuclei.csv second.
+X_COLUMNS = ("Nuclei_Location_Center_X", "Location_Center_X")
+Y_COLUMNS = ("Nuclei_Location_Center_Y", "Location_Center_Y")
+
+
+def pick_column(frame, names, path):
+    """The first of ``names`` that ``frame`` has; InputError naming the file otherwise."""
+    from cpzarr.errors import InputError
+
+    for name in names:
+        if name in frame:
+            return frame[name]
+    raise InputError(f"{path}: no column {' or '.join(names)}; columns are {list(frame.columns)[:12]}")
+
+
+def read_location_csv(path):
+    """A location (or Image) CSV, with unreadable files named instead of raw pandas errors."""
+    from cpzarr.errors import InputError
+
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"{path}: the file is empty (a site without cells still has a header line)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as err:
+        raise InputError(f"{path}: not a readable CSV table ({type(err).__name__}: {err})") from None
+
+
+def numbers(column, path):
+    """A coordinate column as float64; non-numeric cells are refused naming their rows."""
+    import numpy as np
+
+    from cpzarr.errors import InputError
+
+    values = pd.to_numeric(column, errors="coerce")
+    bad = values.isna() & column.notna()
+    if bad.any():
+        rows = [f"row {i + 2}: {column.iloc[i]!r}" for i in np.flatnonzero(bad.to_numpy())[:5]]
+        raise InputError(f"{path}: column {column.name} holds non-numeric values", rows)
+    return values.to_numpy(np.float64)
