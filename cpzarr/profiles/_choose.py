@@ -10,6 +10,7 @@ import pandas as pd
 from cpzarr.errors import InputError
 from cpzarr.profiles._consensus import consensus
 from cpzarr.profiles._pipeline import RECIPES, pipeline, recipe_steps
+from cpzarr.query import query_mask
 
 #: Columns of the comparison table (``pipeline_comparison.csv`` in a run's tables).
 COLUMNS = ("pipeline", "replicate_map", "moa_map", "batch_enrichment", "score", "chosen", "steps")
@@ -96,7 +97,7 @@ def pipeline_metrics(profiles, replicate="compound", moa="moa", batch="batch", n
     if missing:
         raise InputError("pipeline comparison needs these sample coordinates (set replicate, moa, batch "
                          f"to others among {list(table.columns)})", missing)
-    control = table.eval(negcon).to_numpy(dtype=bool)
+    control = query_mask(negcon, table, what="negcon")
     treated = profiles.isel(sample=np.flatnonzero(~control)).load()
     rep = ev.average_precision(treated, replicate)
     cons = consensus(treated, replicate_columns=[replicate], operation="median")

@@ -269,6 +269,10 @@ def read_profiles(path, node=None, features="infer"):
     # Zarr v3 strings come back as numpy StringDType; metadata code compares object strings.
     strings = {k: c.astype(object) for k, c in profiles.coords.items() if c.dtype.kind == "T"}
     profiles = profiles.assign_coords(strings)
+    # Zarr lists a group's arrays in the order their metadata arrive, which varies from read to
+    # read; coordinates in name order make tables written from a node come out the same each time.
+    profiles = xr.DataArray(profiles.variable, coords={k: profiles.coords[k] for k in sorted(profiles.coords)},
+                            name=profiles.name)
     profiles.attrs.update(dataset.attrs)
     return profiles
 
