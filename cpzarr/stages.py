@@ -550,6 +550,18 @@ def stage_report(ctx: Context) -> dict:
                        & ~headline["metric"].map(is_count)]
         figures["comparison"] = [("Summary metrics of each profile pipeline (inf drawn to the "
                                   "panel's edge and labelled)", plots.compare(key))]
+    comparison = ctx.tables_dir / COMPARISON_TABLE
+    if comparison.exists():  # profiles.compare: the pipelines scored and the one chosen
+        table = pd.read_csv(comparison)
+        tables["comparison"] = [("Pipelines scored by profiles.compare (replicate mAP and MOA mAP: higher "
+                                 "is better; DMSO batch enrichment: 1 means no batch effect; the chosen "
+                                 "pipeline has chosen = True)", table)]
+        scores = table.melt(id_vars="pipeline", value_vars=[c for c in ("replicate_map", "moa_map",
+                                                                          "batch_enrichment", "score")
+                                                             if c in table],
+                            var_name="metric", value_name="value").rename(columns={"pipeline": "profiles"})
+        figures.setdefault("comparison", []).append(
+            ("Pipelines scored by profiles.compare", plots.compare(scores)))
     summary = ctx.summary()
     _report_quality(ctx, summary, figures, tables, notes)
     _report_crops(ctx, figures, notes)

@@ -191,6 +191,14 @@ def test_run_compares_recipe_pipelines_and_a_sweep(tmp_path):
     eps = read_profiles(store, node="profiles/classical/spherized@epsilon=0.1")
     assert '"epsilon": 0.1' in eps.attrs["cpzarr_steps"]
 
+    # The report shows the comparison table (every pipeline, its score as written) and its plot.
+    run(path, progress=False, echo=None)
+    html = (tmp_path / "out" / "report" / "report.html").read_text()
+    section = html[html.index("Pipelines scored by profiles.compare"):]
+    for name in table["pipeline"]:
+        assert f">{name}<" in section
+    assert html.count("Pipelines scored by profiles.compare") >= 2  # the table and the bar chart
+
 
 def test_config_names_bad_recipe_and_sweep(tmp_path):
     bad = TINY.format(model="classical").replace("    raw: []\n", "    raw: []\n    oops: profiles_mad_intt\n").replace(
