@@ -158,3 +158,29 @@ def test_inference_tasks_run_only_on_workers_that_advertise_a_gpu(tmp_path):
     assert set(inference) == {gpu_address}
     written = xr.open_zarr(store, group="features/efficientnet-lite0", consolidated=False)
     np.testing.assert_allclose(written["features"].values, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_keras_imports_without_tensorflows_native_start_up_lines(tmp_path):
+    """TensorFlow's absl notice and INFO lines are dropped; other standard-error lines still show."""
+    script = textwrap.dedent(
+        """
+        import os, sys
+        from cpzarr.features.backend import import_keras, quiet_native_logs
+        keras = import_keras()
+        import numpy as np
+        keras.Sequential([keras.layers.Dense(2)])(np.zeros((1, 3)))
+        with quiet_native_logs():
+            os.write(2, b"I0000 00:00:1.0 1 port.cc:153] native info\\n")
+            os.write(2, b"W0000 00:00:1.0 1 port.cc:153] native warning\\n")
+            print("a Python warning line", file=sys.stderr)
+        print(keras.backend.backend())
+        """
+    )
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", PYTHONPATH=os.pathsep.join(sys.path))
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "tensorflow"
+    assert "absl::InitializeLog" not in done.stderr and "oneDNN custom operations" not in done.stderr
+    assert "native info" not in done.stderr
+    assert "native warning" in done.stderr and "a Python warning line" in done.stderr

@@ -257,7 +257,7 @@ def test_disk_full_and_memory_name_stage_and_path(tiny, tmp_path, monkeypatch, e
     def full(*args):
         raise error
 
-    monkeypatch.setattr(module, "_write_block", full)
+    monkeypatch.setattr(module, "write_unit", full)  # every well is written through the store's unit writer
     with pytest.raises(ResourceError, match=rf"(?s){message}.*re-run the same command") as err:
         _ingest(tiny.load_data, tmp_path / "s.zarr")
     assert err.value.__cause__ is error

@@ -15,13 +15,16 @@ worker processes; a worker of an external cluster takes it from its own environm
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import re
 import sys
+import tempfile
 
 from cpzarr.errors import InputError
 
-__all__ = ["BACKENDS", "use_backend", "backend_name", "has_gpu", "device_info"]
+__all__ = ["BACKENDS", "use_backend", "backend_name", "has_gpu", "device_info", "import_keras", "quiet_native_logs"]
 
 #: The Keras backends cpzarr supports.
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -60,9 +63,53 @@ def use_backend(name: str | None) -> str:
 
 def backend_name() -> str:
     """The Keras backend of this process (imports Keras)."""
-    import keras
+    return import_keras().backend.backend()
 
-    return keras.backend.backend()
+
+# TensorFlow's native start-up lines: absl's notice that it logs before being initialised, and
+# INFO lines ("I1204 …" or "I0000 … port.cc:153] oneDNN custom operations are on …").
+# TF_CPP_MIN_LOG_LEVEL no longer hides them in TensorFlow 2.21, and they land inside progress bars.
+_NATIVE_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\) is called|I\d{4} )")
+
+
+@contextlib.contextmanager
+def quiet_native_logs():
+    """Hold back what native code writes to standard error meanwhile, and drop its INFO lines.
+
+    Standard error (file descriptor 2) goes to a temporary file while the block runs; afterwards
+    every line but TensorFlow's native INFO lines and absl's start-up notice is written to
+    standard error, so warnings and errors still show (after the block rather than during it).
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no file descriptor 2 to redirect
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            try:
+                sys.stderr.flush()
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().decode(errors="replace").splitlines(keepends=True)
+                    if not _NATIVE_NOISE.match(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
+def import_keras():
+    """``keras``, imported without TensorFlow's native start-up lines on standard error."""
+    if "keras" not in sys.modules:
+        with quiet_native_logs():
+            import keras  # noqa: F401
+    return sys.modules["keras"]
 
 
 @functools.cache

@@ -328,8 +328,9 @@ def _cached_model(name, weights, layer, shape, mixed_precision):
     key = (name, None if weights is None else str(weights), layer, shape, policy)
     with _CACHE_LOCK:
         if key not in _CACHE:
-            import keras
+            from cpzarr.features.backend import import_keras
 
+            keras = import_keras()
             fold = name == "efficientnet-lite0" and not (layer or "").endswith("_bn")
             previous = keras.config.dtype_policy()
             if policy:
@@ -457,13 +458,16 @@ def _frozen_graph(model):
         return None
     import tensorflow as tf
 
+    from cpzarr.features.backend import quiet_native_logs
+
     try:
         from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
         spec = tf.TensorSpec((None, *model.input_shape[1:]), model.inputs[0].dtype)
-        graph = convert_variables_to_constants_v2(
-            tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
-        )
+        with quiet_native_logs():  # grappler's INFO lines ("Starting new session", GPU count)
+            graph = convert_variables_to_constants_v2(
+                tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+            )
     except Exception as err:  # noqa: BLE001 - any failure only costs speed
         warnings.warn(
             f"cannot freeze the graph of model {model.name} ({err}); running it with "

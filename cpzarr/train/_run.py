@@ -386,10 +386,11 @@ def train(
 
 
 def _train_here(source, *, output, options, box, channels, edge, resume, callbacks, progress):
-    import keras
     import xarray as xr
 
-    from cpzarr.features.backend import has_gpu
+    from cpzarr.features.backend import has_gpu, import_keras
+
+    keras = import_keras()
 
     from cpzarr.train._schedules import EpochSchedule
 
