@@ -118,20 +118,17 @@ def estimate(screen, *, downsample=4, median_size=24, percentile=2.0, scheduler=
 
 
 def _store_images(screen):
-    """The store's own ``images`` Zarr array when ``screen`` is a store as opened, else None."""
-    import zarr
+    """The path of the store's own ``images`` array when ``screen`` holds it as opened, else None.
 
-    images = screen["images"]
-    name = getattr(images.data, "name", "")
+    ``cpzarr.store.site_reader`` answers only for the variable as :func:`cpzarr.open_screen`
+    opened it from a local store; a selection or computation on it is read through dask instead.
+    """
+    from cpzarr.store import site_reader
+
     source = _store_path(screen)
-    # a selection or computation renames xarray's lazily opened variable: then read through it
-    if not source or not isinstance(name, str) or not name.startswith("open_dataset-images-"):
+    if not source or site_reader(screen["images"]) is None:
         return None
-    try:
-        array = zarr.open_array(f"{source}/images", mode="r")
-    except Exception:  # zarr raises several types for a path it cannot open: read through dask
-        return None
-    return f"{source}/images" if array.shape == images.shape and array.dtype == images.dtype else None
+    return f"{source}/images"
 
 
 def _wells_sum(path, p, wells):
