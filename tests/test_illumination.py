@@ -145,3 +145,21 @@ def test_dmso_batch_enrichment_drops(tmp_path):
         scores[light] = float(result["odds_ratio"].iloc[0])
     # measured: odds ratio at the 90th percentile 1.52 without, 0.94 with the correction (1 = no batch effect)
     assert scores[True] < 0.75 * scores[None] and scores[True] < 1.1, scores
+
+
+def test_whole_shard_reads_equal_reading_through_dask(tmp_path, monkeypatch):
+    """The store as opened is summed from whole well shards; a copy in memory through dask; same field."""
+    size = 64
+    table = _write_sites(tmp_path / "raw", {"DNA": _field(size, size, 0.3, 0.2)}, n_sites=8, size=size)
+    _ingest(table, tmp_path / "s.zarr")
+    screen = open_screen(tmp_path / "s.zarr")
+    assert illumination._store_images(screen) is not None  # the store's own array: the shard path
+    calls = []
+    original = illumination._wells_sum
+    monkeypatch.setattr(illumination, "_wells_sum", lambda *a: calls.append(a) or original(*a))
+    fast = illumination.estimate(screen, median_size=3, scheduler="sync")
+    assert calls  # the whole-shard reader ran
+    in_memory = screen.to_dataset()[["images", "present"]].load()
+    assert illumination._store_images(in_memory) is None  # not the store's array: read through dask
+    np.testing.assert_allclose(illumination.estimate(in_memory, median_size=3, scheduler="sync").values,
+                               fast.values, rtol=1e-12)
