@@ -591,8 +591,9 @@ def detect_nuclei(screen, *, channel="DNA", sigma=2.0, threshold="li", threshold
     dna = data[:, :, :, k : k + 1]
     dna = dna.rechunk(tuple((1,) * n for n in dna.shape[:4]) + tuple((n,) for n in dna.shape[4:]))
     blocks = dna.to_delayed()
-    present = (np.asarray(root["present"].transpose(*_SITE_DIMS).values) if "present" in root
-               else np.ones(dna.shape[:3], bool))
+    # read here, on threads: through a cluster it would be one task per well's chunk
+    present = (np.asarray(root["present"].transpose(*_SITE_DIMS).compute(scheduler="threads").values)
+               if "present" in root else np.ones(dna.shape[:3], bool))
     tasks = []
     for p, w, s in zip(*np.nonzero(present)):
         plate, well, site = str(images.plate.values[p]), str(images.well.values[w]), int(images.site.values[s])
@@ -611,8 +612,13 @@ def detect_nuclei(screen, *, channel="DNA", sigma=2.0, threshold="li", threshold
                 bar.update(1)
 
     try:
-        with (_Sites() if progress else contextlib.nullcontext()):
-            tables = dask.compute(*tasks, scheduler=scheduler)
+        if hasattr(scheduler, "scheduler_info"):  # a distributed client: a window of sites at a time
+            from cpzarr.cluster import compute_bounded
+
+            tables = compute_bounded(scheduler, tasks, on_done=lambda _: bar.update(1))
+        else:
+            with (_Sites() if progress else contextlib.nullcontext()):
+                tables = dask.compute(*tasks, scheduler=scheduler)
     finally:
         bar.close()
     columns = ["plate", "well", "site", "x", "y", "area", "object_id"]

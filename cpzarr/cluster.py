@@ -528,14 +528,14 @@ def map_batches(
         bar.close()
 
 
-def in_flight(client: Any, per_thread: int = 4) -> int:
+def in_flight(client: Any, per_thread: int = 4, least: int = 8) -> int:
     """Work units to keep submitted at once on ``client``'s cluster: ``per_thread`` per worker thread.
 
     Enough that no thread waits for the next unit, few enough that the scheduler's task count
-    and the client's futures do not grow with the screen.
+    and the client's futures do not grow with the screen. At least ``least``.
     """
     threads = sum(w.get("nthreads", 1) for w in client.scheduler_info().get("workers", {}).values())
-    return max(8, per_thread * max(threads, 1))
+    return max(least, per_thread * max(threads, 1))
 
 
 def compute_bounded(
@@ -545,13 +545,14 @@ def compute_bounded(
     limit: int | None = None,
     on_done: Callable[[Any], None] | None = None,
     optimize_graph: bool = True,
+    build: Callable[[list[Any]], Sequence[Any]] | None = None,
 ) -> list[Any]:
     """Compute dask collections on ``client``, at most ``limit`` submitted at a time.
 
     Parameters
     ----------
     client : distributed.Client
-    tasks : sequence of dask collections
+    tasks : sequence of dask collections, or of work units with ``build``
         Usually ``Delayed`` objects, one per work unit (a range of cells, a well).
     limit : int, optional
         Units in flight; by default :func:`in_flight` of the cluster. They are submitted in
@@ -560,6 +561,10 @@ def compute_bounded(
         Called with each result as it arrives (a progress bar).
     optimize_graph : bool
         Passed to ``Client.compute`` (dask fuses tasks, and drops their annotations, when true).
+    build : callable, optional
+        Called with a list of items of ``tasks`` right before they are submitted; returns one
+        dask collection per item. The graph of a batch is then made only when the window takes
+        it, so the client never holds the graph of the whole screen.
 
     Returns
     -------
@@ -579,7 +584,12 @@ def compute_bounded(
         nonlocal nxt
         chunk = list(range(nxt, min(nxt + count, len(tasks))))
         nxt += len(chunk)
-        for i, future in zip(chunk, client.compute([tasks[i] for i in chunk], optimize_graph=optimize_graph)):
+        if not chunk:
+            return
+        batch = [tasks[i] for i in chunk]
+        if build is not None:
+            batch = list(build(batch))
+        for i, future in zip(chunk, client.compute(batch, optimize_graph=optimize_graph)):
             index_of[future.key] = i
             window.add(future)
 

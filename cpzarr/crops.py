@@ -174,7 +174,8 @@ def _eligible(table, images, box, edge):
 def _check_present(root, images, pos):
     if "present" not in root or not len(pos):
         return
-    present = np.asarray(root["present"].transpose("plate", "well", "site").values)
+    # read here, on threads: through a cluster it would be one task per well's chunk
+    present = np.asarray(root["present"].transpose("plate", "well", "site").compute(scheduler="threads").values)
     absent = ~present[pos[:, 0], pos[:, 1], pos[:, 2]]
     if absent.any():
         bad = np.unique(pos[absent], axis=0)

@@ -93,7 +93,9 @@ def ingest(
     n_workers : int, optional
         Workers of the local scheduler; default one per core.
     batch_size : int
-        Wells submitted at once, so the task graph stays bounded on huge screens.
+        Wells submitted at once, so the task graph stays bounded on huge screens. On a
+        distributed cluster at most :func:`cpzarr.cluster.in_flight` of its workers' threads
+        (4 a thread) are in flight, whatever this is.
     compression_level : int
         zstd level of the images (zstd inside Blosc with byte shuffle, bit shuffle for 8-bit
         images); 1 is fast and within a few percent of the size at higher levels.
@@ -792,8 +794,11 @@ def _run_wells(store, plan, todo, *, scheduler, n_workers, batch_size, progress)
 
 
 def _run_distributed(client, items, names, batch_size, progress):
-    from cpzarr.cluster import map_batches
+    from cpzarr.cluster import in_flight, map_batches
 
+    # A window the cluster's threads keep busy, not the screen's size: the scheduler then holds
+    # the same few tasks for 100 wells as for 100,000 (issue 15).
+    batch_size = max(1, min(int(batch_size), in_flight(client)))
     return map_batches(_write_well_item, items, key_prefix="ingest-well", names=names, batch_size=batch_size,
                        client=client, progress=progress)
 

@@ -130,24 +130,36 @@ def _save_config(ctx: Context) -> None:
 # --- locate ---------------------------------------------------------------------------------
 
 def stage_locate(ctx: Context) -> dict:
-    from cpzarr.cells import detect_nuclei, import_locations, write_cells
+    from cpzarr.cells import detect_nuclei, write_cells
+    from cpzarr.cluster import run_task
     from cpzarr.store import open_screen
 
     loc = ctx.cfg["locate"]
-    screen = open_screen(ctx.store)
     if loc["method"] == "detect":
-        cells = detect_nuclei(screen, scheduler=ctx.client, progress=ctx.progress, **loc["detect"])
-    else:
-        source = loc["path"] or ctx.state.info("ingest").get("locations")
-        if not source:
-            raise ConfigError("locate.path is required to import locations")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            cells = import_locations(screen, source, kind=loc["kind"], on_invalid="drop")
-        for w in caught:
-            ctx.echo(f"[locate] warning: {w.message}")
-    write_cells(ctx.store, cells)
-    return {"cells": int(cells.sizes["cell"])}
+        cells = detect_nuclei(open_screen(ctx.store), scheduler=ctx.client, progress=ctx.progress, **loc["detect"])
+        write_cells(ctx.store, cells)
+        return {"cells": int(cells.sizes["cell"])}
+    source = loc["path"] or ctx.state.info("ingest").get("locations")
+    if not source:
+        raise ConfigError("locate.path is required to import locations")
+    # One task on a worker reads the location files and the store's `present` array and writes
+    # /cells: neither the client's memory nor the scheduler's task count grows with the screen.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        n_cells = run_task(ctx.client, "locate-import", _import_cells, ctx.store, str(source), loc["kind"])
+    for w in caught:
+        ctx.echo(f"[locate] warning: {w.message}")
+    return {"cells": n_cells}
+
+
+def _import_cells(store, source: str, kind: str) -> int:
+    """Import the location files ``source`` into ``store``'s ``/cells``; the number of cells."""
+    from cpzarr.cells import import_locations, write_cells
+    from cpzarr.store import open_screen
+
+    cells = import_locations(open_screen(store), source, kind=kind, on_invalid="drop")
+    write_cells(store, cells)
+    return int(cells.sizes["cell"])
 
 
 # --- train ----------------------------------------------------------------------------------

@@ -787,17 +787,24 @@ def _write_features(store, name, features, *, chunk_cells, overwrite, scheduler,
         data = da.from_array(np.asarray(data))
     data = data.rechunk({0: chunk_cells, 1: -1})
     todo = [u for u in range(n_units) if not done[u] and n_cells > 0]
-    if todo:
-        # One array over the units left to do, written by one map_blocks: a crop chunk that
-        # straddles two units is then extracted once, not once per unit.
-        written = data.blocks[todo].map_blocks(
-            _write_unit, str(final) if isinstance(final, Path) else final, todo, chunk_cells, drop_axis=1, chunks=((1,) * len(todo),),
+    target = str(final) if isinstance(final, Path) else final
+    # Optimising fuses the inference layer with the reads and the writes and drops its GPU
+    # resource annotation (dask 2026.8), so a graph that asks for resources goes as built.
+    optimize = not _asks_resources([data])
+
+    def build(units):
+        # One array over ``units``, written by one map_blocks: a crop chunk that straddles two
+        # of them is extracted once, not once per unit. On a cluster this is called per batch
+        # of units as the window submits them, so the client never holds (nor optimises) the
+        # whole screen's graph at once.
+        written = data.blocks[units].map_blocks(
+            _write_unit, target, list(units), chunk_cells, drop_axis=1, chunks=((1,) * len(units),),
             dtype=np.int64, meta=np.empty((0,), dtype=np.int64), name=f"write-unit-{uuid.uuid4().hex}",
         )
-        # Optimising fuses the inference layer with the reads and the writes and drops its GPU
-        # resource annotation (dask 2026.8), so a graph that asks for resources goes as built.
-        tasks = written.to_delayed(optimize_graph=not _asks_resources([written]))
-        _compute(list(tasks), scheduler, progress, f"features {name}")
+        return list(written.to_delayed(optimize_graph=optimize))
+
+    if todo:
+        _compute(todo, build, scheduler, progress, f"features {name}", optimize_graph=optimize)
     record_provenance(store, f"features/{name}", {
         "stage": "profile", **{k: (v.item() if hasattr(v, "item") else v) for k, v in features.attrs.items()},
     })
@@ -807,22 +814,27 @@ def _write_features(store, name, features, *, chunk_cells, overwrite, scheduler,
     return final
 
 
-def _compute(tasks, scheduler, progress, label):
-    """Compute ``tasks`` on a client or a local scheduler, with a unit progress bar."""
+def _compute(units, build, scheduler, progress, label, optimize_graph=True):
+    """Compute the graphs ``build(units)`` makes, on a client or a local scheduler, with a unit progress bar.
+
+    On a distributed client the units go in a window of one per worker thread (at least 2),
+    each batch built only when it is submitted (:func:`cpzarr.cluster.compute_bounded`): a unit
+    is ~2 tasks per site it spans, so the scheduler holds a few hundred tasks whatever the
+    screen's size.
+    """
     import dask
     from tqdm.auto import tqdm
 
-    if not tasks:
+    if not units:
         return
     client = _client(scheduler)
-    bar = tqdm(total=len(tasks), desc=label, unit="unit", disable=not progress, leave=False)
+    bar = tqdm(total=len(units), desc=label, unit="unit", disable=not progress, leave=False)
     try:
         if client is not None:
-            from cpzarr.cluster import compute_bounded
+            from cpzarr.cluster import compute_bounded, in_flight
 
-            # As in write_features: a graph whose tasks ask for resources is not optimised.
-            compute_bounded(client, tasks, on_done=lambda _: bar.update(1),
-                            optimize_graph=not _asks_resources(tasks))
+            compute_bounded(client, units, build=build, limit=in_flight(client, per_thread=1, least=2),
+                            on_done=lambda _: bar.update(1), optimize_graph=optimize_graph)
             return
         from dask.callbacks import Callback
 
@@ -832,7 +844,7 @@ def _compute(tasks, scheduler, progress, label):
                     bar.update(1)
 
         with Units():
-            dask.compute(*tasks, scheduler=scheduler if isinstance(scheduler, str) else None)
+            dask.compute(*build(list(units)), scheduler=scheduler if isinstance(scheduler, str) else None)
     finally:
         bar.close()
 
