@@ -41,7 +41,7 @@ import xarray as xr
 from cpzarr.cells import cells_table, screen_parts, site_positions
 from cpzarr.errors import InputError, StoreError
 
-__all__ = ["Sampler", "crops", "sample"]
+__all__ = ["CropPlan", "Sampler", "crops", "sample"]
 
 EDGES = ("skip", "pad")
 SCALES = (None, "minmax", "deepprofiler")
@@ -293,37 +293,88 @@ def crops(screen, box=128, channels=None, edge="skip", scale=None, chunks="site"
     >>> view.isel(cell=slice(0, 32)).values.shape  # doctest: +SKIP
     (32, 2, 128, 128)
     """
-    _check_options(box, edge, scale, chunks)
-    if illumination is not None and illumination is not False:
-        from cpzarr.illumination import corrected_screen
+    return CropPlan(screen, box=box, channels=channels, edge=edge, scale=scale, chunks=chunks, cells=cells,
+                    illumination=illumination).view()
 
-        screen = corrected_screen(screen, illumination)
-    images, root, table, keep, rows, columns, pos, channel_index, channel_names = _prepared(
-        screen, cells, box, edge, channels
-    )
-    index = np.flatnonzero(keep)
-    index = index[np.lexsort((index, pos[index, 2], pos[index, 1], pos[index, 0]))]
-    _check_present(root, images, pos[index])
-    read = _StoreSites(images, root)
-    array = _crop_array(
-        images, rows[index], columns[index], pos[index], box, channel_index,
-        len(channel_names), scale, chunks, read=read if read.shards is not None else None,
-    )
-    picked = table.iloc[index]
-    at_edge = int((~_inside(rows, columns, box, images.sizes["y"], images.sizes["x"])).sum())
-    coords = {
-        "cell": ("cell", index.astype(np.int64)),
-        "plate": ("cell", picked["plate"].to_numpy(object)),
-        "well": ("cell", picked["well"].to_numpy(object)),
-        "site": ("cell", picked["site"].to_numpy(np.int64)),
-        "x": ("cell", picked["x"].to_numpy(np.float64)),
-        "y": ("cell", picked["y"].to_numpy(np.float64)),
-        "channel": ("channel", np.asarray(channel_names, dtype=object)),
-    }
-    return xr.DataArray(
-        array, dims=("cell", "channel", "y", "x"), coords=coords, name="crops",
-        attrs={"box": int(box), "edge": edge, "scale": str(scale), **edge_counts(len(table), at_edge, edge)},
-    )
+
+class CropPlan:
+    """Which cells a crop view holds, in order, with the graph of any range of them made on demand.
+
+    :func:`crops` is ``CropPlan(...).view()``. A stage that computes a screen in batches asks
+    for the view of one range of cells at a time (:meth:`view` with :meth:`chunk_range`), so
+    the client holds the cell table but never the task graph of the whole screen. The
+    parameters are those of :func:`crops`.
+
+    Attributes
+    ----------
+    n_cells : int
+        Cells in the view.
+    coords : dict
+        The view's ``cell`` coordinates (``cell``, ``plate``, ``well``, ``site``, ``x``, ``y``).
+    attrs : dict
+        The view's attributes (box, edge, scale and :func:`edge_counts`).
+    """
+
+    def __init__(self, screen, box=128, channels=None, edge="skip", scale=None, chunks="site", *, cells=None,
+                 illumination=None):
+        _check_options(box, edge, scale, chunks)
+        if illumination is not None and illumination is not False:
+            from cpzarr.illumination import corrected_screen
+
+            screen = corrected_screen(screen, illumination)
+        images, root, table, keep, rows, columns, pos, channel_index, channel_names = _prepared(
+            screen, cells, box, edge, channels
+        )
+        index = np.flatnonzero(keep)
+        index = index[np.lexsort((index, pos[index, 2], pos[index, 1], pos[index, 0]))]
+        _check_present(root, images, pos[index])
+        read = _StoreSites(images, root)
+        self._images, self._read = images, read if read.shards is not None else None
+        self._rows, self._columns, self._pos = rows[index], columns[index], pos[index]
+        self._box, self._channel_index, self._channels, self._scale, self._chunks = (
+            box, channel_index, channel_names, scale, chunks)
+        # where a chunk (a site, or a well) starts, as in _crop_array
+        used = 3 if chunks == "site" else 2
+        changed = (np.diff(self._pos[:, :used], axis=0) != 0).any(axis=1)
+        self._starts = np.flatnonzero(np.r_[True, changed]) if len(index) else np.zeros(0, np.int64)
+        picked = table.iloc[index]
+        at_edge = int((~_inside(rows, columns, box, images.sizes["y"], images.sizes["x"])).sum())
+        self.n_cells = len(index)
+        self.coords = {
+            "cell": ("cell", index.astype(np.int64)),
+            "plate": ("cell", picked["plate"].to_numpy(object)),
+            "well": ("cell", picked["well"].to_numpy(object)),
+            "site": ("cell", picked["site"].to_numpy(np.int64)),
+            "x": ("cell", picked["x"].to_numpy(np.float64)),
+            "y": ("cell", picked["y"].to_numpy(np.float64)),
+        }
+        self.attrs = {"box": int(box), "edge": edge, "scale": str(scale), **edge_counts(len(table), at_edge, edge)}
+
+    def chunk_range(self, lo, hi):
+        """The smallest range of whole chunks (sites, or wells) that holds cells ``lo:hi``."""
+        if hi <= lo:
+            return lo, lo
+        first = self._starts[np.searchsorted(self._starts, lo, side="right") - 1]
+        after = np.searchsorted(self._starts, hi, side="left")
+        last = self._starts[after] if after < len(self._starts) else self.n_cells
+        return int(first), int(last)
+
+    def view(self, lo=0, hi=None):
+        """The lazy crops of cells ``lo:hi`` of the view (all by default), a DataArray as :func:`crops`.
+
+        A range that starts and ends on chunk boundaries (:meth:`chunk_range`) has exactly the
+        chunks, and so the tasks' values, of the whole view over those cells.
+        """
+        hi = self.n_cells if hi is None else hi
+        part = slice(lo, hi)
+        array = _crop_array(
+            self._images, self._rows[part], self._columns[part], self._pos[part], self._box, self._channel_index,
+            len(self._channels), self._scale, self._chunks, read=self._read,
+        )
+        coords = {k: (dim, values[part]) for k, (dim, values) in self.coords.items()}
+        coords["channel"] = ("channel", np.asarray(self._channels, dtype=object))
+        return xr.DataArray(array, dims=("cell", "channel", "y", "x"), coords=coords, name="crops",
+                            attrs=dict(self.attrs))
 
 
 def edge_counts(cells, at_edge, edge):

@@ -6,6 +6,7 @@ calls from Python; nothing here computes anything the API does not expose.
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import xarray as xr
 
 from cpzarr.config import Config
 from cpzarr.errors import ConfigError, StoreError
@@ -208,7 +210,7 @@ def stage_features(ctx: Context) -> dict:
             _write_plain_node(ctx.store, f"features/{name}", ds)
         return {"cells": int(ds.sizes["cell"])}
 
-    from cpzarr.crops import crops as make_crops
+    from cpzarr.crops import CropPlan
     from cpzarr.features.cnn import extract, write_features
 
     screen = open_screen(ctx.store)
@@ -226,34 +228,59 @@ def stage_features(ctx: Context) -> dict:
             from cpzarr.features import classical
 
             # Classical measurements read raw intensities unless crops.scale says otherwise.
-            view = make_crops(screen, box=c["box"], channels=c["channels"], edge=c["edge"],
-                              illumination=light, scale=c["scale"])
-            feats = classical(view)
+            scale, measure = c["scale"], classical
         elif model == "trained" and name == ctx.feature_sets()[0]:
-            view = make_crops(screen, box=c["box"], channels=c["channels"], edge=c["edge"],
-                              illumination=light, scale=c["scale"] or "minmax")
             checkpoint = f["checkpoint"] or ctx.state.info("train").get("checkpoint")
             if not checkpoint:
                 raise StoreError("features: no trained checkpoint (run the train stage first)")
-            feats = extract(view, model="trained", weights=checkpoint, layer=f["layer"],
-                            batch_size=f["batch_size"], dtype=f["dtype"])
+            scale = c["scale"] or "minmax"
+            measure = functools.partial(extract, model="trained", weights=checkpoint, layer=f["layer"],
+                                        batch_size=f["batch_size"], dtype=f["dtype"])
         else:
             arch = model if model not in ("trained", "classical") else "efficientnet-lite0"
-            view = make_crops(screen, box=c["box"], channels=c["channels"], edge=c["edge"],
-                              illumination=light, scale=c["scale"] or "minmax")
-            feats = extract(view, model=arch, weights=f["weights"], layer=f["layer"],
-                            batch_size=f["batch_size"], dtype=f["dtype"])
-        counts = {k: view.attrs[k] for k in ("edge", "cells_located", "cells_at_edge", "cells_left_out",
-                                               "left_out_because") if k in view.attrs}
+            scale = c["scale"] or "minmax"
+            measure = functools.partial(extract, model=arch, weights=f["weights"], layer=f["layer"],
+                                        batch_size=f["batch_size"], dtype=f["dtype"])
+        plan = CropPlan(screen, box=c["box"], channels=c["channels"], edge=c["edge"], illumination=light,
+                        scale=scale)
+        feats, part = _planned_features(plan, measure)
+        counts = {k: plan.attrs[k] for k in ("edge", "cells_located", "cells_at_edge", "cells_left_out",
+                                              "left_out_because") if k in plan.attrs}
         feats.attrs.update(counts)  # on the node, for whoever reads it later
         # Same config as an interrupted attempt: its complete units are kept (write_features
         # refuses to resume a node of other features).
         write_features(ctx.store, name, feats, overwrite=ctx.fresh, scheduler=ctx.client,
-                       progress=ctx.progress)
+                       progress=ctx.progress, part=part)
         n_cells = int(feats.sizes["cell"])
     ctx.echo(f"[features] {_edge_line(counts, c['box'])}")
     return {"cells": n_cells, "cells_left_out": counts.get("cells_left_out", 0),
             "cells_at_edge": counts.get("cells_at_edge", 0)}
+
+
+def _planned_features(plan, measure):
+    """The features of a crop plan as ``write_features`` takes them built range by range.
+
+    Returns the node's template (coordinates, feature names, dtype, attributes; its data is
+    never computed) and ``part(lo, hi)``, the features of cells ``lo:hi``, measured over the
+    whole sites that hold them so that every task is the one the whole view would have made.
+    """
+    import dask.array as da
+
+    if plan.n_cells == 0:
+        whole = measure(plan.view())
+        return whole, None
+    head = measure(plan.view(*plan.chunk_range(0, 1)))
+    template = xr.DataArray(
+        da.zeros((plan.n_cells, head.sizes["feature"]), dtype=head.dtype, chunks=(plan.n_cells, -1)),
+        dims=("cell", "feature"), coords={**plan.coords, "feature": head["feature"].values},
+        name="features", attrs=dict(head.attrs),
+    )
+
+    def part(lo, hi):
+        first, last = plan.chunk_range(lo, hi)
+        return measure(plan.view(first, last)).isel(cell=slice(lo - first, hi - first))
+
+    return template, part
 
 
 def _edge_line(counts: dict, box: int) -> str:

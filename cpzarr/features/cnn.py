@@ -698,7 +698,7 @@ def _write_unit(block, path, units, chunk_cells, block_info=None):
 
 
 def write_features(
-    store, name, features, *, chunk_cells=1024, overwrite=False, scheduler=None, progress=True
+    store, name, features, *, chunk_cells=1024, overwrite=False, scheduler=None, progress=True, part=None
 ):
     """Compute features and write them into ``/features/<name>`` of a store, resumably.
 
@@ -725,6 +725,11 @@ def write_features(
         current client or dask's default.
     progress : bool
         Show a progress bar of work units.
+    part : callable, optional
+        ``part(lo, hi)`` gives the features of cells ``lo:hi`` (a DataArray or dask array). With
+        it, ``features`` only gives the node's coordinates, feature names, dtype and attributes
+        (its data is never computed), and the graph of each range of units is made by ``part``
+        when it is submitted: the client never holds the graph of the whole screen.
 
     Returns
     -------
@@ -740,10 +745,21 @@ def write_features(
     store = as_location(store)
     with store_lock(store, f"features {name}"):
         return _write_features(store, name, features, chunk_cells=chunk_cells, overwrite=overwrite,
-                               scheduler=scheduler, progress=progress)
+                               scheduler=scheduler, progress=progress, part=part)
 
 
-def _write_features(store, name, features, *, chunk_cells, overwrite, scheduler, progress):
+def _runs(units):
+    """Consecutive unit numbers grouped: [0, 1, 2, 5, 6] -> [[0, 1, 2], [5, 6]]."""
+    runs = []
+    for u in units:
+        if runs and u == runs[-1][-1] + 1:
+            runs[-1].append(u)
+        else:
+            runs.append([u])
+    return runs
+
+
+def _write_features(store, name, features, *, chunk_cells, overwrite, scheduler, progress, part=None):
     """The body of :func:`write_features`, run while holding the store's lock."""
     import zarr
 
@@ -780,24 +796,39 @@ def _write_features(store, name, features, *, chunk_cells, overwrite, scheduler,
     if fresh:
         _create_node(store, name, skeleton, encoding)
 
-    data = features.data
-    if not hasattr(data, "dask"):
+    if part is None:
+        data = features.data
+        if not hasattr(data, "dask"):
+            import dask.array as da
+
+            data = da.from_array(np.asarray(data))
+        data = data.rechunk({0: chunk_cells, 1: -1})
+
+        def blocks(units):
+            return data.blocks[units]
+    else:
         import dask.array as da
 
-        data = da.from_array(np.asarray(data))
-    data = data.rechunk({0: chunk_cells, 1: -1})
+        def blocks(units):
+            # one range of cells per run of consecutive units, cut into the units' chunks
+            pieces = []
+            for run in _runs(units):
+                lo, hi = run[0] * chunk_cells, min((run[-1] + 1) * chunk_cells, n_cells)
+                piece = part(lo, hi)
+                pieces.append(da.asarray(getattr(piece, "data", piece)).rechunk({0: chunk_cells, 1: -1}))
+            return pieces[0] if len(pieces) == 1 else da.concatenate(pieces)
     todo = [u for u in range(n_units) if not done[u] and n_cells > 0]
     target = str(final) if isinstance(final, Path) else final
     # Optimising fuses the inference layer with the reads and the writes and drops its GPU
     # resource annotation (dask 2026.8), so a graph that asks for resources goes as built.
-    optimize = not _asks_resources([data])
+    optimize = not _asks_resources([blocks(todo[:1])]) if todo else True
 
     def build(units):
         # One array over ``units``, written by one map_blocks: a crop chunk that straddles two
         # of them is extracted once, not once per unit. On a cluster this is called per batch
         # of units as the window submits them, so the client never holds (nor optimises) the
         # whole screen's graph at once.
-        written = data.blocks[units].map_blocks(
+        written = blocks(units).map_blocks(
             _write_unit, target, list(units), chunk_cells, drop_axis=1, chunks=((1,) * len(units),),
             dtype=np.int64, meta=np.empty((0,), dtype=np.int64), name=f"write-unit-{uuid.uuid4().hex}",
         )
