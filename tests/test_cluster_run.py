@@ -199,3 +199,30 @@ def test_a_worker_killed_mid_features_leaves_an_identical_store(reference, proce
     assert not errors, errors
     assert killed not in client.scheduler_info()["workers"]  # the nanny started a new worker process
     _assert_same_store(reference, tmp_path / "killed")
+
+
+#: The demo config's features (configs/demo.yaml: EfficientNet-Lite0 with the ImageNet weights,
+#: 64-px boxes) on the tiny screen.
+DEMO_MODEL = TINY.replace("crops: {box: 32, edge: pad, scale: minmax}", "crops: {box: 64, edge: pad, scale: minmax}").replace(
+    "features: {model: classical}", "features: {model: efficientnet-lite0, weights: imagenet, batch_size: null}")
+
+
+@pytest.mark.slow
+def test_demo_model_on_separate_processes_gives_the_local_metrics(process_cluster, tmp_path):
+    # TensorFlow in two `dask worker` processes against the local run (threads in one process)
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    for folder in (local, remote):
+        folder.mkdir()
+        (folder / "tiny.yaml").write_text(DEMO_MODEL)
+    run(local / "tiny.yaml", until="evaluate", progress=False, echo=None)
+    done = subprocess.run([sys.executable, "-m", "cpzarr.cli", "run", str(remote / "tiny.yaml"), "--no-progress",
+                           "--until", "evaluate", "--scheduler", process_cluster.address], cwd=remote, env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    fa = xr.open_zarr(local / "out" / "screen.zarr", group="features/efficientnet-lite0", consolidated=False)
+    fb = xr.open_zarr(remote / "out" / "screen.zarr", group="features/efficientnet-lite0", consolidated=False)
+    assert fa.sizes["feature"] == 5 * 1280 and bool(fb["unit_complete"].all())
+    np.testing.assert_array_equal(fa["features"].values, fb["features"].values)
+    ha = pd.read_csv(local / "out" / "report" / "tables" / "headline.csv")
+    hb = pd.read_csv(remote / "out" / "report" / "tables" / "headline.csv")
+    pd.testing.assert_frame_equal(ha, hb)
