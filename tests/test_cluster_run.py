@@ -209,16 +209,18 @@ DEMO_MODEL = TINY.replace("crops: {box: 32, edge: pad, scale: minmax}", "crops: 
 
 @pytest.mark.slow
 def test_demo_model_on_separate_processes_gives_the_local_metrics(process_cluster, tmp_path):
-    # TensorFlow in two `dask worker` processes against the local run (threads in one process)
+    # through report, TensorFlow in two `dask worker` processes, against the local run (threads in
+    # one process): the same features, bit for bit, and the same metrics (46 s here at load 0.5)
     local, remote = tmp_path / "local", tmp_path / "remote"
     for folder in (local, remote):
         folder.mkdir()
         (folder / "tiny.yaml").write_text(DEMO_MODEL)
-    run(local / "tiny.yaml", until="evaluate", progress=False, echo=None)
+    run(local / "tiny.yaml", progress=False, echo=None)
     done = subprocess.run([sys.executable, "-m", "cpzarr.cli", "run", str(remote / "tiny.yaml"), "--no-progress",
-                           "--until", "evaluate", "--scheduler", process_cluster.address], cwd=remote, env=_env(),
+                           "--scheduler", process_cluster.address], cwd=remote, env=_env(),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert (remote / "out" / "report" / "report.html").exists()
     fa = xr.open_zarr(local / "out" / "screen.zarr", group="features/efficientnet-lite0", consolidated=False)
     fb = xr.open_zarr(remote / "out" / "screen.zarr", group="features/efficientnet-lite0", consolidated=False)
     assert fa.sizes["feature"] == 5 * 1280 and bool(fb["unit_complete"].all())
