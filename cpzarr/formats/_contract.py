@@ -7,7 +7,7 @@ raises, and a ``read(path, **options)`` that returns that kind's result:
 ========== ===========================================================================
 kind        result of ``read``
 ========== ===========================================================================
-images      ``(sites, well_metadata, channels, info)`` as :func:`cpzarr._tables.read_image_table`:
+images      ``(sites, well_metadata, channels, info)`` as :func:`cpzarr.formats._image_table.read_image_table`:
             one row per site with ``plate``, ``well``, ``site``, ``line`` and one absolute path
             column per channel; ``info["format"]`` is the format's name
 locations   a DataFrame with ``plate``, ``well``, ``site``, ``x``, ``y`` (float64), ``file`` and

@@ -1,4 +1,4 @@
-"""Header sniffing shared by the CSV detectors (never raises, reads a few rows only)."""
+"""CSV/TSV helpers shared by the readers: whole tables from a path or URL, and header sniffing."""
 
 from __future__ import annotations
 
@@ -6,7 +6,42 @@ from pathlib import Path
 
 import pandas as pd
 
+from cpzarr.errors import InputError
+
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt")
+
+
+def read_table(table, *, what: str = "table", storage_options=None) -> tuple[pd.DataFrame, str]:
+    """Read a CSV/TSV path or fsspec URL, or accept a DataFrame; return ``(frame, name for messages)``."""
+    from cpzarr.store import is_url
+
+    if isinstance(table, pd.DataFrame):
+        return table.reset_index(drop=True).copy(), f"the {what} DataFrame"
+    if is_url(table):
+        return _read_url_table(str(table), what, storage_options)
+    path = Path(str(table).removeprefix("file://")).resolve()
+    if not path.is_file():
+        raise InputError(f"The {what} {path} does not exist or is not a file.")
+    sep = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
+    try:
+        frame = pd.read_csv(path, sep=sep, low_memory=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"The {what} {path} cannot be read as a {sep!r}-separated table: {exc}") from exc
+    return frame, str(path)
+
+
+def _read_url_table(url, what, storage_options):
+    import fsspec
+
+    sep = "\t" if url.lower().endswith((".tsv", ".txt")) else ","
+    try:
+        with fsspec.open(url, "rb", **(storage_options or {})) as f:
+            frame = pd.read_csv(f, sep=sep, low_memory=False)
+    except FileNotFoundError as exc:
+        raise InputError(f"The {what} {url} does not exist.") from exc
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"The {what} {url} cannot be read as a {sep!r}-separated table: {exc}") from exc
+    return frame, url
 
 
 def head(path: Path, rows: int = 0):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cpzarr import _tables
+from cpzarr._tables import normalize_well
 from cpzarr.errors import InputError
 from cpzarr.formats._contract import Format, register
 from cpzarr.formats._csv import X_COLUMNS, Y_COLUMNS, numbers, pick_column, read_location_csv
@@ -69,7 +69,7 @@ def _read_cellprofiler_folder(nuclei_path, image_path):
     sites = pd.DataFrame({
         "ImageNumber": image["ImageNumber"],
         "plate": _metadata_column(image, "Plate", image_path).astype(str),
-        "well": _metadata_column(image, "Well", image_path).map(_tables.normalize_well),
+        "well": _metadata_column(image, "Well", image_path).map(normalize_well),
         "site": _metadata_column(image, "Site", image_path).astype(np.int64),
     })
     table = pd.DataFrame({

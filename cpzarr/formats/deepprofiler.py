@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cpzarr import _tables
+from cpzarr._tables import IMAGE_SUFFIXES, is_blank, normalize_well
 from cpzarr.errors import InputError
 from cpzarr.formats._contract import Format, register
 from cpzarr.formats._csv import X_COLUMNS, Y_COLUMNS, head, numbers, pick_column, read_location_csv
@@ -36,17 +36,63 @@ def _detect_index(path):
         return False
     return any(
         not str(c).lower().startswith("metadata_")
-        and any(str(v).strip().lower().endswith(_tables.IMAGE_SUFFIXES) for v in frame[c].dropna())
+        and any(str(v).strip().lower().endswith(IMAGE_SUFFIXES) for v in frame[c].dropna())
         for c in frame.columns
     )
 
 
-def read_index(path, channels=None):
-    """Read a DeepProfiler index.csv: see :func:`cpzarr._tables.read_image_table` for the result."""
-    result = _tables.read_image_table(path, channels)
+def read_index(path, channels=None, storage_options=None):
+    """Read a DeepProfiler index.csv (path or URL): see :func:`cpzarr.formats._image_table.read_image_table`."""
+    from cpzarr.formats._image_table import read_image_table
+
+    result = read_image_table(path, channels, storage_options=storage_options)
     if result[3]["format"] != "index":
         raise InputError(f"{path} is a load_data CSV, not a DeepProfiler index.csv; read it as 'load_data'")
     return result
+
+
+def index_paths(frame, base, source):
+    """``{channel: [absolute path or None per row]}`` and the channels of an index.csv.
+
+    A channel is a non-``Metadata_`` column of image paths; its paths are relative to ``base``
+    (the index's folder or URL) unless absolute.
+    """
+    from cpzarr.formats._image_table import absolute
+
+    found = [c for c in frame.columns if not c.lower().startswith("metadata_") and _looks_like_images(frame[c])]
+    if not found:
+        raise InputError(
+            f"The image table {source} has neither FileName_Orig<Channel> columns (load_data CSV) "
+            f"nor columns of image paths ending in {', '.join(IMAGE_SUFFIXES)} (DeepProfiler index.csv)."
+        )
+    _refuse_odd_image_paths(frame, found, source)
+    paths = {}
+    for ch in found:
+        paths[ch] = [None if is_blank(v) else str(absolute(base, str(v).strip())) for v in frame[ch]]
+    return paths, found
+
+
+def _looks_like_images(column: pd.Series) -> bool:
+    """A column of image paths: at least one of its values ends in an image suffix.
+
+    One odd value (``.jpg``, a typo) must not hide the whole channel; those are refused by
+    :func:`_refuse_odd_image_paths` instead.
+    """
+    return any(str(v).strip().lower().endswith(IMAGE_SUFFIXES) for v in column if not is_blank(v))
+
+
+def _refuse_odd_image_paths(frame, channels, source):
+    """Refuse values of image-path columns that do not end in a readable image suffix."""
+    problems = []
+    for ch in channels:
+        for i, value in enumerate(frame[ch]):
+            if not is_blank(value) and not str(value).strip().lower().endswith(IMAGE_SUFFIXES):
+                problems.append(f"line {i + 2}, channel {ch}: {str(value)!r} is not a {'/'.join(IMAGE_SUFFIXES)} file")
+    if problems:
+        raise InputError(
+            f"The image table {source} lists files cpzarr cannot read as images (nothing was written).",
+            problems,
+        )
 
 
 def _location_folder(path: Path) -> Path:
@@ -81,9 +127,9 @@ def read_locations(path):
         except InputError as err:
             problems.append(str(err))
             continue
-        sites.add((file.parent.name, _tables.normalize_well(match["well"]), int(match["site"])))
+        sites.add((file.parent.name, normalize_well(match["well"]), int(match["site"])))
         frames.append(pd.DataFrame({
-            "plate": file.parent.name, "well": _tables.normalize_well(match["well"]),
+            "plate": file.parent.name, "well": normalize_well(match["well"]),
             "site": int(match["site"]), "x": x, "y": y,
             "file": str(file), "row": np.arange(len(frame)) + 2,
         }))
