@@ -17,6 +17,8 @@ def read_table(table, *, what: str = "table", storage_options=None) -> tuple[pd.
 
     if isinstance(table, pd.DataFrame):
         return table.reset_index(drop=True).copy(), f"the {what} DataFrame"
+    if storage_options is None and getattr(table, "storage_options", None):  # a UPath carries its own
+        storage_options = dict(table.storage_options)
     if is_url(table):
         return _read_url_table(str(table), what, storage_options)
     path = Path(str(table).removeprefix("file://")).resolve()
@@ -46,12 +48,14 @@ def _read_url_table(url, what, storage_options):
 
 def head(path: Path, rows: int = 0):
     """The first ``rows`` rows (0: the header only) of a CSV/TSV, or None when unreadable."""
+    from cpzarr.formats._fs import read_csv
+
     name = path.name.lower()
     if not path.is_file() or not name.endswith(CSV_SUFFIXES):
         return None
     sep = "\t" if name.endswith((".tsv", ".txt")) else ","
     try:
-        return pd.read_csv(path, sep=sep, nrows=rows)
+        return read_csv(path, sep=sep, nrows=rows)
     except Exception:  # a detector only says yes or no
         return None
 
@@ -83,8 +87,10 @@ def read_location_csv(path):
     """A location (or Image) CSV, with unreadable files named instead of raw pandas errors."""
     from cpzarr.errors import InputError
 
+    from cpzarr.formats._fs import read_csv
+
     try:
-        return pd.read_csv(path)
+        return read_csv(path)
     except pd.errors.EmptyDataError:
         raise InputError(f"{path}: the file is empty (a site without cells still has a header line)") from None
     except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as err:
