@@ -116,9 +116,19 @@ def stage_ingest(ctx: Context) -> dict:
         table, platemap = inp["images"], inp["platemap"]
     # Same inputs: resume (complete wells are skipped). Other inputs, or --force: start afresh.
     ingest(table, ctx.store, platemap=platemap, scheduler=ctx.client, progress=ctx.progress,
-           overwrite=ctx.fresh, storage_options=inp["storage_options"])
+           overwrite=ctx.fresh, storage_options=input_options(ctx.cfg))
     _save_config(ctx)
     return info
+
+
+def input_options(cfg) -> dict | None:
+    """fsspec options of the inputs given as URLs (images, platemap, locations, imported features).
+
+    ``input.storage_options``, or, when the config gives none, the store's
+    ``output.storage_options``: inputs and store usually sit on the same object store.
+    """
+    options = cfg.get("input.storage_options")
+    return options if options is not None else cfg.get("output.storage_options")
 
 
 def _save_config(ctx: Context) -> None:
@@ -143,7 +153,8 @@ def stage_locate(ctx: Context) -> dict:
             raise ConfigError("locate.path is required to import locations")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            cells = import_locations(screen, source, kind=loc["kind"], on_invalid="drop")
+            cells = import_locations(screen, source, kind=loc["kind"], on_invalid="drop",
+                                     storage_options=input_options(ctx.cfg))
         for w in caught:
             ctx.echo(f"[locate] warning: {w.message}")
     write_cells(ctx.store, cells)
@@ -188,11 +199,12 @@ def stage_features(ctx: Context) -> dict:
 
         importer = import_deepprofiler if model == "deepprofiler" else import_cellprofiler
         name = f["name"] or model
+        options = input_options(ctx.cfg)
         if is_store(ctx.store):
-            ds = importer(f["path"], store=ctx.store, name=name)
+            ds = importer(f["path"], store=ctx.store, name=name, storage_options=options)
         else:
             # No images: the features are the first thing this run stores.
-            ds = importer(f["path"])
+            ds = importer(f["path"], storage_options=options)
             _write_plain_node(ctx.store, f"features/{name}", ds)
         return {"cells": int(ds.sizes["cell"])}
 

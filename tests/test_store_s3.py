@@ -6,9 +6,7 @@ disk, bit for bit. A run killed mid-features on S3 is re-run and ends identical.
 moto's server or s3fs is not installed or the server cannot start.
 """
 
-import logging
 import shutil
-import socket
 import warnings
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from cpzarr.errors import StoreError
 from cpzarr.run import run
 from cpzarr.store import Location, node_status, open_node, open_screen, zarr_target
 
-BUCKET = "cpzarr-test"
+BUCKET = "cpzarr-test"  # the bucket of the s3 fixture (tests/conftest.py)
 
 SYNTHETIC = dict(plates=2, batches=2, sites=1, image_size=64, cells_per_site=6, moas=2, compounds_per_moa=2,
                  dmso_wells=4, seed=3)
@@ -46,27 +44,6 @@ evaluate: {{level: well, groups: moa, k: [1, 2], percentiles: [95, 90]}}
 cluster: {{n_workers: 1, threads_per_worker: 2, processes: false}}
 output: {{store: {store}, storage_options: {options}, report: {report}}}
 """
-
-
-@pytest.fixture(scope="module")
-def s3():
-    pytest.importorskip("s3fs")
-    server_module = pytest.importorskip("moto.server")
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    try:
-        server.start()
-    except Exception as error:  # noqa: BLE001 - any failure to start means: no server here
-        pytest.skip(f"moto's S3 server cannot start: {error}")
-    options = {"key": "testing", "secret": "testing", "endpoint_url": f"http://127.0.0.1:{port}"}
-    import s3fs
-
-    s3fs.S3FileSystem(**options).mkdir(BUCKET)
-    yield options
-    server.stop()
 
 
 @pytest.fixture(scope="module")

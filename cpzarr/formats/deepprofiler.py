@@ -333,7 +333,8 @@ def _npz_metadata(file):
 
 def _dp_site(file, root, metadata):
     """(plate, well, site) of a DeepProfiler file, from its metadata or else its path."""
-    parts = file.relative_to(root).with_suffix("").parts if file != root else (file.stem,)
+    # the path below root, without the suffix (parts, not relative_to: a URL's UPath too)
+    parts = (*file.parts[len(root.parts):-1], file.stem) if file != root else (file.stem,)
     match = _SITE_FILE.match(parts[-1])
     if match:
         from_path = {"plate": parts[-2] if len(parts) > 1 else None, "well": match["well"], "site": match["site"]}
