@@ -63,12 +63,13 @@ def screen(s3, tmp_path_factory):
         table[column] = [str(Path(p).relative_to(info.root)) for p in table[column]]
     fs.pipe_file(f"{BUCKET}/raw/load_data.csv", table.to_csv(index=False).encode())
     fs.put_file(str(info.platemap), f"{BUCKET}/raw/platemap.csv")
+    fs.put(str(info.locations), f"{BUCKET}/raw/locations", recursive=True)
     return info
 
 
-def _run(tmp_path, info, *, images, platemap, store, options, **kwargs):
+def _run(tmp_path, info, *, images, platemap, store, options, locations=None, **kwargs):
     text = CONFIG.format(images=images, platemap=platemap, options=options or "null", store=store,
-                         locations=info.locations, report=tmp_path / "report")
+                         locations=locations or info.locations, report=tmp_path / "report")
     config = tmp_path / "run.yaml"
     config.write_text(text)
     with warnings.catch_warnings():
@@ -109,7 +110,8 @@ def _assert_same_store_group(a, b, where):
 def test_run_on_s3_equals_the_local_run(s3, screen, local_run, tmp_path):
     store = f"s3://{BUCKET}/run/screen.zarr"
     result = _run(tmp_path, screen, images=f"s3://{BUCKET}/raw/load_data.csv",
-                  platemap=f"s3://{BUCKET}/raw/platemap.csv", store=store, options=s3)
+                  platemap=f"s3://{BUCKET}/raw/platemap.csv", store=store, options=s3,
+                  locations=f"s3://{BUCKET}/raw/locations")  # locate.path a URL too
     assert result.ran == ["ingest", "locate", "features", "profiles", "evaluate", "report"]
     remote = Location(store, s3)
     _assert_same_store(local_run / "screen.zarr", remote)
