@@ -131,6 +131,23 @@ def input_options(cfg) -> dict | None:
     return options if options is not None else cfg.get("output.storage_options")
 
 
+def _local_file(ctx: Context, path) -> str:
+    """A checkpoint or weights file on disk: a URL's object is copied into cpzarr's cache first.
+
+    Training outputs sit beside the store, so a URL is read with the store's storage options
+    (``output.storage_options``, else ``input.storage_options``).
+    """
+    from cpzarr.store import is_url, local_copy
+
+    if not is_url(path):
+        return path
+    options = ctx.cfg.get("output.storage_options")
+    try:
+        return str(local_copy(path, options if options is not None else ctx.cfg.get("input.storage_options")))
+    except FileNotFoundError as err:
+        raise StoreError(f"features: {err}") from None
+
+
 def _save_config(ctx: Context) -> None:
     from cpzarr.store import record_provenance
 
@@ -235,13 +252,14 @@ def stage_features(ctx: Context) -> dict:
             checkpoint = f["checkpoint"] or ctx.state.info("train").get("checkpoint")
             if not checkpoint:
                 raise StoreError("features: no trained checkpoint (run the train stage first)")
-            feats = extract(view, model="trained", weights=checkpoint, layer=f["layer"],
+            feats = extract(view, model="trained", weights=_local_file(ctx, checkpoint), layer=f["layer"],
                             batch_size=f["batch_size"], dtype=f["dtype"])
         else:
             arch = model if model not in ("trained", "classical") else "efficientnet-lite0"
             view = make_crops(screen, box=c["box"], channels=c["channels"], edge=c["edge"],
                               illumination=light, scale=c["scale"] or "minmax")
-            feats = extract(view, model=arch, weights=f["weights"], layer=f["layer"],
+            weights = f["weights"] if f["weights"] in (None, "imagenet") else _local_file(ctx, f["weights"])
+            feats = extract(view, model=arch, weights=weights, layer=f["layer"],
                             batch_size=f["batch_size"], dtype=f["dtype"])
         counts = {k: view.attrs[k] for k in ("edge", "cells_located", "cells_at_edge", "cells_left_out",
                                                "left_out_because") if k in view.attrs}
