@@ -164,3 +164,42 @@ def test_import_and_locate_commands_read_urls(s3, s3_put, shared_data, tmp_path)
                                        "--storage-options", options])
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert url + "-missing" in result.output
+
+
+def test_weights_at_a_url_are_read_through_a_cached_local_copy(s3, s3_put, tmp_path, cache):
+    import hashlib
+    import os
+
+    from cpzarr.features.cnn import weights_info
+    from cpzarr.store import Location, local_copy
+
+    first = tmp_path / "best.keras"
+    first.write_bytes(b"first checkpoint" * 100)
+    url = s3_put(first, "weights/best.keras")
+    copy = local_copy(url, s3)
+    assert copy.read_bytes() == first.read_bytes() and str(cache) in str(copy)
+    stamp = os.stat(copy).st_mtime_ns
+    assert local_copy(url, s3) == copy and os.stat(copy).st_mtime_ns == stamp  # not fetched again
+    first.write_bytes(b"second checkpoint, longer" * 100)
+    s3_put(first, "weights/best.keras")
+    assert local_copy(url, s3).read_bytes() == first.read_bytes()  # the object changed: fetched again
+    info = weights_info("trained", Location(url, s3))
+    assert info["sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
+    from cpzarr.errors import WeightsError
+
+    with pytest.raises(WeightsError, match="s3://cpzarr-test/weights/missing.keras does not exist"):
+        weights_info("trained", Location("s3://cpzarr-test/weights/missing.keras", s3))
+
+
+def test_train_output_url_of_a_config_takes_the_store_options():
+    from cpzarr.config import Config
+    from cpzarr.store import Location
+    from cpzarr.train._run import output_folder
+
+    options = {"key": "k", "secret": "s", "endpoint_url": "http://127.0.0.1:9"}
+    config = Config({"train": {"output": "s3://bucket/runs/train"}, "output": {"storage_options": options}},
+                    source=None)
+    assert output_folder(config, "/data/screen.zarr") == Location("s3://bucket/runs/train", options)
+    beside = Config({"train": {}, "output": {"storage_options": options}})
+    assert output_folder(beside, Location("s3://bucket/screen.zarr", options)) == Location("s3://bucket/train",
+                                                                                           options)
