@@ -214,10 +214,17 @@ def read_objects(
 
         return read_cytotable(path_or_tables, compartments=compartments, exclude=exclude,
                               storage_options=storage_options)
-    from cpzarr.formats.sqlite import cellprofiler_table_sets, is_sqlite
+    from cpzarr.formats.sqlite import _SUFFIXES, cellprofiler_table_sets, is_sqlite
+    from cpzarr.store import is_url, local_copy
 
-    if is_sqlite(path_or_tables):
-        sets, skipped = cellprofiler_table_sets(path_or_tables, compartments), []
+    database = path_or_tables
+    if isinstance(database, str) and is_url(database) and database.lower().endswith(_SUFFIXES):
+        try:  # sqlite reads files on disk only: a URL's database is copied into cpzarr's cache
+            database = local_copy(database, storage_options)
+        except FileNotFoundError as err:
+            raise InputError(f"CellProfiler import: {err}") from None
+    if is_sqlite(database):
+        sets, skipped = cellprofiler_table_sets(database, compartments), []
     else:
         sets, skipped = _table_sets(path_or_tables, compartments, storage_options)
     if skipped:
