@@ -36,25 +36,17 @@ def as_path(source, storage_options=None):
     >>> str(as_path("memory://bucket/locations"))
     'memory://bucket/locations'
     """
+    from upath import UPath
+
     from cpzarr.store import Location, is_url
 
     if isinstance(source, Location):
         storage_options, source = source.storage_options or storage_options, source.url
-    if isinstance(source, Path) and not isinstance(source, _upath()):
-        return source
-    if isinstance(source, _upath()):
+    if isinstance(source, (Path, UPath)):
         return source
     if is_url(source):
-        from upath import UPath
-
         return UPath(str(source), **(storage_options or {}))
     return Path(str(source).removeprefix("file://"))
-
-
-def _upath():
-    from upath import UPath
-
-    return UPath
 
 
 def read_csv(path, **options):
