@@ -59,6 +59,9 @@ def test_deepprofiler_locations_from_s3_equal_local(s3, s3_put, shared_data):
         local = import_locations(screen, root / "locations")
     assert remote.attrs["kind"] == "deepprofiler" and remote.attrs["source"] == url
     assert remote.sizes["cell"] == 8555 + 2472
+    from cpzarr.formats import find_format
+
+    assert find_format(url, "locations", storage_options=s3).name == "deepprofiler_locations"
     _same_cells(remote, local)
     # the parent folder of locations/ is accepted as locally
     _same_cells(import_locations(screen, url.rsplit("/", 1)[0], storage_options=s3), local)
@@ -72,6 +75,11 @@ def test_cellprofiler_locations_from_s3_equal_local(s3, s3_put, shared_data):
     screen = _blank_screen(["BR00121431"], ["A01", "A02"], [1, 2], (1080, 1080))
     remote = import_locations(screen, url.rsplit("/", 2)[0], storage_options=s3)
     assert remote.attrs["kind"] == "cellprofiler"
+    from cpzarr.formats import find_format, get_format
+
+    assert find_format(url.rsplit("/", 2)[0], "locations", storage_options=s3).name == "cellprofiler_locations"
+    table = get_format("cellprofiler_locations").read(url.rsplit("/", 1)[0], storage_options=s3)  # A02-1
+    assert len(table) == 36 and set(table["file"]) == {url}  # rows named by the object's URL
     assert remote.cell_count.values[0].tolist() == [[89, 0], [36, 0]]
     local = import_locations(screen, root)
     _same_cells(remote, local)
@@ -203,3 +211,13 @@ def test_train_output_url_of_a_config_takes_the_store_options():
     beside = Config({"train": {}, "output": {"storage_options": options}})
     assert output_folder(beside, Location("s3://bucket/screen.zarr", options)) == Location("s3://bucket/train",
                                                                                            options)
+
+
+def test_run_inputs_take_the_store_options_when_the_config_gives_none():
+    from cpzarr.config import Config
+    from cpzarr.stages import input_options
+
+    store = {"endpoint_url": "http://127.0.0.1:9"}
+    assert input_options(Config({"input": {"storage_options": None}, "output": {"storage_options": store}})) == store
+    own = {"anon": True}
+    assert input_options(Config({"input": {"storage_options": own}, "output": {"storage_options": store}})) == own
