@@ -357,7 +357,7 @@ def stage_profiles(ctx: Context) -> dict:
             kept.append(group)
             return record
         made.append(group)
-        return run_task(ctx.client, task, func, remote, made_from, *args)
+        return _naming_warnings(group, run_task, ctx.client, task, func, remote, made_from, *args)
 
     for name in ctx.feature_sets():
         agg = step(f"aggregate-{name}", f"profiles/{name}/aggregated",
@@ -373,7 +373,8 @@ def stage_profiles(ctx: Context) -> dict:
                 done = out.get("result") or {}
                 row = done.get("row") if _canonical(done.get("metrics")) == _canonical(metrics) else None
                 if row is None:  # kept, scored with other options: score it again (cheap)
-                    row = run_task(ctx.client, f"score-{name}-{pname}", _pipeline_row, remote, node, metrics)
+                    row = _naming_warnings(node, run_task, ctx.client, f"score-{name}-{pname}", _pipeline_row,
+                                           remote, node, metrics)
                 rows.append({"pipeline": pname if len(ctx.feature_sets()) == 1 else f"{name} {pname}", **row})
             if p["consensus"]:
                 step(f"consensus-{name}-{pname}", f"{node}_consensus",
@@ -387,6 +388,23 @@ def stage_profiles(ctx: Context) -> dict:
         table.to_csv(ctx.tables_dir / COMPARISON_TABLE, index=False)
         summary["chosen_pipeline"] = table.attrs["chosen"]
     return {"summary": summary}
+
+
+def _naming_warnings(where: str, func, *args):
+    """``func(*args)``; the warnings it raises are raised again with ``where`` (the node being
+    made, which names the feature set and the pipeline) in front of their message."""
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            return func(*args)
+    finally:  # outside the recording, so that they reach the run's own printing
+        for w in caught:
+            try:
+                named = w.category(f"{where}: {w.message}")
+            except Exception:  # noqa: BLE001 - a warning class taking other arguments
+                named = UserWarning(f"{where}: {w.message}")
+            warnings.warn(named, stacklevel=3)
 
 
 #: Attribute of a profiles node written by ``cpzarr run``: JSON of what it was made from

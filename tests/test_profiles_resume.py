@@ -204,3 +204,15 @@ def test_recomputed_aggregate_makes_everything_downstream_stale(tmp_path, monkey
     assert tasks.profiles() == ["aggregate", "normalize-raw", "consensus-raw", "normalize-spherized",
                                 "consensus-spherized"]
     _assert_same_nodes(_nodes(tmp_path), before)
+
+
+def test_profiles_warnings_name_the_pipeline(tmp_path):
+    """Issue 20: a warning of the profiles stage says which pipeline it comes from, in one line."""
+    path = _config(tmp_path)
+    lines = []
+    run(path, until="profiles", progress=False, echo=lines.append)
+    spherize = [line for line in lines if "fitting samples span" in line]
+    # 8 DMSO wells fit the whitening: only the spherized pipeline warns, and says so
+    assert spherize and all(line.startswith("[profiles] SpherizeWarning: profiles/classical/spherized: spherize:")
+                            for line in spherize), lines
+    assert not any("profiles/classical/raw" in line for line in lines)
