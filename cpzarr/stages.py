@@ -263,6 +263,9 @@ def stage_progress(ctx: Context, stage: str) -> str | None:
     """How much of an unfinished ``stage`` is on disk, e.g. ``"3 of 4 units written"``."""
     from cpzarr.store import node_status
 
+    if stage == "profiles":
+        kept, total = _profiles_kept(ctx)
+        return f"{kept} of {total} profile nodes written" if total else None
     if stage != "features":
         return None
     done = total = 0
@@ -388,6 +391,29 @@ def stage_profiles(ctx: Context) -> dict:
         table.to_csv(ctx.tables_dir / COMPARISON_TABLE, index=False)
         summary["chosen_pipeline"] = table.attrs["chosen"]
     return {"summary": summary}
+
+
+def _profiles_kept(ctx: Context) -> tuple[int, int]:
+    """Profile nodes of this config a re-run would keep, and all of them (the stage's chain
+    walked as :func:`stage_profiles` walks it, computing nothing)."""
+    p = ctx.cfg["profiles"]
+    kept = total = 0
+    for name in ctx.feature_sets():
+        agg = _kept_record(ctx.store, f"profiles/{name}/aggregated",
+                           {"input": _features_token(ctx, name), "step": {"aggregate": p["aggregate"]}})
+        total += 1 + len(p["pipelines"]) * (2 if p["consensus"] else 1)
+        if agg is None:
+            continue
+        kept += 1
+        for pname, spec in p["pipelines"].items():
+            out = _kept_record(ctx.store, f"profiles/{name}/{pname}", {"input": agg["write"], "step": {"pipeline": spec}})
+            if out is None:
+                continue
+            kept += 1
+            if p["consensus"] and _kept_record(ctx.store, f"profiles/{name}/{pname}_consensus",
+                                               {"input": out["write"], "step": {"consensus": p["consensus"]}}):
+                kept += 1
+    return kept, total
 
 
 def _naming_warnings(where: str, func, *args):

@@ -102,8 +102,9 @@ def test_interrupted_profiles_stage_computes_only_the_missing_steps(tmp_path, mo
 
     # Ctrl-C after the aggregate and the first pipeline.
     Tasks(monkeypatch, stop_after=2)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt) as stopped:
         run(path, until="profiles", progress=False, echo=None)
+    assert str(stopped.value).startswith("Interrupted during profiles (2 of 5 profile nodes written);")
     assert "profiles" not in RunState(tmp_path / "out" / "screen.zarr").data["stages"]
 
     tasks = Tasks(monkeypatch)
