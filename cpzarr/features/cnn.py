@@ -842,6 +842,7 @@ def _compute(tasks, scheduler, progress, label):
         with Units():
             dask.compute(*tasks, scheduler=scheduler if isinstance(scheduler, str) else None)
     finally:
+        bar.refresh()  # the count reached, drawn before a bar that does not stay is closed
         bar.close()
 
 

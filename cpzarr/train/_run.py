@@ -322,7 +322,7 @@ def train(
     *,
     box: int = 128,
     channels: list | None = None,
-    edge: str = "skip",
+    edge: str = "pad",
     resume: bool = False,
     client: Any = None,
     callbacks: tuple = (),
@@ -630,6 +630,6 @@ def train_from_config(config, *, resume: bool = False, client: Any = None,
         )
     return train(
         open_screen(store), output_folder(config, store), options, box=config.get("crops.box", 128),
-        channels=config.get("crops.channels"), edge=config.get("crops.edge", "skip"),
+        channels=config.get("crops.channels"), edge=config.get("crops.edge", "pad"),
         resume=resume, client=client, progress=progress,
     )
