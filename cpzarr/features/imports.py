@@ -36,19 +36,7 @@ def import_deepprofiler(path, *, channels=None, config=None, store=None, name="d
     The reading is :func:`cpzarr.formats.deepprofiler.read_npz`; given a ``store`` the result is
     also written as ``/features/<name>`` (:func:`write_imported`).
 
-    DeepProfiler's ``profile`` step writes one file per site, ``<plate>/<well>_<site>.npz`` (or
-    ``<plate>/<well>/<site>.npz``) under its ``features`` folder, holding ``features`` (cell ×
-    feature), ``locations`` (cell × 2: x, y) and a pickled ``metadata`` dict
-    (``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site``, the channel file names,
-    ``Metadata_Model`` …). The dict is read with an unpickler that only rebuilds plain values and
-    numpy arrays, so a crafted file cannot run code.
-
-    Plate, well and site come from the metadata (the path when a key is missing); sites such as
-    ``s1`` become 1. Feature names: ``<channel>_<i:04d>`` when the channel order is known
-    (``channels``, or ``dataset.images.channels`` of the DeepProfiler ``config`` that made the
-    files); otherwise Pycytominer's ``<Metadata_Model>_<i>`` (``efficientnet_0`` …), because the
-    metadata lists channel file names in the index table's column order, not in the order the
-    model saw them.
+    The files, their metadata and the feature names are described at that function.
 
     Parameters
     ----------
@@ -105,19 +93,7 @@ def import_cellprofiler(
     :func:`cpzarr.formats.cytotable.read_cytotable`); given a ``store`` the result is also written
     as ``/features/<name>`` (:func:`write_imported`).
 
-    Each table set (a folder with ``Image.csv`` and the compartment CSVs, optionally gzipped, a
-    dict of DataFrames, or the tables of one ``TableNumber`` of a CellProfiler SQLite database,
-    see :mod:`cpzarr.formats.sqlite`) is joined as Pycytominer does: the cytoplasm is the hub, its
-    ``Parent_Cells`` and ``Parent_Nuclei`` matching the ``ObjectNumber`` of the cells and nuclei of
-    the same ``ImageNumber``; without a cytoplasm table, ``Cells.Parent_Nuclei`` links cells to
-    nuclei. Objects without a partner are dropped (an inner join). ``Image.csv`` gives
-    ``Metadata_Plate``, ``Metadata_Well`` and ``Metadata_Site``; the nucleus centre
-    (``Location_Center_X/Y`` of the nuclei, else of the first compartment) gives x and y.
-
-    Features are every numeric column of the compartment tables, prefixed with the compartment
-    (``Cells_AreaShape_Area``), except those starting with an ``exclude`` entry: object numbers,
-    parent/child links and positions are bookkeeping, not phenotype. ImageNumber is only unique
-    within one CellProfiler run, so table sets are joined one at a time.
+    How table sets are joined and which columns are features is described at that function.
 
     Parameters
     ----------
