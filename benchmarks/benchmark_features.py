@@ -55,7 +55,8 @@ class CNNFeatures:
         from cpzarr.crops import crops
         from cpzarr.store import open_screen
 
-        self.view = crops(open_screen(store), box=BOX)
+        # the cells whose box fits, as measured before crops() defaulted to edge="pad"
+        self.view = crops(open_screen(store), box=BOX, edge="skip")
         self.cells = self.view.sizes["cell"]
         self._exit = contextlib.ExitStack()
         if engine == "cluster":

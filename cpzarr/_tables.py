@@ -1,29 +1,22 @@
-"""Readers for the tables that describe a screen: image tables and platemaps.
+"""Generic helpers for the tables that describe a screen: well names, metadata columns, blanks.
 
-Two image-table formats are recognised from their columns:
-
-* a CellProfiler ``load_data`` CSV: ``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site`` and a
-  ``FileName_Orig<Channel>`` / ``PathName_Orig<Channel>`` pair per channel (a relative
-  ``PathName`` is taken relative to the CSV's folder);
-* a DeepProfiler ``index.csv``: the same three metadata columns and one column per channel, named
-  by the channel, holding each image's path relative to the index file's folder.
-
-Both become one frame with a row per site (``plate``, ``well``, ``site``, ``line`` — the line of the
-source file, for error messages — and one absolute path column per channel) plus the well
-metadata found in the table's other ``Metadata_*`` columns.
+The readers of the field's tables live in :mod:`cpzarr.formats` (one module per format:
+``load_data``, ``deepprofiler``, ``platemap``, ...); this module keeps what they and ingest share.
 
 Metadata column names are normalised to the store's names: ``Metadata_`` is dropped, names are
 lower-cased, ``well_position`` becomes ``well``, ``control_type`` becomes ``control``,
 ``pert_iname`` (filled from ``broad_sample`` where empty) becomes ``compound`` and
 ``mmoles_per_liter`` (or ``concentration``) becomes ``dose`` when the table has no column of that
 name, and ``batch_number`` (or ``batch_id``) becomes ``batch``.
+
+``read_table``, ``read_image_table`` and ``read_platemap`` are still importable from here (they
+moved to :mod:`cpzarr.formats._csv`, :mod:`cpzarr.formats._image_table` and
+:mod:`cpzarr.formats.platemap`).
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
@@ -75,183 +68,6 @@ def well_sort_key(name: str) -> tuple:
         return (1, name, 0)
     row = match.group(1)
     return (0, len(row), row, int(match.group(2)))
-
-
-def read_table(table, *, what: str = "table", storage_options=None) -> tuple[pd.DataFrame, str]:
-    """Read a CSV/TSV path or fsspec URL, or accept a DataFrame; return ``(frame, name for messages)``."""
-    from cpzarr.store import is_url
-
-    if isinstance(table, pd.DataFrame):
-        return table.reset_index(drop=True).copy(), f"the {what} DataFrame"
-    if is_url(table):
-        return _read_url_table(str(table), what, storage_options)
-    path = Path(str(table).removeprefix("file://")).resolve()
-    if not path.is_file():
-        raise InputError(f"The {what} {path} does not exist or is not a file.")
-    sep = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
-    try:
-        frame = pd.read_csv(path, sep=sep, low_memory=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise InputError(f"The {what} {path} cannot be read as a {sep!r}-separated table: {exc}") from exc
-    return frame, str(path)
-
-
-def _read_url_table(url, what, storage_options):
-    import fsspec
-
-    sep = "\t" if url.lower().endswith((".tsv", ".txt")) else ","
-    try:
-        with fsspec.open(url, "rb", **(storage_options or {})) as f:
-            frame = pd.read_csv(f, sep=sep, low_memory=False)
-    except FileNotFoundError as exc:
-        raise InputError(f"The {what} {url} does not exist.") from exc
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise InputError(f"The {what} {url} cannot be read as a {sep!r}-separated table: {exc}") from exc
-    return frame, url
-
-
-def read_image_table(table, channels=None, storage_options=None) -> tuple[pd.DataFrame, pd.DataFrame, list[str], dict]:
-    """Read a load_data CSV or a DeepProfiler index.csv into a per-site frame.
-
-    Parameters
-    ----------
-    table : str, Path or DataFrame
-        The image table, a path or an fsspec URL (``s3://…``; its relative image paths are then
-        relative to the URL's folder). A DataFrame's relative paths are taken relative to the
-        working directory.
-    channels : sequence of str, optional
-        Channels to keep, in this order. Default: every channel of the table, Cell Painting
-        channels first in the order DNA, ER, RNA, AGP, Mito.
-
-    Returns
-    -------
-    sites : DataFrame
-        One row per site: ``plate``, ``well``, ``site``, ``line`` and one absolute path column per
-        channel.
-    well_metadata : DataFrame
-        ``Metadata_*`` columns constant within each (plate, well), normalised names, keyed by
-        ``plate`` and ``well``.
-    channels : list of str
-        The channels, in store order.
-    info : dict
-        ``format`` (``"load_data"`` or ``"index"``), ``source`` (path or description),
-        ``found_channels`` (every channel of the table) and ``unknown_channels`` (channels asked
-        for that the table lacks; they are left out of ``channels``).
-
-    Examples
-    --------
-    >>> sites, meta, channels, info = read_image_table("index.csv")  # doctest: +SKIP
-    """
-    from cpzarr.store import is_url
-
-    frame, source = read_table(table, what="image table", storage_options=storage_options)
-    if isinstance(table, pd.DataFrame):
-        base = Path.cwd()
-    elif is_url(table):
-        base = str(table).rsplit("/", 1)[0]
-    else:
-        base = Path(source).parent
-    lower = {c.lower(): c for c in frame.columns}
-    missing = [c for c in ("Metadata_Plate", "Metadata_Well", "Metadata_Site") if c.lower() not in lower]
-    if missing:
-        raise InputError(
-            f"The image table {source} lacks the column(s) {', '.join(missing)}; a load_data CSV or "
-            "DeepProfiler index.csv names each site by Metadata_Plate, Metadata_Well and Metadata_Site."
-        )
-    filename_cols = {c[len("FileName_Orig"):]: c for c in frame.columns if c.startswith("FileName_Orig")}
-    if filename_cols:
-        fmt = "load_data"
-        paths, found = _load_data_paths(frame, filename_cols, base, source)
-    else:
-        fmt = "index"
-        found = [c for c in frame.columns if not c.lower().startswith("metadata_") and _looks_like_images(frame[c])]
-        if not found:
-            raise InputError(
-                f"The image table {source} has neither FileName_Orig<Channel> columns (load_data CSV) "
-                f"nor columns of image paths ending in {', '.join(IMAGE_SUFFIXES)} (DeepProfiler index.csv)."
-            )
-        _refuse_odd_image_paths(frame, found, source)
-        paths = {}
-        for ch in found:
-            col = frame[ch]
-            paths[ch] = [None if is_blank(v) else str(_absolute(base, str(v).strip())) for v in col]
-    if channels is None:
-        order = [c for c in CELL_PAINTING_CHANNELS if c in found] + [c for c in found if c not in CELL_PAINTING_CHANNELS]
-    else:
-        if len(set(channels)) != len(list(channels)):
-            raise InputError(f"channels lists a channel twice: {list(channels)}")
-        order = [c for c in channels if c in found]
-
-    keys = {name: frame[lower[col]] for col, name in _KEY_COLUMNS.items()}
-    sites = pd.DataFrame(
-        {
-            "plate": keys["plate"].map(lambda v: "" if is_blank(v) else str(v).strip()),
-            "well": keys["well"].map(lambda v: "" if is_blank(v) else normalize_well(v)),
-            "site": pd.to_numeric(keys["site"], errors="coerce"),
-            "line": np.arange(len(frame)) + 2,
-        }
-    )
-    for ch in order:
-        sites[ch] = paths[ch]
-
-    meta_cols = [
-        c for c in frame.columns
-        if c.lower().startswith("metadata_") and c.lower() not in _KEY_COLUMNS
-    ]
-    raw = frame[meta_cols].copy()
-    raw.columns = [c[len("Metadata_"):] for c in meta_cols]
-    raw["plate"] = sites["plate"].values
-    raw["well"] = sites["well"].values
-    well_metadata = _constant_within_wells(raw, source)
-    well_metadata.attrs["source_names"] = normalize_columns(raw).attrs["source_names"]
-    unknown = [c for c in (channels or ()) if c not in found]
-    return sites, well_metadata, order, {"format": fmt, "source": source, "unknown_channels": unknown, "found_channels": found}
-
-
-def read_platemap(platemap, storage_options=None) -> tuple[pd.DataFrame, str]:
-    """Read a platemap (CSV/TSV path or DataFrame) and normalise its column names.
-
-    Parameters
-    ----------
-    platemap : str, Path or DataFrame
-        Keyed by (plate, well), or by well only when one layout serves every plate
-        (``well_position`` is accepted for ``well``, ``Metadata_`` prefixes are dropped).
-
-    Returns
-    -------
-    frame : DataFrame
-        Normalised columns; ``plate`` only when the platemap has one.
-    source : str
-        The path or a description, for messages.
-
-    Examples
-    --------
-    >>> frame, source = read_platemap("platemap.csv")  # doctest: +SKIP
-    """
-    from cpzarr.formats.lincs import is_lincs_platemap, read_lincs_platemap
-    from cpzarr.store import is_url
-
-    if not is_url(platemap) and is_lincs_platemap(platemap):  # barcode_platemap.csv + platemap/<name>.txt
-        frame, source = read_lincs_platemap(platemap), str(Path(platemap).resolve())
-    else:
-        frame, source = read_table(platemap, what="platemap", storage_options=storage_options)
-    frame = normalize_columns(frame)
-    names = frame.attrs["source_names"]
-    if "well" not in frame.columns:
-        raise InputError(f"The platemap {source} has no well column (well, well_position or Metadata_Well).")
-    frame["well"] = frame["well"].map(normalize_well)
-    if "plate" in frame.columns:
-        frame["plate"] = frame["plate"].map(lambda v: "" if is_blank(v) else str(v).strip())
-    keys = ["plate", "well"] if "plate" in frame.columns else ["well"]
-    dup = frame[frame.duplicated(keys, keep=False)]
-    if len(dup):
-        rows = sorted({tuple(r) for r in dup[keys].itertuples(index=False)})
-        raise InputError(
-            f"The platemap {source} lists some wells more than once.",
-            [f"{'/'.join(r)} appears {int((frame[keys].apply(tuple, axis=1) == r).sum())} times" for r in rows],
-        )
-    frame.attrs["source_names"] = names
-    return frame, source
 
 
 def normalize_columns(frame: pd.DataFrame) -> pd.DataFrame:
@@ -360,23 +176,6 @@ def as_label(value) -> str:
     return str(value)
 
 
-def _load_data_paths(frame, filename_cols, base, source):
-    paths, found, problems = {}, [], []
-    for ch, fcol in filename_cols.items():
-        pcol = f"PathName_Orig{ch}"
-        if pcol not in frame.columns:
-            problems.append(f"{fcol} has no matching {pcol} column")
-            continue
-        found.append(ch)
-        paths[ch] = [
-            None if is_blank(f) or is_blank(p) else str(_absolute(base, str(p)) / str(f))
-            for f, p in zip(frame[fcol], frame[pcol])
-        ]
-    if problems:
-        raise InputError(f"The load_data CSV {source} is incomplete.", problems)
-    return paths, found
-
-
 #: Well metadata that must be one value per well: the store's names and the field's synonyms
 #: that become them (see :func:`derive_store_metadata`). Other columns varying within a well
 #: (per-site acquisition details) are left out of the well metadata.
@@ -410,46 +209,6 @@ def _constant_within_wells(raw: pd.DataFrame, source: str = "the image table") -
     return grouped[keep].first().reset_index() if keep else grouped.size().reset_index()[["plate", "well"]]
 
 
-def _looks_like_images(column: pd.Series) -> bool:
-    """A column of image paths: at least one of its values ends in an image suffix.
-
-    One odd value (``.jpg``, a typo) must not hide the whole channel; those are refused by
-    :func:`_refuse_odd_image_paths` instead.
-    """
-    return any(str(v).strip().lower().endswith(IMAGE_SUFFIXES) for v in column if not is_blank(v))
-
-
-def _refuse_odd_image_paths(frame, channels, source):
-    """Refuse values of image-path columns that do not end in a readable image suffix."""
-    problems = []
-    for ch in channels:
-        for i, value in enumerate(frame[ch]):
-            if not is_blank(value) and not str(value).strip().lower().endswith(IMAGE_SUFFIXES):
-                problems.append(f"line {i + 2}, channel {ch}: {str(value)!r} is not a {'/'.join(IMAGE_SUFFIXES)} file")
-    if problems:
-        raise InputError(
-            f"The image table {source} lists files cpzarr cannot read as images (nothing was written).",
-            problems,
-        )
-
-
-def _absolute(base, path: str):
-    """``path`` relative to ``base`` (a folder or a URL prefix) unless absolute or a URL."""
-    from cpzarr.store import join_input, is_url
-
-    if is_url(base) or is_url(path):
-        return _Joined(join_input(base, path))
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else Path(base) / p
-
-
-class _Joined(str):
-    """A URL that, like a Path, takes ``/ name`` (load_data's PathName / FileName)."""
-
-    def __truediv__(self, name):
-        return _Joined(f"{self.rstrip('/')}/{name}")
-
-
 def is_blank(value) -> bool:
     """True for None, NaN and empty or blank strings: a cell the table leaves empty."""
     if value is None:
@@ -457,3 +216,20 @@ def is_blank(value) -> bool:
     if isinstance(value, float) and np.isnan(value):
         return True
     return isinstance(value, str) and not value.strip()
+
+
+#: Names that moved to cpzarr.formats, still importable from here (old import paths).
+_MOVED = {
+    "read_table": "cpzarr.formats._csv",
+    "read_image_table": "cpzarr.formats._image_table",
+    "read_platemap": "cpzarr.formats.platemap",
+    "_absolute": "cpzarr.formats._image_table",
+}
+
+
+def __getattr__(name):
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,15 +25,16 @@ Three ways to get the node:
 
 import contextlib
 import json
-import re
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from cpzarr.errors import InputError, StoreError
+from cpzarr._tables import normalize_well as _normalize_well
+from cpzarr.formats._fs import as_path
+from cpzarr.formats.cellprofiler import locations_kind as _locations_kind
 from cpzarr.formats.cellprofiler import read_locations as _cellprofiler_locations
 from cpzarr.formats.deepprofiler import read_locations as _deepprofiler_locations
 
@@ -275,38 +276,12 @@ def cells_from_table(table, images, *, attrs=None):
 _EXAMPLES = 5
 
 
-def normalize_well(well):
-    """Zero-pad a well name to the store's form (``A1`` → ``A01``; ``a01`` → ``A01``).
-
-    Examples
-    --------
-    >>> normalize_well("b3")
-    'B03'
-    """
-    match = re.fullmatch(r"\s*([A-Za-z]+)0*(\d+)\s*", str(well))
-    if not match:
-        return str(well)
-    return f"{match.group(1).upper()}{int(match.group(2)):02d}"
-
-
-def _find(folder, stem):
-    for name in (f"{stem}.csv", f"{stem}.csv.gz"):
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
-def _detect_kind(source):
-    if source.is_file():
-        return "cellprofiler"
-    if _find(source, "Nuclei") or any(_find(d, "Nuclei") for d in source.iterdir() if d.is_dir()):
-        return "cellprofiler"
-    return "deepprofiler"
-
-
-# The readers of the location files live in cpzarr.formats (deepprofiler, cellprofiler).
+# The readers of the location files live in cpzarr.formats (deepprofiler, cellprofiler); the old
+# names stay importable from here.
+normalize_well = _normalize_well
 _read_deepprofiler = _deepprofiler_locations
 _read_cellprofiler = _cellprofiler_locations
+_detect_kind = _locations_kind
 
 
 def _validate(table, images, root):
@@ -341,7 +316,7 @@ def _validate(table, images, root):
     return ~(nan | outside | unknown), problems
 
 
-def import_locations(screen, source, *, kind="auto", on_invalid="raise"):
+def import_locations(screen, source, *, kind="auto", on_invalid="raise", storage_options=None):
     """Read nucleus locations into a ``/cells`` node.
 
     Parameters
@@ -355,6 +330,7 @@ def import_locations(screen, source, *, kind="auto", on_invalid="raise"):
         ``Location_Center_X/Y`` or ``Nuclei_Location_Center_X/Y``) with an ``Image.csv``
         (``ImageNumber``, ``Metadata_Plate/Well/Site``) beside it, a folder holding both, or a
         folder of such folders (one per site, as CellProfiler's per-site output). ``.csv.gz`` too.
+        A local path or an fsspec URL (``s3://bucket/locations``).
     kind : {"auto", "deepprofiler", "cellprofiler"}
         ``auto`` picks CellProfiler when a ``Nuclei.csv`` is found.
     on_invalid : {"raise", "drop"}
@@ -362,6 +338,8 @@ def import_locations(screen, source, *, kind="auto", on_invalid="raise"):
         sites the store does not have (or whose images are absent): raise an
         :class:`~cpzarr.errors.InputError` listing every kind with its count and examples, or
         drop them with a warning saying the same. The report is kept in ``attrs["dropped"]``.
+    storage_options : dict, optional
+        fsspec options of a URL ``source`` (credentials, ``endpoint_url``).
 
     Returns
     -------
@@ -379,11 +357,11 @@ def import_locations(screen, source, *, kind="auto", on_invalid="raise"):
     if kind not in ("auto", "deepprofiler", "cellprofiler"):
         raise InputError(f"kind must be 'auto', 'deepprofiler' or 'cellprofiler', not {kind!r}")
     images, _, root = screen_parts(screen, need_cells=False)
-    source = Path(source)
+    source = as_path(source, storage_options)
     if not source.exists():
         raise InputError(f"location source {source} does not exist")
     if kind == "auto":
-        kind = _detect_kind(source)
+        kind = _locations_kind(source)
     table = _read_deepprofiler(source) if kind == "deepprofiler" else _read_cellprofiler(source)
     valid, problems = _validate(table, images, root)
     if problems:

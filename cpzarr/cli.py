@@ -180,8 +180,9 @@ def info_command(store, storage_options):
 
 @main.command("locate")
 @click.argument("store", type=_PathOrURL(exists=True, file_okay=False))
-@click.option("--from", "source", type=click.Path(exists=True),
-              help="DeepProfiler locations folder, or CellProfiler Nuclei.csv (+ Image.csv) / their folder.")
+@click.option("--from", "source", type=_PathOrURL(exists=True),
+              help="DeepProfiler locations folder, or CellProfiler Nuclei.csv (+ Image.csv) / their folder; "
+                   "a path or a URL (read with the store's --storage-options).")
 @click.option("--kind", type=click.Choice(["auto", "deepprofiler", "cellprofiler"]), default="auto", show_default=True)
 @click.option("--on-invalid", type=click.Choice(["raise", "drop"]), default="raise", show_default=True,
               help="Locations with NaN, outside the image or in sites the store lacks: stop, or drop with a warning.")
@@ -214,10 +215,42 @@ def locate_command(store, source, kind, on_invalid, detect, channel, sigma, thre
         cells = detect_nuclei(screen, channel=channel, sigma=sigma, threshold=threshold, min_distance=min_distance,
                               min_area=min_area, max_area=max_area, exclude_border=not keep_border, progress=progress)
     else:
-        cells = import_locations(screen, source, kind=kind, on_invalid=on_invalid)
+        cells = import_locations(screen, source, kind=kind, on_invalid=on_invalid,
+                                 storage_options=_parse_storage_options(storage_options))
     path = write_cells(store, cells)
     sites = int((cells["cell_count"] > 0).sum())
     click.echo(f"{cells.sizes['cell']} cells in {sites} sites written to {path}")
+
+
+# --- import (features computed elsewhere) ---
+
+@main.command("import")
+@click.argument("store", type=_PathOrURL(exists=True, file_okay=False))
+@click.option("--from", "source", type=_PathOrURL(exists=True), required=True,
+              help="DeepProfiler features folder (or .npz), or CellProfiler tables (folder, .sqlite, CytoTable "
+                   ".parquet); a path or a URL (read with the store's --storage-options).")
+@click.option("--kind", type=click.Choice(["deepprofiler", "cellprofiler"]), required=True,
+              help="Which tool made the features (the config's features.model).")
+@click.option("--name", default=None, help="Node name under /features (default: the kind).")
+@click.option("--channels", default=None, help="DeepProfiler: comma-separated channel order of the feature blocks.")
+@_storage_options
+def import_command(store, source, kind, name, channels, storage_options):
+    """Import single-cell features computed elsewhere into STORE as /features/NAME (and /cells if absent)."""
+    from cpzarr.errors import CpzarrError
+    from cpzarr.features import import_cellprofiler, import_deepprofiler
+
+    options = _parse_storage_options(storage_options)
+    store = _store(store, storage_options)
+    name = name or kind
+    try:
+        if kind == "deepprofiler":
+            ds = import_deepprofiler(source, store=store, name=name, storage_options=options,
+                                     channels=channels.split(",") if channels else None)
+        else:
+            ds = import_cellprofiler(source, store=store, name=name, storage_options=options)
+    except CpzarrError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{ds.sizes['cell']} cells x {ds.sizes['feature']} features written to {store}/features/{name}")
 
 # --- illumination ---
 

@@ -525,6 +525,10 @@ def map_batches(
             submit_next()
         return results
     finally:
+        # Draw the count reached: updates closer together than tqdm's refresh interval are not
+        # drawn, and a bar that does not stay (leave=False) is not drawn again by close(), so a
+        # log's last line stopped short (71 %) when the last wells finished together.
+        bar.refresh()
         bar.close()
 
 

@@ -9,13 +9,13 @@ Centre
     image, no resampling. DeepProfiler instead resamples the box ``y ± box/2`` bilinearly
     (``tf.image.crop_and_resize``), which shifts pixels by less than one pixel.
 Edges
-    ``edge="skip"`` (the default) leaves out cells whose box leaves the image; ``edge="pad"`` keeps
-    them and fills the outside with zeros. Either way the view's ``attrs`` count them
-    (``cells_at_edge``, ``cells_left_out``, see :func:`edge_counts`); ``cpzarr profile`` and
-    ``cpzarr run`` default to ``"pad"``. Zero padding is DeepProfiler's behaviour
-    (``crop_and_resize`` extrapolates with 0), so use ``"pad"`` to get every cell DeepProfiler
-    profiles. Skipping is the default because a crop that is half zeros is a different picture of
-    a cell. Either way the ``cell`` coordinate holds each crop's index in the ``/cells`` node.
+    ``edge="pad"`` (the default, as for ``cpzarr profile --edge`` and the config's ``crops.edge``)
+    keeps cells whose box leaves the image and fills the outside with zeros: DeepProfiler's
+    behaviour (``crop_and_resize`` extrapolates with 0), so every cell DeepProfiler profiles is
+    profiled. ``edge="skip"`` leaves them out (a crop that is half zeros is a different picture
+    of a cell). Either way the view's ``attrs`` count them (``cells_at_edge``,
+    ``cells_left_out``, see :func:`edge_counts`), and the ``cell`` coordinate holds each crop's
+    index in the ``/cells`` node.
 Scaling
     ``scale=None`` keeps the store's dtype. ``scale="minmax"`` maps every crop and channel to
     [0, 1] with ``(v - min) / (max - min)`` (float32; a constant crop gives zeros).
@@ -256,7 +256,7 @@ def _prepared(screen, cells, box, edge, channels):
     return images, root, table, keep, rows, columns, pos, channel_index, channel_names
 
 
-def crops(screen, box=128, channels=None, edge="skip", scale=None, chunks="site", *, cells=None, illumination=None):
+def crops(screen, box=128, channels=None, edge="pad", scale=None, chunks="site", *, cells=None, illumination=None):
     """Lazy single-cell crops of a screen.
 
     Parameters
@@ -267,8 +267,9 @@ def crops(screen, box=128, channels=None, edge="skip", scale=None, chunks="site"
         Side of the square box in pixels (DeepProfiler's default is 128).
     channels : list of str, optional
         Channels to keep, in this order; all by default.
-    edge : {"skip", "pad"}
-        Leave out cells whose box leaves the image, or zero-pad them (DeepProfiler's behaviour).
+    edge : {"pad", "skip"}, default "pad"
+        Zero-pad the boxes of cells whose box leaves the image (DeepProfiler's behaviour), or
+        leave those cells out.
     scale : {None, "minmax", "deepprofiler"}
         Per-crop, per-channel intensity scaling (float32 result), see the module docstring.
     chunks : {"site", "well"}
@@ -315,7 +316,7 @@ class CropPlan:
         The view's attributes (box, edge, scale and :func:`edge_counts`).
     """
 
-    def __init__(self, screen, box=128, channels=None, edge="skip", scale=None, chunks="site", *, cells=None,
+    def __init__(self, screen, box=128, channels=None, edge="pad", scale=None, chunks="site", *, cells=None,
                  illumination=None):
         _check_options(box, edge, scale, chunks)
         if illumination is not None and illumination is not False:
@@ -544,7 +545,7 @@ def _generator(seed):
 
 
 def sample(
-    screen, n, *, box=128, seed=None, channels=None, edge="skip", scale=None, cells=None,
+    screen, n, *, box=128, seed=None, channels=None, edge="pad", scale=None, cells=None,
     cells_per_site=1, workers=2,
 ):
     """Random cells of the whole screen, cropped: one batch (see :class:`Sampler` for a stream).
@@ -571,8 +572,8 @@ def sample(
         Random state; the same seed draws the same cells.
     channels : list of str, optional
         Channels to keep, in this order.
-    edge : {"skip", "pad"}
-        Cells whose box leaves the image are never drawn, or are drawn and zero-padded.
+    edge : {"pad", "skip"}, default "pad"
+        Cells whose box leaves the image are drawn and zero-padded, or never drawn.
     scale : {None, "minmax", "deepprofiler"}
         Per-crop, per-channel scaling, as :func:`crops`.
     cells : Dataset or pandas.DataFrame, optional
@@ -663,8 +664,8 @@ class Sampler:
         Random state of the whole stream.
     channels : list of str, optional
         Channels to keep, in this order.
-    edge : {"skip", "pad"}
-        Cells whose box leaves the image are never drawn, or are drawn and zero-padded.
+    edge : {"pad", "skip"}, default "pad"
+        Cells whose box leaves the image are drawn and zero-padded, or never drawn.
     scale : {None, "minmax", "deepprofiler"}
         Per-crop, per-channel scaling, as :func:`crops` (done by the reading threads).
     cells : Dataset or pandas.DataFrame, optional
@@ -690,7 +691,7 @@ class Sampler:
 
     def __init__(
         self, screen, batch_size=256, *, box=128, cells_per_site=8, pool_batches=4, seed=None, channels=None,
-        edge="skip", scale=None, cells=None, workers=2, prefetch_batches=2,
+        edge="pad", scale=None, cells=None, workers=2, prefetch_batches=2,
     ):
         from collections import deque
         from concurrent.futures import ThreadPoolExecutor

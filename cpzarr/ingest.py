@@ -38,6 +38,8 @@ import pandas as pd
 
 from cpzarr import _tables
 from cpzarr.errors import InputError, StoreError, resource_error
+from cpzarr.formats._image_table import read_image_table
+from cpzarr.formats.platemap import read_platemap
 from cpzarr.store import as_location, write_block, write_unit
 
 logger = logging.getLogger("cpzarr")
@@ -259,7 +261,7 @@ def plan_ingest(table, *, platemap=None, channels=None, storage_options=None) ->
     >>> plan.shape, plan.dtype  # doctest: +SKIP
     ((1080, 1080), 'uint8')
     """
-    sites, table_meta, channels, info = _tables.read_image_table(table, channels, storage_options=storage_options)
+    sites, table_meta, channels, info = read_image_table(table, channels, storage_options=storage_options)
     source = info["source"]
     problems: list[str] = [
         f"channel {c!r} is not in the table, which has {', '.join(info['found_channels'])}"
@@ -463,7 +465,7 @@ def _join_metadata(table_meta, sites, platemap, problems, storage_options=None):
     frame = imaged.merge(table_meta, on=["plate", "well"], how="left")
     platemap_source = None
     if platemap is not None:
-        pm, platemap_source = _tables.read_platemap(platemap, storage_options)
+        pm, platemap_source = read_platemap(platemap, storage_options)
         keys = ["plate", "well"] if "plate" in pm.columns else ["well"]
         joined = imaged.merge(pm, on=keys, how="left", indicator=True)
         missing = joined[joined["_merge"] == "left_only"]

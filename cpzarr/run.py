@@ -207,7 +207,8 @@ def run(
             # Keep the finished units of an interrupted attempt with this very config; start
             # afresh when asked to, when re-running a finished stage, or when its config changed.
             previous = state.started(stage)
-            ctx.fresh = force or finished or (previous is not None and previous != fp)
+            ctx.rerun = force or finished
+            ctx.fresh = ctx.rerun or (previous is not None and previous != fp)
             state.begin(stage, fp)
             t0 = time.perf_counter()
             try:

@@ -41,6 +41,10 @@ class Context:
     force: bool = False
     #: Start the stage afresh instead of keeping the finished units of an earlier attempt.
     fresh: bool = False
+    #: Recompute all: ``--force``, or a finished stage run again (``--from``, an earlier stage
+    #: re-ran). Unlike ``fresh``, not set by a changed config alone: a stage that records what
+    #: each node was made from (profiles) keeps the nodes the change does not touch.
+    rerun: bool = False
 
     @property
     def report_dir(self) -> Path:
@@ -118,9 +122,36 @@ def stage_ingest(ctx: Context) -> dict:
         table, platemap = inp["images"], inp["platemap"]
     # Same inputs: resume (complete wells are skipped). Other inputs, or --force: start afresh.
     ingest(table, ctx.store, platemap=platemap, scheduler=ctx.client, progress=ctx.progress,
-           overwrite=ctx.fresh, storage_options=inp["storage_options"])
+           overwrite=ctx.fresh, storage_options=input_options(ctx.cfg))
     _save_config(ctx)
     return info
+
+
+def input_options(cfg) -> dict | None:
+    """fsspec options of the inputs given as URLs (images, platemap, locations, imported features).
+
+    ``input.storage_options``, or, when the config gives none, the store's
+    ``output.storage_options``: inputs and store usually sit on the same object store.
+    """
+    options = cfg.get("input.storage_options")
+    return options if options is not None else cfg.get("output.storage_options")
+
+
+def _local_file(ctx: Context, path) -> str:
+    """A checkpoint or weights file on disk: a URL's object is copied into cpzarr's cache first.
+
+    Training outputs sit beside the store, so a URL is read with the store's storage options
+    (``output.storage_options``, else ``input.storage_options``).
+    """
+    from cpzarr.store import is_url, local_copy
+
+    if not is_url(path):
+        return path
+    options = ctx.cfg.get("output.storage_options")
+    try:
+        return str(local_copy(path, options if options is not None else ctx.cfg.get("input.storage_options")))
+    except FileNotFoundError as err:
+        raise StoreError(f"features: {err}") from None
 
 
 def _save_config(ctx: Context) -> None:
@@ -148,18 +179,20 @@ def stage_locate(ctx: Context) -> dict:
     # /cells: neither the client's memory nor the scheduler's task count grows with the screen.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        n_cells = run_task(ctx.client, "locate-import", _import_cells, ctx.store, str(source), loc["kind"])
+        n_cells = run_task(ctx.client, "locate-import", _import_cells, ctx.store, str(source), loc["kind"],
+                           input_options(ctx.cfg))
     for w in caught:
         ctx.echo(f"[locate] warning: {w.message}")
     return {"cells": n_cells}
 
 
-def _import_cells(store, source: str, kind: str) -> int:
+def _import_cells(store, source: str, kind: str, storage_options: dict | None = None) -> int:
     """Import the location files ``source`` into ``store``'s ``/cells``; the number of cells."""
     from cpzarr.cells import import_locations, write_cells
     from cpzarr.store import open_screen
 
-    cells = import_locations(open_screen(store), source, kind=kind, on_invalid="drop")
+    cells = import_locations(open_screen(store), source, kind=kind, on_invalid="drop",
+                             storage_options=storage_options)
     write_cells(store, cells)
     return int(cells.sizes["cell"])
 
@@ -202,11 +235,12 @@ def stage_features(ctx: Context) -> dict:
 
         importer = import_deepprofiler if model == "deepprofiler" else import_cellprofiler
         name = f["name"] or model
+        options = input_options(ctx.cfg)
         if is_store(ctx.store):
-            ds = importer(f["path"], store=ctx.store, name=name)
+            ds = importer(f["path"], store=ctx.store, name=name, storage_options=options)
         else:
             # No images: the features are the first thing this run stores.
-            ds = importer(f["path"])
+            ds = importer(f["path"], storage_options=options)
             _write_plain_node(ctx.store, f"features/{name}", ds)
         return {"cells": int(ds.sizes["cell"])}
 
@@ -234,12 +268,13 @@ def stage_features(ctx: Context) -> dict:
             if not checkpoint:
                 raise StoreError("features: no trained checkpoint (run the train stage first)")
             scale = c["scale"] or "minmax"
-            measure = functools.partial(extract, model="trained", weights=checkpoint, layer=f["layer"],
+            measure = functools.partial(extract, model="trained", weights=_local_file(ctx, checkpoint), layer=f["layer"],
                                         batch_size=f["batch_size"], dtype=f["dtype"])
         else:
             arch = model if model not in ("trained", "classical") else "efficientnet-lite0"
             scale = c["scale"] or "minmax"
-            measure = functools.partial(extract, model=arch, weights=f["weights"], layer=f["layer"],
+            weights = f["weights"] if f["weights"] in (None, "imagenet") else _local_file(ctx, f["weights"])
+            measure = functools.partial(extract, model=arch, weights=weights, layer=f["layer"],
                                         batch_size=f["batch_size"], dtype=f["dtype"])
         plan = CropPlan(screen, box=c["box"], channels=c["channels"], edge=c["edge"], illumination=light,
                         scale=scale)
@@ -298,6 +333,9 @@ def stage_progress(ctx: Context, stage: str) -> str | None:
     """How much of an unfinished ``stage`` is on disk, e.g. ``"3 of 4 units written"``."""
     from cpzarr.store import node_status
 
+    if stage == "profiles":
+        kept, total = _profiles_kept(ctx)
+        return f"{kept} of {total} profile nodes written" if total else None
     if stage != "features":
         return None
     done = total = 0
@@ -364,6 +402,13 @@ def stage_profiles(ctx: Context) -> dict:
     client holds no table; fitted matrices (a 6,400² whitening matrix is 330 MB) stay on the
     worker that fitted them. With ``profiles.compare`` each pipeline's task also returns its
     metrics, and the comparison is written to the tables (``COMPARISON_TABLE``).
+
+    A node is kept, not recomputed, when it is complete and its record (``MADE_FROM``) says it
+    was made from the very write of its input node now in the store and with the step options
+    of this config; a recomputed node makes every node downstream of it stale. An interrupted
+    stage thus resumes, and a changed pipeline recomputes that pipeline and its consensus only.
+    ``--force`` and re-running a finished stage (``--from``, an earlier stage re-ran)
+    recompute every node.
     """
     from cpzarr.cluster import run_task
     from cpzarr.profiles import rank_pipelines
@@ -373,22 +418,143 @@ def stage_profiles(ctx: Context) -> dict:
     summary: dict[str, Any] = {}
     compare = p.get("compare")
     compare = {} if compare is True else (dict(compare) if compare else None)
+    metrics = None if compare is None else {k: v for k, v in compare.items() if k != "criterion"}
+    fresh = ctx.force or ctx.rerun
     rows = []
+    kept, made = [], []
+
+    def step(task: str, group: str, made_from: dict, func, *args):
+        """The record of ``group``: kept when it matches ``made_from``, else made by ``func``."""
+        record = None if fresh else _kept_record(ctx.store, group, made_from)
+        if record is not None:
+            kept.append(group)
+            return record
+        made.append(group)
+        return _naming_warnings(group, run_task, ctx.client, task, func, remote, made_from, *args)
+
     for name in ctx.feature_sets():
-        summary.update(run_task(ctx.client, f"aggregate-{name}", _aggregate_node, remote, name))
+        agg = step(f"aggregate-{name}", f"profiles/{name}/aggregated",
+                   {"input": _features_token(ctx, name), "step": {"aggregate": p["aggregate"]}},
+                   _aggregate_node, name)
+        summary.update(agg["result"])
         for pname, spec in p["pipelines"].items():
-            row = run_task(ctx.client, f"normalize-{name}-{pname}", _pipeline_node, remote, name, pname, spec,
-                           compare)
-            if row is not None:
+            node = f"profiles/{name}/{pname}"
+            out = step(f"normalize-{name}-{pname}", node,
+                       {"input": agg["write"], "step": {"pipeline": spec}}, _pipeline_node, name, pname, spec,
+                       metrics)
+            if metrics is not None:
+                done = out.get("result") or {}
+                row = done.get("row") if _canonical(done.get("metrics")) == _canonical(metrics) else None
+                if row is None:  # kept, scored with other options: score it again (cheap)
+                    row = _naming_warnings(node, run_task, ctx.client, f"score-{name}-{pname}", _pipeline_row,
+                                           remote, node, metrics)
                 rows.append({"pipeline": pname if len(ctx.feature_sets()) == 1 else f"{name} {pname}", **row})
             if p["consensus"]:
-                run_task(ctx.client, f"consensus-{name}-{pname}", _consensus_node, remote, name, pname)
+                step(f"consensus-{name}-{pname}", f"{node}_consensus",
+                     {"input": out["write"], "step": {"consensus": p["consensus"]}}, _consensus_node, name, pname)
+    if kept and ctx.echo:
+        ctx.echo(f"[profiles] kept {len(kept)} complete node(s) made from the same inputs and options; "
+                 f"computed {len(made)}")
     if rows:
         table = rank_pipelines(rows, compare.get("criterion", "score"))
         ctx.tables_dir.mkdir(parents=True, exist_ok=True)
         table.to_csv(ctx.tables_dir / COMPARISON_TABLE, index=False)
         summary["chosen_pipeline"] = table.attrs["chosen"]
     return {"summary": summary}
+
+
+def _profiles_kept(ctx: Context) -> tuple[int, int]:
+    """Profile nodes of this config a re-run would keep, and all of them (the stage's chain
+    walked as :func:`stage_profiles` walks it, computing nothing)."""
+    p = ctx.cfg["profiles"]
+    kept = total = 0
+    for name in ctx.feature_sets():
+        agg = _kept_record(ctx.store, f"profiles/{name}/aggregated",
+                           {"input": _features_token(ctx, name), "step": {"aggregate": p["aggregate"]}})
+        total += 1 + len(p["pipelines"]) * (2 if p["consensus"] else 1)
+        if agg is None:
+            continue
+        kept += 1
+        for pname, spec in p["pipelines"].items():
+            out = _kept_record(ctx.store, f"profiles/{name}/{pname}", {"input": agg["write"], "step": {"pipeline": spec}})
+            if out is None:
+                continue
+            kept += 1
+            if p["consensus"] and _kept_record(ctx.store, f"profiles/{name}/{pname}_consensus",
+                                               {"input": out["write"], "step": {"consensus": p["consensus"]}}):
+                kept += 1
+    return kept, total
+
+
+def _naming_warnings(where: str, func, *args):
+    """``func(*args)``; the warnings it raises are raised again with ``where`` (the node being
+    made, which names the feature set and the pipeline) in front of their message."""
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            return func(*args)
+    finally:  # outside the recording, so that they reach the run's own printing
+        for w in caught:
+            try:
+                named = w.category(f"{where}: {w.message}")
+            except Exception:  # noqa: BLE001 - a warning class taking other arguments
+                named = UserWarning(f"{where}: {w.message}")
+            warnings.warn(named, stacklevel=3)
+
+
+#: Attribute of a profiles node written by ``cpzarr run``: JSON of what it was made from
+#: (``input``: the write of its input node, ``step``: the step's options), this write's id
+#: (``write``) and what the step returned (``result``: summary, comparison row).
+MADE_FROM = "cpzarr_made_from"
+
+
+def _canonical(value) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _kept_record(store, group: str, made_from: dict) -> dict | None:
+    """The record of the complete node ``group`` when it was made as ``made_from`` says, else None."""
+    from cpzarr.store import as_location, node_status
+
+    if not node_status(store, group).complete:
+        return None
+    try:
+        meta = json.loads((as_location(store) / group / "zarr.json").read_text())
+        record = json.loads(meta.get("attributes", {})[MADE_FROM])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(record, dict) or "write" not in record:
+        return None
+    same = all(_canonical(record.get(k)) == _canonical(made_from[k]) for k in ("input", "step"))
+    return record if same else None
+
+
+def _features_token(ctx: Context, name: str) -> str:
+    """Identifies the write of ``features/<name>`` in the store: its provenance record (written
+    with a time by each write) and the features stage's record in the run state."""
+    import hashlib
+
+    from cpzarr.store import read_provenance
+
+    try:
+        record = read_provenance(ctx.store).get(f"features/{name}")
+    except StoreError:
+        record = None
+    stage = {k: v for k, v in ctx.state.info("features").items() if k in ("fingerprint", "finished")}
+    return hashlib.sha256(_canonical([record, stage]).encode()).hexdigest()[:16]
+
+
+def _write_made(profiles, store, group: str, made_from: dict, result) -> dict:
+    """Write ``profiles`` as ``group`` with its record; the record."""
+    import uuid
+
+    from cpzarr.profiles import write_profiles
+
+    record = {**made_from, "write": uuid.uuid4().hex, "result": result}
+    text = json.dumps(record, default=str)
+    write_profiles(profiles.assign_attrs({MADE_FROM: text}), store, node=group)
+    return json.loads(text)  # as a kept node's record reads: the same row either way
 
 
 def _remote(ctx: Context) -> Context:
@@ -398,15 +564,15 @@ def _remote(ctx: Context) -> Context:
     return replace(ctx, client=None, echo=None)
 
 
-def _aggregate_node(ctx: Context, name: str) -> dict:
-    """Well profiles of ``features/<name>`` with the store's metadata, written; their summary."""
-    from cpzarr.profiles import aggregate, write_profiles
+def _aggregate_node(ctx: Context, made_from: dict, name: str) -> dict:
+    """Well profiles of ``features/<name>`` with the store's metadata, written; its record, whose
+    ``result`` is their summary."""
+    from cpzarr.profiles import aggregate
     from cpzarr.store import open_node
 
     feats = open_node(ctx.store, f"features/{name}")
     well = aggregate(feats["features"], operation=ctx.cfg["profiles"]["aggregate"])
     well = well_metadata(ctx, well).compute()
-    write_profiles(well, ctx.store, node=f"profiles/{name}/aggregated")
     summary = dict(
         plates=int(np.unique(well["plate"].values).size),
         wells=int(well.sizes["sample"]),
@@ -415,30 +581,42 @@ def _aggregate_node(ctx: Context, name: str) -> dict:
     )
     if "compound" in well.coords:
         summary["treatments"] = int(np.unique(well["compound"].values.astype(str)).size)
-    return summary
+    return _write_made(well, ctx.store, f"profiles/{name}/aggregated", made_from, summary)
 
 
-def _pipeline_node(ctx: Context, name: str, pname: str, spec: list | str, compare: dict | None = None) -> dict | None:
+def _pipeline_node(ctx: Context, made_from: dict, name: str, pname: str, spec: list | str,
+                   metrics: dict | None = None) -> dict:
     """One profile pipeline (normalize, feature_select, spherize …) of the well profiles, written;
-    with ``compare`` (``profiles.compare`` options) its comparison metrics."""
-    from cpzarr.profiles import pipeline, pipeline_metrics, read_profiles, write_profiles
+    its record, whose ``result`` holds, with ``metrics`` (``profiles.compare`` options less the
+    criterion), its comparison row."""
+    from cpzarr.profiles import pipeline, read_profiles
 
     well = read_profiles(ctx.store, node=f"profiles/{name}/aggregated").load()
     out = (pipeline(well, _steps(spec)) if spec else well).compute()
-    write_profiles(out, ctx.store, node=f"profiles/{name}/{pname}")
-    if compare is None:
-        return None
-    metrics = {k: v for k, v in compare.items() if k != "criterion"}
+    result = None if metrics is None else {"metrics": metrics, "row": _comparison_row(out, metrics)}
+    return _write_made(out, ctx.store, f"profiles/{name}/{pname}", made_from, result)
+
+
+def _comparison_row(out, metrics: dict) -> dict:
+    from cpzarr.profiles import pipeline_metrics
+
     return {**pipeline_metrics(out, **metrics), "steps": out.attrs.get("cpzarr_pipeline", "[]")}
 
 
-def _consensus_node(ctx: Context, name: str, pname: str) -> None:
-    """Treatment profiles of one pipeline's output, written."""
-    from cpzarr.profiles import consensus, read_profiles, write_profiles
+def _pipeline_row(ctx: Context, group: str, metrics: dict) -> dict:
+    """The comparison row of the pipeline node ``group`` as written."""
+    from cpzarr.profiles import read_profiles
+
+    return _comparison_row(read_profiles(ctx.store, node=group).load(), metrics)
+
+
+def _consensus_node(ctx: Context, made_from: dict, name: str, pname: str) -> dict:
+    """Treatment profiles of one pipeline's output, written; its record."""
+    from cpzarr.profiles import consensus, read_profiles
 
     out = read_profiles(ctx.store, node=f"profiles/{name}/{pname}").load()
     cons = consensus(out, **ctx.cfg["profiles"]["consensus"])
-    write_profiles(cons.compute(), ctx.store, node=f"profiles/{name}/{pname}_consensus")
+    return _write_made(cons.compute(), ctx.store, f"profiles/{name}/{pname}_consensus", made_from, None)
 
 
 # --- evaluate -------------------------------------------------------------------------------

@@ -206,3 +206,170 @@ def _check_platemap(fmt, result):
 
 _CHECKS = {"images": _check_images, "locations": _check_locations, "features": _check_features,
            "platemap": _check_platemap}
+
+
+# --------------------------------------------------------------------------------------------
+# The store backend
+# --------------------------------------------------------------------------------------------
+
+#: Dimensions along which :func:`check_backend` reads at most ``sites`` positions.
+_SITE_DIMS = ("plate", "well", "site")
+
+
+def check_backend(store, storage_options=None, *, seed=0, window=48, sites=3):
+    """Conformance suite of the store's arrays as :func:`cpzarr.store.open_screen` serves them.
+
+    For ``images`` and every ``/features/<name>`` node, a random region (at most ``sites`` along
+    plate, well and site, ``window`` along the other dimensions) is read with plain zarr as the
+    numpy reference, and AssertionError names the first difference of
+
+    1. the store's ``BackendArray`` (:class:`cpzarr.store._backend.SitesArray` for images,
+       :class:`~cpzarr.store._backend.RowsArray` for features; local stores in the layout) indexed
+       with xarray's basic, outer and vectorized indexers, through the ``IndexingSupport`` it
+       declares;
+    2. the same array, lazily indexed and chunked by dask in several chunkings (one element per
+       chunk, odd sizes that cut across the stored chunks, one chunk);
+    3. the variable as opened (``open_screen`` / ``open_node``, any store: zarr's reader on an
+       object store) under ``isel`` with integers and steps, lists, and pointwise indexers, as
+       opened and rechunked.
+
+    Parameters
+    ----------
+    store : str, Path or cpzarr.store.Location
+        A store: a local path or an fsspec URL.
+    storage_options : dict, optional
+        fsspec options of a URL.
+    seed : int
+        Seed of the random regions and indexers.
+    window, sites : int
+        Extent of the region read, along the image/feature dimensions and the site dimensions.
+
+    Returns
+    -------
+    dict
+        ``{array: reader}``: which reader served each array checked (``"SitesArray"``,
+        ``"RowsArray"`` or ``"zarr"``), so a test can tell that the fast readers were the ones
+        checked.
+
+    Examples
+    --------
+    >>> check_backend("screen.zarr")  # doctest: +SKIP
+    {'images': 'SitesArray', 'features/cnn': 'RowsArray'}
+    """
+    import zarr
+
+    from cpzarr.store import as_location, open_node, open_screen, row_reader, site_reader, zarr_target
+    from cpzarr.store._backend import RowsArray, SitesArray
+
+    location = as_location(store, storage_options)
+    group = zarr.open_group(zarr_target(location, read_only=True), mode="r")
+    rng = np.random.default_rng(seed)
+    checked = {}
+    screen = open_screen(location)
+    if "images" in screen.to_dataset(inherit=False):
+        images = screen["images"]
+        reader = site_reader(images)
+        backend = None if reader is None else SitesArray(reader, images.shape, images.dtype)
+        checked["images"] = _check_array("images", images, group["images"], backend, rng, window, sites)
+    if "features" in group:
+        for name in sorted(n for n, _ in group["features"].groups()):
+            node = f"features/{name}"
+            features = open_node(location, node)["features"]
+            files = row_reader(features)
+            backend = None if files is None else RowsArray(files)
+            checked[node] = _check_array(node, features, group[node]["features"], backend, rng, window, sites)
+    assert checked, f"{location}: neither images nor features nodes to check"
+    return checked
+
+
+def _check_array(name, opened, stored, backend, rng, window, sites):
+    """Every check of :func:`check_backend` on one array; returns the reader's name."""
+    from xarray.core import indexing
+
+    dims = opened.dims
+    assert tuple(opened.shape) == tuple(stored.shape), f"{name}: shape {opened.shape} opened, {stored.shape} stored"
+    assert opened.dtype == stored.dtype, f"{name}: dtype {opened.dtype} opened, {stored.dtype} stored"
+    starts, sizes = [], []
+    for dim, n in zip(dims, opened.shape):
+        size = min(n, sites if dim in _SITE_DIMS else window)
+        starts.append(int(rng.integers(0, n - size + 1)))
+        sizes.append(size)
+    region = tuple(slice(a, a + s) for a, s in zip(starts, sizes))
+    reference = np.asarray(stored[region])
+    keys = _keys(sizes, rng)
+
+    def shifted(key):  # a key of the region, in the whole array's positions
+        out = []
+        for k, a in zip(key, starts):
+            if isinstance(k, slice):
+                out.append(slice(k.start + a, k.stop + a, k.step))
+            else:
+                out.append(np.asarray(k) + a if isinstance(k, np.ndarray) else int(k) + a)
+        return tuple(out)
+
+    def same(got, want, what):
+        got = np.asarray(got)
+        assert got.shape == want.shape, f"{name}: {what} has shape {got.shape}, zarr gives {want.shape}"
+        bad = ~((got == want) | (np.isnan(got) & np.isnan(want)) if got.dtype.kind == "f" else got == want)
+        assert not bad.any(), (f"{name}: {what} differs from zarr at {int(bad.sum())} of {bad.size} values, "
+                               f"first at {tuple(int(i) for i in np.argwhere(bad)[0])}")
+
+    if backend is not None:
+        assert tuple(backend.shape) == tuple(stored.shape) and backend.dtype == stored.dtype
+        basic, outer, vectorized = keys
+        same(backend[indexing.BasicIndexer(shifted(basic))], reference[basic], f"basic indexing {basic}")
+        same(backend[indexing.OuterIndexer(shifted(outer))], reference[_ix(outer, sizes)], "outer indexing")
+        same(backend[indexing.VectorizedIndexer(shifted(vectorized))], reference[vectorized], "vectorized indexing")
+        lazy = xr.Variable(dims, indexing.LazilyIndexedArray(backend))[region]
+        for chunks in _chunkings(sizes):
+            same(lazy.chunk(dict(zip(dims, chunks))).values, reference, f"dask chunks {chunks}")
+    basic, outer, vectorized = keys
+    for label, variable in (("as opened", opened), ("rechunked", opened.chunk({d: max(1, c // 2 + 1) for d, c
+                                                                            in zip(dims, _first_chunks(opened))}))):
+        same(variable.isel(dict(zip(dims, region))).values, reference, f"the region, {label}")
+        same(variable.isel(dict(zip(dims, shifted(basic)))).values, reference[basic], f"isel {basic}, {label}")
+        outer_key = {d: (list(k) if isinstance(k, np.ndarray) else k) for d, k in zip(dims, shifted(outer))}
+        same(variable.isel(outer_key).values, reference[_ix(outer, sizes)], f"isel with lists, {label}")
+        points = {d: xr.DataArray(k, dims="points") for d, k in zip(dims, shifted(vectorized))}
+        same(variable.isel(points).values, reference[vectorized], f"pointwise isel, {label}")
+    return type(backend).__name__ if backend is not None else "zarr"
+
+
+def _first_chunks(variable):
+    chunks = variable.chunks
+    return [c[0] if c else 1 for c in chunks] if chunks else list(variable.shape)
+
+
+def _keys(sizes, rng):
+    """A basic, an outer and a vectorized key within a region of ``sizes`` (region positions)."""
+    basic = []
+    for axis, n in enumerate(sizes):
+        if axis == 0 and n > 0:
+            basic.append(int(rng.integers(0, n)))  # drops a dimension
+        else:
+            step = int(rng.integers(1, 4))
+            lo = int(rng.integers(0, max(1, n // 2)))
+            basic.append(slice(lo, n, step))
+    outer = []
+    for axis, n in enumerate(sizes):
+        if axis % 2 == 0:
+            outer.append(rng.integers(0, n, size=min(n, 3) + 1))  # unsorted, repeats allowed
+        else:
+            outer.append(slice(0, n, 2))
+    points = 7
+    vectorized = tuple(rng.integers(0, n, size=points) for n in sizes)
+    return tuple(basic), tuple(outer), vectorized
+
+
+def _ix(key, sizes):
+    """``key`` (slices and integer arrays per dimension) as numpy's outer indexing."""
+    return np.ix_(*[np.arange(n)[k] if isinstance(k, slice) else k for k, n in zip(key, sizes)])
+
+
+def _chunkings(sizes):
+    """Chunkings of a region: one site (and a third of each other extent) per chunk, odd sizes, one chunk."""
+    return [
+        tuple(1 if i < 3 or n <= 8 else max(1, n // 3) for i, n in enumerate(sizes)),
+        tuple(max(1, min(n, (3, 5, 7, 11)[i % 4])) for i, n in enumerate(sizes)),
+        tuple(max(1, n) for n in sizes),
+    ]

@@ -139,3 +139,24 @@ def test_crops_scale_reaches_the_crop_view(monkeypatch, tmp_path, model, scale, 
     with pytest.raises(Stop):
         stage_features(Context(cfg=cfg, store=tmp_path / "s.zarr", state=RunState(tmp_path / "s.zarr")))
     assert seen == [expected]
+
+
+def test_train_output_is_where_run_and_train_write(tmp_path):
+    """``train.output`` (relative to the config's folder) is used by ``cpzarr run``'s train and
+    features stages as by ``cpzarr train``; without it, a ``train`` folder beside the store."""
+    from cpzarr.run import RunState
+    from cpzarr.stages import Context, _train_dir
+    from cpzarr.train._run import output_folder
+
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    text = ("input: {synthetic: {}}\ntrain: {label: compound, epochs: 2, warmup_epochs: 1, output: runs/t1}\n"
+            "features: {model: trained}\noutput: {store: ../out/screen.zarr}\n")
+    (folder / "x.yaml").write_text(text)
+    cfg = load_config(folder / "x.yaml", environ={})
+    store = tmp_path / "out" / "screen.zarr"
+    ctx = Context(cfg=cfg, store=store, state=RunState(store))
+    assert _train_dir(ctx) == output_folder(cfg, store) == folder / "runs" / "t1"
+    (folder / "y.yaml").write_text(text.replace(", output: runs/t1", ""))
+    cfg = load_config(folder / "y.yaml", environ={})
+    assert _train_dir(Context(cfg=cfg, store=store, state=RunState(store))) == tmp_path / "out" / "train"

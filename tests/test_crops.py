@@ -215,9 +215,9 @@ def test_sample_reads_each_site_once_and_matches_crops():
 def test_sample_skip_never_draws_edge_cells_and_groups_sites():
     screen, _ = _screen()
     cells = _cells(screen)
-    _, labels = sample(screen, 200, box=BOX, seed=0, cells=cells)
+    _, labels = sample(screen, 200, box=BOX, seed=0, edge="skip", cells=cells)
     assert all(_fits(x, y, BOX) for x, y in zip(labels["x"], labels["y"]))
-    _, grouped = sample(screen, 24, box=BOX, seed=0, cells=cells, cells_per_site=4)
+    _, grouped = sample(screen, 24, box=BOX, seed=0, edge="skip", cells=cells, cells_per_site=4)
     assert len(grouped) == 24
     assert grouped.groupby(["plate", "well", "site"]).size().min() >= 4
 

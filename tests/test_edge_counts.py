@@ -55,6 +55,29 @@ def test_profile_pads_by_default():
     assert option.startswith("[pad|skip]") and "[default: pad]" in option
 
 
+def test_one_default_edge_pad_across_api_cli_and_config(located):
+    """The Python API pads by default, as the CLI and the config do: no cell is dropped silently."""
+    import inspect
+
+    from cpzarr.config import load_config
+    from cpzarr.crops import Sampler, crops, sample
+    from cpzarr.store import open_screen
+    from cpzarr.train import train
+
+    at_edge, total = _expected_at_edge(located)
+    view = crops(open_screen(located), box=BOX)
+    assert view.sizes["cell"] == total and view.attrs["edge"] == "pad"
+    assert view.attrs["cells_at_edge"] == at_edge and view.attrs["cells_left_out"] == 0
+    # sample() draws edge cells too: with 2 of every 3 draws at the edge, 200 draws hit some
+    _, labels = sample(open_screen(located), 200, box=BOX, seed=0)
+    x, y = labels["x"].to_numpy(), labels["y"].to_numpy()
+    cx, cy = np.floor(x + 0.5) - BOX // 2, np.floor(y + 0.5) - BOX // 2
+    assert ((cx < 0) | (cy < 0) | (cx + BOX > 96) | (cy + BOX > 96)).any()
+    defaults = {f.__name__: inspect.signature(f).parameters["edge"].default for f in (crops, sample, Sampler, train)}
+    assert defaults == dict.fromkeys(defaults, "pad")
+    assert load_config(text="input: {synthetic: {}}").get("crops.edge") == "pad"
+
+
 def test_run_reports_cells_left_out(tmp_path):
     from cpzarr.run import run
     from cpzarr.store import open_node

@@ -137,3 +137,23 @@ def test_cytotable_without_site_numbers_images_per_well(cytotable_frame, tmp_pat
     frame.to_parquet(tmp_path / "noplate.parquet")
     with pytest.raises(InputError, match=r"noplate\.parquet has no plate column"):
         import_cellprofiler(tmp_path / "noplate.parquet")
+
+
+def test_sqlite_and_parquet_at_a_url_equal_the_local_files(target2, cytotable_frame, s3, s3_put, tmp_path, cache):
+    """A database at a URL is copied into cpzarr's cache (sqlite reads files only), a Parquet read
+    through fsspec; both give what the local file gives."""
+    db = _cytominer_database(target2, tmp_path / "BR00121431.sqlite")
+    url = s3_put(db, "tables/BR00121431.sqlite")
+    local = import_cellprofiler(db)
+    remote = import_cellprofiler(url, storage_options=s3)
+    for name in ("features", "plate", "well", "site", "x", "y", "object_id"):
+        np.testing.assert_array_equal(remote[name].values, local[name].values)
+    parquet = tmp_path / "BR00121431.parquet"
+    cytotable_frame.to_parquet(parquet)
+    url = s3_put(parquet, "tables/BR00121431.parquet")
+    local, remote = import_cellprofiler(parquet), import_cellprofiler(url, storage_options=s3)
+    assert remote.attrs["source"] == url
+    for name in ("features", "plate", "well", "site", "x", "y"):
+        np.testing.assert_array_equal(remote[name].values, local[name].values)
+    with pytest.raises(InputError, match="s3://cpzarr-test/tables/missing.sqlite does not exist"):
+        import_cellprofiler("s3://cpzarr-test/tables/missing.sqlite", storage_options=s3)

@@ -1,5 +1,8 @@
 """The ``cpzarr profiles`` commands are thin wrappers: same numbers as the API."""
 
+import re
+
+import pytest
 from click.testing import CliRunner
 
 from cpzarr.cli import main
@@ -37,3 +40,14 @@ def test_pipeline_command_rejects_unknown_recipe(tmp_path):
                                        str(tmp_path / "o.parquet"), "--recipe", "nope"])
     assert result.exit_code == 1
     assert result.output.startswith("Error: unknown pipeline recipe 'nope'")  # the message, no traceback
+
+
+@pytest.mark.parametrize("verb", ["normalize", "feature-select", "spherize", "consensus", "pipeline"])
+def test_node_help_names_a_node_a_store_can_hold(verb):
+    """Issue 20: the help named ``profiles/<model>/well``, a node the DataTree forbids (beside the
+    ``well`` coordinate); the run writes ``…/aggregated``."""
+    result = CliRunner().invoke(main, ["profiles", verb, "--help"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "profiles/efficientnet-lite0/aggregated" in text
+    assert not re.search(r"profiles/[\w.-]+/well\b", text)

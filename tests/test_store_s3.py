@@ -6,9 +6,7 @@ disk, bit for bit. A run killed mid-features on S3 is re-run and ends identical.
 moto's server or s3fs is not installed or the server cannot start.
 """
 
-import logging
 import shutil
-import socket
 import warnings
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from cpzarr.errors import StoreError
 from cpzarr.run import run
 from cpzarr.store import Location, node_status, open_node, open_screen, zarr_target
 
-BUCKET = "cpzarr-test"
+BUCKET = "cpzarr-test"  # the bucket of the s3 fixture (tests/conftest.py)
 
 SYNTHETIC = dict(plates=2, batches=2, sites=1, image_size=64, cells_per_site=6, moas=2, compounds_per_moa=2,
                  dmso_wells=4, seed=3)
@@ -49,27 +47,6 @@ output: {{store: {store}, storage_options: {options}, report: {report}}}
 
 
 @pytest.fixture(scope="module")
-def s3():
-    pytest.importorskip("s3fs")
-    server_module = pytest.importorskip("moto.server")
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    try:
-        server.start()
-    except Exception as error:  # noqa: BLE001 - any failure to start means: no server here
-        pytest.skip(f"moto's S3 server cannot start: {error}")
-    options = {"key": "testing", "secret": "testing", "endpoint_url": f"http://127.0.0.1:{port}"}
-    import s3fs
-
-    s3fs.S3FileSystem(**options).mkdir(BUCKET)
-    yield options
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def screen(s3, tmp_path_factory):
     """A synthetic screen on local disk, and the same images and tables in the bucket."""
     import s3fs
@@ -86,12 +63,13 @@ def screen(s3, tmp_path_factory):
         table[column] = [str(Path(p).relative_to(info.root)) for p in table[column]]
     fs.pipe_file(f"{BUCKET}/raw/load_data.csv", table.to_csv(index=False).encode())
     fs.put_file(str(info.platemap), f"{BUCKET}/raw/platemap.csv")
+    fs.put(str(info.locations), f"{BUCKET}/raw/locations", recursive=True)
     return info
 
 
-def _run(tmp_path, info, *, images, platemap, store, options, **kwargs):
+def _run(tmp_path, info, *, images, platemap, store, options, locations=None, **kwargs):
     text = CONFIG.format(images=images, platemap=platemap, options=options or "null", store=store,
-                         locations=info.locations, report=tmp_path / "report")
+                         locations=locations or info.locations, report=tmp_path / "report")
     config = tmp_path / "run.yaml"
     config.write_text(text)
     with warnings.catch_warnings():
@@ -132,7 +110,8 @@ def _assert_same_store_group(a, b, where):
 def test_run_on_s3_equals_the_local_run(s3, screen, local_run, tmp_path):
     store = f"s3://{BUCKET}/run/screen.zarr"
     result = _run(tmp_path, screen, images=f"s3://{BUCKET}/raw/load_data.csv",
-                  platemap=f"s3://{BUCKET}/raw/platemap.csv", store=store, options=s3)
+                  platemap=f"s3://{BUCKET}/raw/platemap.csv", store=store, options=s3,
+                  locations=f"s3://{BUCKET}/raw/locations")  # locate.path a URL too
     assert result.ran == ["ingest", "locate", "features", "profiles", "evaluate", "report"]
     remote = Location(store, s3)
     _assert_same_store(local_run / "screen.zarr", remote)

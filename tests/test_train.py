@@ -295,6 +295,37 @@ def test_load_trained_gives_profiles(trained, crops):
         load_trained(trained.best, layer="nope")
 
 
+def test_output_url_crash_and_resume_to_the_same_weights(crops, trained, s3, cache):
+    """Training into s3://…: every epoch's files are copied there, state.json last; a crash at
+    epoch 2 resumes from what the bucket holds (the local staging folder is rebuilt from it) and
+    ends with the weights of the uninterrupted local run."""
+    import keras
+
+    from cpzarr.store import Location, local_copy
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == 2:
+                raise RuntimeError("simulated crash")
+
+    url = "s3://cpzarr-test/train/run"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(crops, url, OPTIONS, callbacks=(Crash(),), progress=False, storage_options=s3)
+    remote = Location(url, s3)
+    assert json.loads((remote / "state.json").read_text())["epoch"] == 2
+    assert sorted(p.name for p in (remote / "checkpoints").iterdir()) == ["epoch-001.keras", "epoch-002.keras"]
+    with pytest.raises(InputError, match="resume"):
+        train(crops, url, OPTIONS, progress=False, storage_options=s3)
+    resumed = train(crops, url, OPTIONS, resume=True, progress=False, storage_options=s3)
+    assert isinstance(resumed.best, Location) and resumed.best.url == f"{url}/best.keras"
+    assert list(resumed.history.epoch) == [1, 2, 3, 4]
+    pd.testing.assert_frame_equal(pd.read_csv(local_copy(remote / "history.csv")), resumed.history)
+    a = keras.models.load_model(trained.last)
+    b = keras.models.load_model(local_copy(resumed.last))
+    for wa, wb in zip(a.weights, b.weights):
+        np.testing.assert_array_equal(np.asarray(wa), np.asarray(wb), err_msg=wa.path)
+
+
 # --- from a store, on a Dask cluster's GPU worker ------------------------------------------------
 
 @pytest.mark.slow

@@ -149,7 +149,15 @@ def weights_info(name="efficientnet-lite0", weights="imagenet"):
                 "'efficientnet-lite0'"
             ) from err
         return {"model": name, "weights": "imagenet", "path": str(path), "sha256": _digest(path, "sha256")}
-    path = Path(weights).expanduser()
+    from cpzarr.store import Location, is_url, local_copy
+
+    if isinstance(weights, Location) or is_url(weights):  # a URL: its object copied into the cache
+        try:
+            path = local_copy(weights)
+        except FileNotFoundError as err:
+            raise WeightsError(f"weights file {err}") from None
+    else:
+        path = Path(weights).expanduser()
     if not path.is_file():
         raise WeightsError(
             f"weights file {path} does not exist; pass weights='imagenet', weights=None (random, "
@@ -877,6 +885,7 @@ def _compute(units, build, scheduler, progress, label, optimize_graph=True):
         with Units():
             dask.compute(*build(list(units)), scheduler=scheduler if isinstance(scheduler, str) else None)
     finally:
+        bar.refresh()  # the count reached, drawn before a bar that does not stay is closed
         bar.close()
 
 

@@ -7,7 +7,7 @@ raises, and a ``read(path, **options)`` that returns that kind's result:
 ========== ===========================================================================
 kind        result of ``read``
 ========== ===========================================================================
-images      ``(sites, well_metadata, channels, info)`` as :func:`cpzarr._tables.read_image_table`:
+images      ``(sites, well_metadata, channels, info)`` as :func:`cpzarr.formats._image_table.read_image_table`:
             one row per site with ``plate``, ``well``, ``site``, ``line`` and one absolute path
             column per channel; ``info["format"]`` is the format's name
 locations   a DataFrame with ``plate``, ``well``, ``site``, ``x``, ``y`` (float64), ``file`` and
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cpzarr.errors import InputError
+from cpzarr.formats._fs import as_path
 
 __all__ = ["KINDS", "Format", "register", "formats", "get_format", "find_format"]
 
@@ -54,7 +55,9 @@ class Format:
     detect : callable(Path) -> bool
         True when ``path`` looks like this format (names and headers only; never raises).
     reader : callable(Path, **options)
-        Reads ``path``; called by :meth:`read` after the path is checked to exist.
+        Reads ``path``; called by :meth:`read` after the path is checked to exist. ``path`` is a
+        ``pathlib.Path``, or a ``upath.UPath`` for an fsspec URL (:func:`cpzarr.formats._fs.as_path`):
+        readers use the pathlib API only, so they read URLs as they read local files.
     """
 
     name: str
@@ -63,17 +66,20 @@ class Format:
     detect: Callable[[Path], bool]
     reader: Callable[..., Any]
 
-    def read(self, path, **options):
-        """Read ``path`` (a file or folder) into this kind's result; see the module docstring."""
-        path = Path(path)
+    def read(self, path, *, storage_options=None, **options):
+        """Read ``path`` (a file or folder, local or an fsspec URL) into this kind's result.
+
+        See the module docstring for the result; ``storage_options`` are fsspec's options of a URL.
+        """
+        path = as_path(path, storage_options)
         if not path.exists():
             raise InputError(f"{self.description}: {path} does not exist")
         return self.reader(path, **options)
 
-    def looks_like(self, path) -> bool:
+    def looks_like(self, path, storage_options=None) -> bool:
         """:attr:`detect`, with any error meaning no."""
         try:
-            return bool(self.detect(Path(path)))
+            return bool(self.detect(as_path(path, storage_options)))
         except Exception:  # a detector only says yes or no
             return False
 
@@ -100,15 +106,15 @@ def get_format(name) -> Format:
     return _REGISTRY[name]
 
 
-def find_format(path, kind) -> Format:
-    """The one format of ``kind`` that recognises ``path``.
+def find_format(path, kind, storage_options=None) -> Format:
+    """The one format of ``kind`` that recognises ``path`` (local, or a URL with ``storage_options``).
 
     Raises
     ------
     InputError
         When none does (listing what was tried) or several do (asking for a format name).
     """
-    path = Path(path)
+    path = as_path(path, storage_options)
     if not path.exists():
         raise InputError(f"{path} does not exist")
     matches = [f for f in formats(kind) if f.looks_like(path)]

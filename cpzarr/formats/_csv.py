@@ -1,4 +1,4 @@
-"""Header sniffing shared by the CSV detectors (never raises, reads a few rows only)."""
+"""CSV/TSV helpers shared by the readers: whole tables from a path or URL, and header sniffing."""
 
 from __future__ import annotations
 
@@ -6,17 +6,56 @@ from pathlib import Path
 
 import pandas as pd
 
+from cpzarr.errors import InputError
+
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".txt")
+
+
+def read_table(table, *, what: str = "table", storage_options=None) -> tuple[pd.DataFrame, str]:
+    """Read a CSV/TSV path or fsspec URL, or accept a DataFrame; return ``(frame, name for messages)``."""
+    from cpzarr.store import is_url
+
+    if isinstance(table, pd.DataFrame):
+        return table.reset_index(drop=True).copy(), f"the {what} DataFrame"
+    if storage_options is None and getattr(table, "storage_options", None):  # a UPath carries its own
+        storage_options = dict(table.storage_options)
+    if is_url(table):
+        return _read_url_table(str(table), what, storage_options)
+    path = Path(str(table).removeprefix("file://")).resolve()
+    if not path.is_file():
+        raise InputError(f"The {what} {path} does not exist or is not a file.")
+    sep = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
+    try:
+        frame = pd.read_csv(path, sep=sep, low_memory=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"The {what} {path} cannot be read as a {sep!r}-separated table: {exc}") from exc
+    return frame, str(path)
+
+
+def _read_url_table(url, what, storage_options):
+    import fsspec
+
+    sep = "\t" if url.lower().endswith((".tsv", ".txt")) else ","
+    try:
+        with fsspec.open(url, "rb", **(storage_options or {})) as f:
+            frame = pd.read_csv(f, sep=sep, low_memory=False)
+    except FileNotFoundError as exc:
+        raise InputError(f"The {what} {url} does not exist.") from exc
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"The {what} {url} cannot be read as a {sep!r}-separated table: {exc}") from exc
+    return frame, url
 
 
 def head(path: Path, rows: int = 0):
     """The first ``rows`` rows (0: the header only) of a CSV/TSV, or None when unreadable."""
+    from cpzarr.formats._fs import read_csv
+
     name = path.name.lower()
     if not path.is_file() or not name.endswith(CSV_SUFFIXES):
         return None
     sep = "\t" if name.endswith((".tsv", ".txt")) else ","
     try:
-        return pd.read_csv(path, sep=sep, nrows=rows)
+        return read_csv(path, sep=sep, nrows=rows)
     except Exception:  # a detector only says yes or no
         return None
 
@@ -48,8 +87,10 @@ def read_location_csv(path):
     """A location (or Image) CSV, with unreadable files named instead of raw pandas errors."""
     from cpzarr.errors import InputError
 
+    from cpzarr.formats._fs import read_csv
+
     try:
-        return pd.read_csv(path)
+        return read_csv(path)
     except pd.errors.EmptyDataError:
         raise InputError(f"{path}: the file is empty (a site without cells still has a header line)") from None
     except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as err:

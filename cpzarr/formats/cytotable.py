@@ -4,7 +4,7 @@ CytoTable joins the Image, Cytoplasm, Cells and Nuclei tables of CellProfiler in
 cell and renames the columns: measurements keep their compartment prefix (``Cells_AreaShape_Area``,
 ``Nuclei_Location_Center_X``), image columns get ``Image_`` (``Image_Metadata_Well``) and keys get
 ``Metadata_`` (``Metadata_ImageNumber``, ``Metadata_Cytoplasm_Parent_Cells``,
-``Metadata_Nuclei_Number_Object_Number``). :func:`import_cytotable` reads such a file into the
+``Metadata_Nuclei_Number_Object_Number``). :func:`read_cytotable` reads such a file into the
 layout of a ``/features/<name>`` node, with the same feature names and values as
 :func:`cpzarr.features.import_cellprofiler` gives the CSVs the Parquet was made from.
 """
@@ -12,14 +12,16 @@ layout of a ``/features/<name>`` node, with the same feature names and values as
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from cpzarr._tables import normalize_well
 from cpzarr.errors import InputError
+from cpzarr.formats._features import features_dataset
+from cpzarr.formats._fs import as_path
 
-__all__ = ["import_cytotable"]
+__all__ = ["read_cytotable", "import_cytotable"]
 
 _PLATE = ("Image_Metadata_Plate", "Metadata_Plate")
 _WELL = ("Image_Metadata_Well", "Metadata_Well")
@@ -28,8 +30,7 @@ _IMAGE = ("Metadata_ImageNumber", "ImageNumber")
 _TABLE = ("Metadata_TableNumber", "TableNumber")
 
 
-def import_cytotable(path, *, compartments=("Cells", "Cytoplasm", "Nuclei"), exclude=None, store=None,
-                     name="cellprofiler"):
+def read_cytotable(path, *, compartments=("Cells", "Cytoplasm", "Nuclei"), exclude=None, storage_options=None):
     """Read CytoTable's single-cell Parquet into a features Dataset.
 
     Plate and well come from ``Image_Metadata_Plate``/``Image_Metadata_Well`` (or
@@ -43,16 +44,14 @@ def import_cytotable(path, *, compartments=("Cells", "Cytoplasm", "Nuclei"), exc
     Parameters
     ----------
     path : str or Path
-        The ``.parquet`` file.
+        The ``.parquet`` file, a local path or an fsspec URL.
     compartments : sequence of str
         Compartments whose columns are features, in this order.
     exclude : sequence of str, optional
         Column-name prefixes (after the compartment prefix) that are not features; default
-        :data:`cpzarr.features.imports.EXCLUDE`.
-    store : str or Path, optional
-        Write the result as ``/features/<name>`` into this store.
-    name : str
-        Node name under ``/features``.
+        :data:`cpzarr.formats.cellprofiler.EXCLUDE`.
+    storage_options : dict, optional
+        fsspec options of a URL ``path``.
 
     Returns
     -------
@@ -67,20 +66,20 @@ def import_cytotable(path, *, compartments=("Cells", "Cytoplasm", "Nuclei"), exc
 
     Examples
     --------
-    >>> ds = import_cytotable("BR00116991.parquet")  # doctest: +SKIP
+    >>> ds = read_cytotable("BR00116991.parquet")  # doctest: +SKIP
     >>> ds.sizes["cell"]  # doctest: +SKIP
     109
     """
-    from cpzarr.cells import normalize_well
-    from cpzarr.features.imports import EXCLUDE, _dataset, write_imported
+    from cpzarr.formats.cellprofiler import EXCLUDE
 
     exclude = tuple(EXCLUDE if exclude is None else exclude)
     compartments = [c.capitalize() for c in compartments]
-    path = Path(path)
+    path = as_path(path, storage_options)
     if not path.is_file():
         raise InputError(f"CytoTable Parquet {path} does not exist")
     try:
-        frame = pd.read_parquet(path)
+        with path.open("rb") as handle:
+            frame = pd.read_parquet(handle)
     except Exception as err:  # pyarrow raises several types for a file that is not Parquet
         raise InputError(f"CytoTable Parquet {path} cannot be read: {err}") from None
 
@@ -129,8 +128,23 @@ def import_cytotable(path, *, compartments=("Cells", "Cytoplasm", "Nuclei"), exc
     if object_column is not None:
         table["object_id"] = frame[object_column].to_numpy(np.int64)
     values = frame[names].to_numpy(np.float32)
-    ds = _dataset(table, values, names, {"source": str(path), "importer": "cytotable"})
+    return features_dataset(table, values, names, {"source": str(path), "importer": "cytotable"})
+
+
+def import_cytotable(path, *, compartments=("Cells", "Cytoplasm", "Nuclei"), exclude=None, store=None,
+                     name="cellprofiler", storage_options=None):
+    """:func:`read_cytotable`, and with a ``store`` the result written as ``/features/<name>``.
+
+    See :func:`cpzarr.features.imports.write_imported` for the writing.
+
+    Examples
+    --------
+    >>> ds = import_cytotable("BR00116991.parquet", store="screen.zarr")  # doctest: +SKIP
+    """
+    ds = read_cytotable(path, compartments=compartments, exclude=exclude, storage_options=storage_options)
     if store is not None:
+        from cpzarr.features.imports import write_imported
+
         write_imported(store, ds, name)
     return ds
 

@@ -33,7 +33,7 @@ from cpzarr.store._layout import (
     profile_codec,
     profiles_node,
 )
-from cpzarr.store._location import Location, as_location, is_url, join_input, open_input, zarr_target
+from cpzarr.store._location import Location, as_location, is_url, join_input, local_copy, open_input, zarr_target
 from cpzarr.store._lock import lock_holder, lock_path, store_lock
 from cpzarr.store._provenance import now_iso, read_provenance, record_provenance, root_attrs
 # kept importable for callers of the old module (ingest imported these)
@@ -72,6 +72,7 @@ __all__ = [
     "Location",
     "as_location",
     "is_url",
+    "local_copy",
     "join_input",
     "open_input",
     "zarr_target",

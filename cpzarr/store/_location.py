@@ -14,7 +14,7 @@ import json
 import posixpath
 from pathlib import Path
 
-__all__ = ["Location", "as_location", "is_url", "open_input", "join_input", "zarr_target"]
+__all__ = ["Location", "as_location", "is_url", "open_input", "join_input", "zarr_target", "local_copy"]
 
 
 def is_url(path) -> bool:
@@ -219,3 +219,46 @@ def join_input(base, path) -> str:
         return path if path.startswith("/") else posixpath.join(base, path)
     p = Path(path).expanduser()
     return str(p if p.is_absolute() else Path(base) / p)
+
+
+def local_copy(source, storage_options=None) -> Path:
+    """A local file for ``source``: the path itself, or a URL's object copied into cpzarr's cache.
+
+    For readers that need a file on disk (Keras loading a ``.keras`` checkpoint or a weights
+    file). The copy lives in ``<cache>/inputs/<hash of the URL>/<name>`` (cache: ``$CPZARR_CACHE``,
+    else ``~/.cache/cpzarr``) and is fetched again when the object's size or ETag/mtime changed.
+
+    Parameters
+    ----------
+    source : str, Path or Location
+        A local path, ``file://`` URL, or fsspec URL.
+    storage_options : dict, optional
+        fsspec options of a URL (a Location's own options are merged over them).
+
+    Examples
+    --------
+    >>> local_copy("/models/best.keras")
+    PosixPath('/models/best.keras')
+    """
+    import hashlib
+
+    location = as_location(source, storage_options)
+    if not isinstance(location, Location):
+        return Path(location).expanduser()
+    from cpzarr.features._lite0 import cache_dir
+
+    try:
+        info = location.fs.info(location.root)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{location.url} does not exist") from None
+    stamp = json.dumps({k: str(info.get(k)) for k in ("size", "ETag", "LastModified", "mtime", "created")})
+    folder = cache_dir() / "inputs" / hashlib.sha256(location.url.encode()).hexdigest()[:24]
+    target, seen = folder / location.name, folder / ".source.json"
+    if target.is_file() and seen.is_file() and seen.read_text() == stamp:
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{location.name}.partial"
+    location.fs.get_file(location.root, str(partial))
+    partial.replace(target)
+    seen.write_text(stamp)
+    return target

@@ -276,7 +276,7 @@ def _plot_history(history: pd.DataFrame, path: Path):
     os.replace(tmp, path)
 
 
-def _outputs_callback(folder: Path, history: list, best: float, batches):
+def _outputs_callback(folder: Path, history: list, best: float, batches, remote=None):
     import keras
 
     class Outputs(keras.callbacks.Callback):
@@ -309,6 +309,8 @@ def _outputs_callback(folder: Path, history: list, best: float, batches):
             state = {"epoch": epoch + 1, "checkpoint": checkpoint.name, "best": self.best}
             (folder / ".state.json").write_text(json.dumps(state))
             os.replace(folder / ".state.json", folder / "state.json")
+            if remote is not None:  # an output URL: the epoch's files copied there, state.json last
+                _mirror(folder, remote)
 
     return Outputs()
 
@@ -320,11 +322,12 @@ def train(
     *,
     box: int = 128,
     channels: list | None = None,
-    edge: str = "skip",
+    edge: str = "pad",
     resume: bool = False,
     client: Any = None,
     callbacks: tuple = (),
     progress: bool = True,
+    storage_options: dict | None = None,
 ) -> TrainResult:
     """Train a cell encoder by classifying each cell's treatment, reading crops from the store.
 
@@ -335,8 +338,10 @@ def train(
         ``channels`` and ``edge`` and labelled from the well metadata; or crops already made, with
         the label (and ``plate``, ``well``, and ``dose`` for the dose split) as coordinates along
         ``cell``. Intensities are min–max scaled per crop and channel here, as for profiling.
-    output : str or Path, optional
-        Output folder; defaults to ``options.output``. It receives ``checkpoints/epoch-NNN.keras``
+    output : str, Path or cpzarr.store.Location, optional
+        Output folder, a local path or an fsspec URL (``s3://bucket/runs/train``: trained in a
+        local staging folder of cpzarr's cache and copied there after every epoch, ``state.json``
+        last); defaults to ``options.output``. It receives ``checkpoints/epoch-NNN.keras``
         (model and optimizer state), ``best.keras`` (best validation accuracy), ``history.csv``,
         ``history.png``, ``train.json`` (options, classes, channels, box), ``split.csv`` (each
         used cell's split) and ``state.json`` (the last finished epoch).
@@ -356,10 +361,13 @@ def train(
         Extra callbacks, called after cpzarr's own (which save each epoch).
     progress : bool
         Keras' progress bar.
+    storage_options : dict, optional
+        fsspec options of an ``output`` URL (the store's, in a run).
 
     Returns
     -------
     TrainResult
+        For an output URL its paths are :class:`cpzarr.store.Location` objects.
 
     Examples
     --------
@@ -372,6 +380,9 @@ def train(
     output = output if output is not None else options.output
     if output is None:
         raise ConfigError("train: no output folder given", ["output: required"])
+    from cpzarr.store import as_location
+
+    output = as_location(output, storage_options)  # a Path, or a Location for a URL
     kwargs = dict(output=output, options=options, box=box, channels=channels, edge=edge,
                   resume=resume, callbacks=callbacks, progress=progress)
     if client is not None:
@@ -379,7 +390,7 @@ def train(
 
         if has_gpu_workers(client):
             future = client.submit(_train_here, source, **kwargs, resources={"GPU": 1},
-                                   key=f"train-{options.architecture}-{Path(output).name}",
+                                   key=f"train-{options.architecture}-{output.name}",
                                    pure=False)
             return future.result()
     return _train_here(source, **kwargs)
@@ -394,6 +405,9 @@ def _train_here(source, *, output, options, box, channels, edge, resume, callbac
 
     from cpzarr.train._schedules import EpochSchedule
 
+    remote = None
+    if not isinstance(output, Path):  # a URL: train in a local staging folder, mirrored to it
+        remote, output = output, _staging(output)
     folder = Path(output)
     state_file = folder / "state.json"
     if state_file.exists() and not resume:
@@ -491,16 +505,57 @@ def _train_here(source, *, output, options, box, channels, edge, resume, callbac
             model.fit(
                 training, validation_data=validation, epochs=options.epochs,
                 initial_epoch=initial_epoch, verbose=1 if progress else 0, shuffle=False,
-                callbacks=[_outputs_callback(folder, history, best, training), *callbacks],
+                callbacks=[_outputs_callback(folder, history, best, training, remote), *callbacks],
             )
     finally:
         keras.config.set_dtype_policy(policy)
+    if remote is not None:
+        _mirror(folder, remote)
     state = json.loads(state_file.read_text())
+    where = folder if remote is None else remote
     return TrainResult(
-        output=folder, best=folder / "best.keras",
-        last=folder / "checkpoints" / state["checkpoint"],
+        output=where, best=where / "best.keras",
+        last=where / "checkpoints" / state["checkpoint"],
         history=pd.read_csv(folder / "history.csv"), classes=classes,
     )
+
+
+def _staging(remote) -> Path:
+    """A local folder holding what the output URL ``remote`` holds (for a resume), to train in.
+
+    ``<cache>/train/<hash of the URL>``, emptied and filled from the URL (its files other than
+    partial ones); :func:`_mirror` copies it back after every epoch.
+    """
+    import hashlib
+    import shutil
+
+    from cpzarr.features._lite0 import cache_dir
+
+    folder = cache_dir() / "train" / hashlib.sha256(remote.url.encode()).hexdigest()[:24]
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    if remote.exists():
+        for path in remote.fs.find(remote.root):
+            relative = path.lstrip("/")[len(remote.root.lstrip("/")):].lstrip("/")
+            if relative and not Path(relative).name.startswith("."):
+                (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+                remote.fs.get_file(path, str(folder / relative))
+    return folder
+
+
+def _mirror(folder: Path, remote) -> None:
+    """Copy the training outputs of ``folder`` to the URL ``remote``; ``state.json`` last.
+
+    An object store has no rename, so ``state.json`` (what a resume reads) is written only once
+    the checkpoint it names and the history are there: a crash mid-copy resumes from the epoch
+    before, as on a local disk.
+    """
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    for path in [p for p in files if p.name != "state.json"] + [p for p in files if p.name == "state.json"]:
+        target = remote / path.relative_to(folder).as_posix()
+        if path.parent.name == "checkpoints" and target.exists():
+            continue  # an epoch's checkpoint never changes once written
+        remote.fs.put_file(str(path), target.root)
 
 
 def _deterministic_ops():
@@ -526,11 +581,13 @@ def _deterministic_ops():
 def output_folder(config, store) -> Path:
     """Where a config's training writes: ``train.output`` (relative to the config's folder), else
     a ``train`` folder beside the store. ``cpzarr train`` and ``cpzarr run`` both use it."""
+    from cpzarr.store import as_location, is_url
+
     output = (config.get("train") or {}).get("output")
     if output is None:
-        from cpzarr.store import as_location
-
         return as_location(store).parent / "train"  # beside a store at a URL too
+    if is_url(output):  # read and written with the store's storage options
+        return as_location(output, config.get("output.storage_options"))
     if config.source is not None and not Path(output).is_absolute():
         return Path(config.source).resolve().parent / output
     return Path(output)
@@ -573,6 +630,6 @@ def train_from_config(config, *, resume: bool = False, client: Any = None,
         )
     return train(
         open_screen(store), output_folder(config, store), options, box=config.get("crops.box", 128),
-        channels=config.get("crops.channels"), edge=config.get("crops.edge", "skip"),
+        channels=config.get("crops.channels"), edge=config.get("crops.edge", "pad"),
         resume=resume, client=client, progress=progress,
     )
