@@ -74,3 +74,22 @@ def test_write_features_from_parts_equals_the_whole(tmp_path):
     for lo, hi in asked:
         covered[lo:hi] = True
     assert covered.all() and max(hi - lo for lo, hi in asked) < 23
+
+
+def test_extract_hashes_the_weights_again_only_when_the_file_changes(tmp_path, monkeypatch):
+    weights = tmp_path / "w.weights.h5"
+    weights.write_bytes(b"one")
+    calls = []
+
+    def info(model, path):
+        calls.append(path)
+        return {"model": model, "weights": str(path), "path": str(path), "sha256": f"#{len(calls)}"}
+
+    monkeypatch.setattr(cnn, "weights_info", info)
+    monkeypatch.setattr(cnn, "_INFO", {})
+    first = cnn._weights_info_once("trained", str(weights))
+    assert cnn._weights_info_once("trained", str(weights)) == first and len(calls) == 1
+    weights.write_bytes(b"other bytes")  # rewritten: another size
+    assert cnn._weights_info_once("trained", str(weights))["sha256"] == "#2" and len(calls) == 2
+    cnn._weights_info_once("efficientnet-lite0", None)  # other weights: their own entry
+    assert len(calls) == 3

@@ -44,6 +44,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
+import os
 import threading
 import uuid
 import warnings
@@ -172,6 +173,38 @@ def weights_info(name="efficientnet-lite0", weights="imagenet"):
                 f"{official[path.name]}; download it again"
             )
     return {"model": name, "weights": str(path), "path": str(path), "sha256": _digest(path, "sha256")}
+
+
+#: weights_info per (model, weights) in this process, with the stat of the file it hashed.
+_INFO = {}
+
+
+def _stamp(path):
+    try:
+        stat = os.stat(path)
+    except (TypeError, OSError):
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def _weights_info_once(model, weights):
+    """:func:`weights_info`, hashed again only when its file changed (size or time).
+
+    :func:`extract` is called once per batch of units when a stage builds its graph batch by
+    batch; hashing the weights file each time would cost the client ~15 ms a unit.
+    """
+    from cpzarr.store import Location, is_url
+
+    if isinstance(weights, Location) or (isinstance(weights, str) and is_url(weights)):
+        return weights_info(model, weights)  # an object in a bucket: local_copy checks it each time
+    key = (model, str(weights))
+    if key in _INFO:
+        info, stamp = _INFO[key]
+        if stamp == _stamp(info.get("path")):
+            return dict(info)
+    info = weights_info(model, weights)
+    _INFO[key] = (dict(info), _stamp(info.get("path")))
+    return info
 
 
 def load_model(
@@ -581,7 +614,7 @@ def extract(
     _policy(mixed_precision)
     if batch_size is not None and int(batch_size) < 1:
         raise InputError(f"batch_size must be a positive integer, not {batch_size!r}")
-    info = weights_info(model, weights)
+    info = _weights_info_once(model, weights)
     data = crops.data
     if not hasattr(data, "dask"):
         import dask.array as da
