@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import warnings
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,7 +213,7 @@ class IngestPlan:
     metadata: object = field(repr=False)  # xarray.Dataset of well metadata and batch
     fingerprint: str = ""
     storage_options: dict = field(default_factory=dict, repr=False)  # for images given as URLs
-    signatures: list = field(default_factory=list, repr=False)  # (path, size, mtime_ns) per source file
+    signatures: object = field(default=(), repr=False)  # (path, size, mtime_ns) per source file, by path
 
     def fingerprint_without(self, paths) -> str:
         """The fingerprint with the size and time of ``paths`` left out (files found undecodable,
@@ -290,14 +289,8 @@ def plan_ingest(table, *, platemap=None, channels=None, storage_options=None) ->
     metadata_frame, platemap_source, notes = _join_metadata(table_meta, good, platemap, problems, storage_options)
 
     headers = _read_headers(good, channels, storage_options)
-    shape, dtype = _common_format(headers)
-    for (line, ch, path), header in headers.items():
-        if isinstance(header, str):
-            problems.append(f"line {line}, channel {ch}: {path} {header}")
-        elif header != (shape, dtype):
-            problems.append(
-                f"line {line}, channel {ch}: {path} is {_fmt(header)}, the other images are {_fmt((shape, dtype))}"
-            )
+    shape, dtype = headers.common()
+    problems += headers.problems((shape, dtype))
     if problems:
         raise InputError(f"Cannot ingest {source}: fix these problems (nothing was written).", problems)
     if good.empty:
@@ -333,7 +326,7 @@ def plan_ingest(table, *, platemap=None, channels=None, storage_options=None) ->
         metadata=metadata,
         storage_options=dict(storage_options or {}),
     )
-    plan.signatures = _signatures(headers, storage_options)
+    plan.signatures = headers.signatures()
     plan.fingerprint = _fingerprint(plan, plan.signatures)
     return plan
 
@@ -512,39 +505,115 @@ def _sparse_sites(sites, slack=2, extra=8) -> list[str]:
     ]
 
 
-def _read_headers(sites, channels, storage_options=None) -> dict:
-    """(line, channel, path) -> (shape, dtype), or a string saying what is wrong with the file."""
-    rows = zip(sites["line"], *(sites[ch] for ch in channels))
-    jobs = [(line, ch, path) for line, *paths in rows for ch, path in zip(channels, paths) if path is not None]
+class _Headers:
+    """What validation learnt of every source file, a few bytes a file.
+
+    A screen's image table lists millions of files; the client keeps, for each, an index into
+    the distinct formats found (or -1 when the file cannot be read) and the file's size and time
+    (the resume fingerprint) in arrays, and the messages of unreadable files only. The files
+    themselves are named again, when needed, from the table (:meth:`jobs`).
+    """
+
+    def __init__(self, sites, channels):
+        self._rows = sites[["line", *channels]]
+        self._channels = list(channels)
+        self.n = int(self._rows[self._channels].notna().to_numpy().sum())
+        self.formats: list = []  # distinct (shape, dtype)
+        self.codes = np.full(self.n, -1, dtype=np.int32)  # index into formats; -1: unreadable
+        self.errors: dict = {}  # file index -> what is wrong with it
+        self.sizes = np.zeros(self.n, dtype=np.int64)
+        self.mtimes = np.full(self.n, -1, dtype=np.int64)  # -1: none kept (objects in a store)
+
+    def jobs(self):
+        """``(line, channel, path)`` of every file, in the order of the arrays."""
+        rows = zip(self._rows["line"], *(self._rows[ch] for ch in self._channels))
+        for line, *paths in rows:
+            for ch, path in zip(self._channels, paths):
+                if path is not None and path == path:
+                    yield line, ch, path
+
+    def common(self):
+        """The most frequent ``(shape, dtype)``, or ``(None, None)`` when no file could be read."""
+        counts = np.bincount(self.codes[self.codes >= 0], minlength=len(self.formats))
+        if not counts.size or not counts.any():
+            return None, None
+        return self.formats[int(np.argmax(counts))]
+
+    def problems(self, expected):
+        """One message per file that cannot be read or whose format is not ``expected``."""
+        want = self.formats.index(expected) if expected in self.formats else -2
+        odd = np.flatnonzero(self.codes != want)
+        if not odd.size:
+            return []
+        odd_set, out = set(odd.tolist()), []
+        for i, (line, ch, path) in enumerate(self.jobs()):
+            if i in odd_set:
+                what = self.errors.get(i) or (
+                    f"is {_fmt(self.formats[self.codes[i]])}, the other images are {_fmt(expected)}")
+                out.append(f"line {line}, channel {ch}: {path} {what}")
+        return out
+
+    def signatures(self) -> "_Signatures":
+        paths = np.fromiter((path for _, _, path in self.jobs()), dtype=object, count=self.n)
+        order = np.argsort(paths, kind="stable")
+        return _Signatures(paths[order], self.sizes[order], self.mtimes[order])
+
+
+class _Signatures:
+    """``(path, size, mtime_ns)`` of every source file sorted by path, held as three arrays."""
+
+    def __init__(self, paths, sizes, mtimes):
+        self.paths, self.sizes, self.mtimes = paths, sizes, mtimes
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __iter__(self):
+        for path, size, mtime in zip(self.paths, self.sizes.tolist(), self.mtimes.tolist()):
+            yield path, size, (None if mtime < 0 else mtime)
+
+
+def _read_headers(sites, channels, storage_options=None, *, batch=2048) -> _Headers:
+    """Read the header, size and time of every file listed in ``sites``.
+
+    The files are read by 8 threads, ``batch`` at a time, so that the pool never holds a future
+    for every file of the screen.
+    """
+    from itertools import islice
 
     from cpzarr.store import is_url
 
-    def check(job):
-        path = job[2]
-        if is_url(path):
-            try:
-                return image_header(path, storage_options)
-            except FileNotFoundError:
-                return "does not exist"
-            except Exception as exc:  # any decoder failure means the same thing to the user
-                return f"cannot be read as an image ({type(exc).__name__}: {exc})"
-        if not os.path.isfile(path):
-            return "does not exist"
+    def check(path):
+        """(shape, dtype) or what is wrong, with the file's size and time."""
         try:
-            return image_header(path)
+            if is_url(path):
+                return image_header(path, storage_options), _size(path, storage_options), -1
+            if not os.path.isfile(path):
+                return "does not exist", 0, -1
+            stat = os.stat(path)
+            return image_header(path), stat.st_size, stat.st_mtime_ns
+        except FileNotFoundError:
+            return "does not exist", 0, -1
         except Exception as exc:  # any decoder failure means the same thing to the user
-            return f"cannot be read as an image ({type(exc).__name__}: {exc})"
+            return f"cannot be read as an image ({type(exc).__name__}: {exc})", 0, -1
 
+    headers = _Headers(sites, channels)
+    index: dict = {}
+    jobs = (path for _, _, path in headers.jobs())
+    start = 0
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return dict(zip(jobs, pool.map(check, jobs)))
-
-
-def _common_format(headers):
-    counts = Counter(h for h in headers.values() if not isinstance(h, str))
-    if not counts:
-        return None, None
-    (shape, dtype), _ = counts.most_common(1)[0]
-    return shape, dtype
+        while paths := list(islice(jobs, batch)):
+            for i, (header, size, mtime) in enumerate(pool.map(check, paths), start):
+                if isinstance(header, str):
+                    headers.errors[i] = header
+                else:
+                    if header not in index:
+                        index[header] = len(headers.formats)
+                        headers.formats.append(header)
+                    headers.codes[i] = index[header]
+                headers.sizes[i], headers.mtimes[i] = size, mtime
+            start += len(paths)
+    return headers
 
 
 def _fmt(header) -> str:
@@ -587,27 +656,16 @@ def _metadata_dataset(frame, plates, wells, sites, channels):
     return ds
 
 
-def _signatures(headers, storage_options=None) -> list:
-    """Size and modification time of every source file (a content hash would read every pixel
-    twice): a file rewritten with the same size is seen as a change."""
-    from cpzarr.store import is_url
-
-    signatures = []
-    for _, _, path in headers:
-        if is_url(path):  # an object: its size (object stores' times are not kept portably)
-            signatures.append((path, _size(path, storage_options), None))
-            continue
-        stat = os.stat(path)
-        signatures.append((path, stat.st_size, stat.st_mtime_ns))
-    return sorted(signatures)
-
-
 def _fingerprint(plan, signatures) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps([plan.channels, plan.plates, plan.wells, plan.sites.tolist(), list(plan.shape), plan.dtype]).encode())
     for key in sorted(plan.files):
         digest.update(json.dumps([key, plan.files[key]]).encode())
-    digest.update(json.dumps(signatures).encode())
+    # the JSON of the whole list, written a file at a time (the list is not built)
+    digest.update(b"[")
+    for i, signature in enumerate(signatures):
+        digest.update((", " if i else "").encode() + json.dumps(list(signature)).encode())
+    digest.update(b"]")
     wells = plan.metadata.drop_dims(["site", "channel"])
     digest.update(wells.to_dataframe().to_csv().encode())
     return digest.hexdigest()

@@ -478,3 +478,27 @@ def test_lincs_present_and_controls(lincs):
     assert tree["compound"].sel(plate="SQ00015198", well="A13").item() == "orantinib"
     assert tree["dose"].sel(plate="SQ00015198", well="A13").item() == pytest.approx(10.0, rel=1e-3)
     assert tree["batch"].values.tolist() == ["1", "3"]
+
+
+def test_validation_reads_files_in_batches_with_the_same_findings(screen, tmp_path, monkeypatch):
+    """The headers are read a batch at a time (the client holds no future per file of the
+    screen); any batch size finds the same problems, and the sizes and times kept for the resume
+    fingerprint are each file's own."""
+    path, platemap, _ = _bad_table(screen, tmp_path)
+    found = {}
+    for batch in (2, 3, 100_000):
+        monkeypatch.setattr(ingest_module._read_headers, "__kwdefaults__", {"batch": batch})
+        with pytest.raises(InputError) as err:
+            plan_ingest(path, platemap=platemap)
+        found[batch] = err.value.problems
+    assert found[2] == found[3] == found[100_000]
+    assert len(found[2]) == 6
+
+    monkeypatch.setattr(ingest_module._read_headers, "__kwdefaults__", {"batch": 5})
+    plan = plan_ingest(screen.load_data, platemap=screen.platemap)
+    listed = sorted({p for *_, p in _load_data_files(screen)})
+    expected = [(p, Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in listed]
+    assert list(plan.signatures) == expected and len(plan.signatures) == len(expected)
+    # the fingerprint hashes the JSON of that list, written file by file
+    assert ingest_module._fingerprint(plan, plan.signatures) == ingest_module._fingerprint(plan, expected)
+    assert plan.fingerprint == ingest_module._fingerprint(plan, expected)
