@@ -851,20 +851,10 @@ def _store_records(ctx: Context, config: dict) -> dict:
     return records
 
 
-def _exclude_mask(ctx: Context, prof) -> np.ndarray:
-    """Samples kept for the retrieval metrics (``evaluate.exclude`` left out)."""
-    from cpzarr.evaluate import sample_table
-
-    query = ctx.cfg.get("evaluate.exclude")
-    if not query:
-        return np.ones(prof.sizes["sample"], dtype=bool)
-    return ~query_mask(query, sample_table(prof), what="evaluate.exclude")
-
-
 def _report_replicates(ctx: Context, sets: dict, figures: dict, tables: dict, notes: dict) -> pd.DataFrame:
     """Replicate reproducibility of each well-level profile set; its headline rows."""
-    from cpzarr.errors import InputError
-    from cpzarr.evaluate import plots, replicate_reproducibility
+    from cpzarr.cluster import run_task
+    from cpzarr.evaluate import plots
     from cpzarr.report import percent_replicating
 
     cons = ctx.cfg.get("profiles.consensus") or {}
@@ -875,11 +865,11 @@ def _report_replicates(ctx: Context, sets: dict, figures: dict, tables: dict, no
         if not present:
             failed.append(f"{label}: no replicate columns {columns} on the profiles")
             continue
-        try:
-            prof = prof.load()
-            score, med = replicate_reproducibility(prof, present, mask=_exclude_mask(ctx, prof))
-        except InputError as err:
-            failed.append(f"{label}: {err}")
+        # all pairs of wells: a reduction in blocks, on a worker like evaluate's, not in the client
+        score, med = run_task(ctx.client, f"replicates-{_slug(label)}", _replicates_of_set, prof, present,
+                              ctx.cfg.get("evaluate.exclude"))
+        if isinstance(med, str):
+            failed.append(f"{label}: {med}")
             continue
         medians[label] = med
         rows.append((label, "percent replicating", percent_replicating(med)))
@@ -904,6 +894,20 @@ def _report_replicates(ctx: Context, sets: dict, figures: dict, tables: dict, no
     if failed:
         notes.setdefault("replicates", []).append("Not computed for " + "; ".join(failed))
     return pd.DataFrame(rows, columns=["profiles", "metric", "value"])
+
+
+def _replicates_of_set(prof, columns: list, exclude: str | None):
+    """:func:`cpzarr.evaluate.replicate_reproducibility` of one profile set with ``exclude``
+    left out (run as one task); ``(None, message)`` when it cannot be computed."""
+    from cpzarr.errors import InputError
+    from cpzarr.evaluate import replicate_reproducibility, sample_table
+
+    try:
+        prof = prof.load()
+        mask = None if not exclude else ~query_mask(exclude, sample_table(prof), what="evaluate.exclude")
+        return replicate_reproducibility(prof, columns, mask=mask)
+    except InputError as err:
+        return None, str(err)
 
 
 def _report_quality(ctx: Context, summary: dict, figures: dict, tables: dict, notes: dict) -> None:

@@ -286,6 +286,8 @@ def _check_array(name, opened, stored, backend, rng, window, sites):
     """Every check of :func:`check_backend` on one array; returns the reader's name."""
     from xarray.core import indexing
 
+    from cpzarr.store._backend import lazy_variable
+
     dims = opened.dims
     assert tuple(opened.shape) == tuple(stored.shape), f"{name}: shape {opened.shape} opened, {stored.shape} stored"
     assert opened.dtype == stored.dtype, f"{name}: dtype {opened.dtype} opened, {stored.dtype} stored"
@@ -320,7 +322,7 @@ def _check_array(name, opened, stored, backend, rng, window, sites):
         same(backend[indexing.BasicIndexer(shifted(basic))], reference[basic], f"basic indexing {basic}")
         same(backend[indexing.OuterIndexer(shifted(outer))], reference[_ix(outer, sizes)], "outer indexing")
         same(backend[indexing.VectorizedIndexer(shifted(vectorized))], reference[vectorized], "vectorized indexing")
-        lazy = xr.Variable(dims, indexing.LazilyIndexedArray(backend))[region]
+        lazy = lazy_variable(dims, backend)[region]
         for chunks in _chunkings(sizes):
             same(lazy.chunk(dict(zip(dims, chunks))).values, reference, f"dask chunks {chunks}")
     basic, outer, vectorized = keys

@@ -49,6 +49,7 @@ STAGE_TASKS = {
     "normalize": "normalize-classical-spherized-",
     "consensus": "consensus-classical-spherized-",
     "evaluate": "evaluate-spherized-",
+    "report": "replicates-spherized-",
 }
 
 
@@ -66,15 +67,17 @@ def _key_name(key) -> str:
 def test_every_stage_names_its_tasks_on_the_cluster(tmp_path):
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, \
             Client(cluster) as client, get_task_stream(client) as stream:
-        result = run(_config(tmp_path), scheduler=cluster.scheduler_address, until="evaluate",
+        result = run(_config(tmp_path), scheduler=cluster.scheduler_address, until="report",
                      progress=False, echo=None)
-    assert result.ran == ["ingest", "locate", "features", "profiles", "evaluate"]
+    assert result.ran == ["ingest", "locate", "features", "profiles", "evaluate", "report"]
     names = [_key_name(t["key"]) for t in stream.data]
     for stage, prefix in STAGE_TASKS.items():
         assert any(n.startswith(prefix) for n in names), (stage, sorted(set(names)))
     # one task per profile step and per evaluated set: the tables never pass through the client
     assert sum(n.startswith("aggregate-") for n in names) == 1
     assert sum(n.startswith("evaluate-") for n in names) == 4  # 2 sets + their batch enrichment
+    # the report's replicate reproducibility (all pairs of wells) runs on a worker, once per set
+    assert sum(n.startswith("replicates-") for n in names) == 2
 
 
 # --- separate processes -----------------------------------------------------------------------

@@ -106,10 +106,15 @@ class RowsArray(BackendArray):
         return block[..., columns]
 
 
+def lazy_variable(dims, backend_array, attrs=None, encoding=None) -> xr.Variable:
+    """A variable that reads ``backend_array`` lazily, as a backend's ``open_dataset`` makes it
+    (the one place cpzarr wraps a ``BackendArray``; :mod:`cpzarr.testing` uses it too)."""
+    return xr.Variable(dims, indexing.LazilyIndexedArray(backend_array), attrs, encoding)
+
+
 def _backed(variable, backend_array, reader, prefix):
     """``variable`` read through ``backend_array``, chunked as it was, its reader recorded."""
-    lazy = xr.Variable(variable.dims, indexing.LazilyIndexedArray(backend_array), variable.attrs,
-                       dict(variable.encoding))
+    lazy = lazy_variable(variable.dims, backend_array, variable.attrs, dict(variable.encoding))
     chunked = lazy.chunk(dict(zip(variable.dims, variable.chunks)), name=f"{prefix}-{uuid.uuid4().hex}")
     chunked.encoding = {**variable.encoding, _READER: reader, _ARRAY: chunked.data.name}
     return chunked
