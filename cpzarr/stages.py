@@ -958,9 +958,10 @@ def _report_quality(ctx: Context, summary: dict, figures: dict, tables: dict, no
 
 def _report_crops(ctx: Context, figures: dict, notes: dict, per_group: int = 4) -> None:
     """A montage of a few cells per treatment, read lazily from the store."""
+    from cpzarr.cluster import run_task
     from cpzarr.crops import crops
-    from cpzarr.errors import CpzarrError
-    from cpzarr.report import montage_cells, plot_crop_montage
+    from cpzarr.errors import CpzarrError, InputError
+    from cpzarr.report import plot_crop_montage
     from cpzarr.store import node_exists, open_screen
 
     if not node_exists(ctx.store, "cells"):
@@ -971,7 +972,10 @@ def _report_crops(ctx: Context, figures: dict, notes: dict, per_group: int = 4) 
             return
         box = int(ctx.cfg.get("crops.box"))
         by = "compound"
-        drawn = montage_cells(screen, by=by, per_group=per_group, box=box)
+        # the draw reads the whole cell table: on a worker, which returns the few cells drawn
+        drawn = run_task(ctx.client, "report-montage-cells", _montage_cells, ctx.store, by, per_group, box)
+        if isinstance(drawn, str):
+            raise InputError(drawn)
         view = crops(screen, box=box, edge="pad", cells=drawn[["plate", "well", "site", "x", "y"]])
         label = drawn[by].astype(str)
         if "moa" in drawn.columns:
@@ -984,6 +988,19 @@ def _report_crops(ctx: Context, figures: dict, notes: dict, per_group: int = 4) 
     rgb = ", ".join(f"{c} {ch}" for c, ch in zip(("red", "green", "blue"), figure.cpzarr_channels))
     figures["crops"] = [(f"{per_group} random cells per {by} ({box}-px boxes; {rgb}; each channel "
                          "scaled to its 0.5–99.5 percentiles over the montage)", figure)]
+
+
+def _montage_cells(store, by, per_group, box):
+    """:func:`cpzarr.report.montage_cells` of the store (one task); the error's text when it
+    cannot draw."""
+    from cpzarr.errors import CpzarrError
+    from cpzarr.report import montage_cells
+    from cpzarr.store import open_screen
+
+    try:
+        return montage_cells(open_screen(store), by=by, per_group=per_group, box=box)
+    except (CpzarrError, ValueError, KeyError) as err:
+        return str(err)
 
 
 def _report_map(results: dict, groups, figures: dict, tables: dict, notes: dict) -> None:
@@ -1078,17 +1095,26 @@ def _report_profiles(ctx: Context, sets: dict, figures: dict, notes: dict, max_h
 
 
 def _cells_per_well(ctx: Context):
-    """Cells per (plate, well) over every well of the store (0 where a well has no cell)."""
-    import xarray as xr
-
-    from cpzarr.store import node_exists, open_node, open_screen
+    """Cells per (plate, well) over every well of the store (0 where a well has no cell),
+    counted on a worker (the cell table never comes to the client)."""
+    from cpzarr.cluster import run_task
+    from cpzarr.store import node_exists
 
     if not node_exists(ctx.store, "cells"):
         return None
-    cells = open_node(ctx.store, "cells")
+    return run_task(ctx.client, "report-cells-per-well", _count_cells, ctx.store)
+
+
+def _count_cells(store):
+    """The body of :func:`_cells_per_well` (one task)."""
+    import xarray as xr
+
+    from cpzarr.store import open_node, open_screen
+
+    cells = open_node(store, "cells")
     table = pd.DataFrame({"plate": np.asarray(cells["plate"].values, dtype=object),
                           "well": np.asarray(cells["well"].values, dtype=object)})
-    root = open_screen(ctx.store)
+    root = open_screen(store)
     plates = [str(p) for p in root["plate"].values]
     wells = [str(w) for w in root["well"].values]
     grid = table.groupby(["plate", "well"]).size().unstack(fill_value=0)

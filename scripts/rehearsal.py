@@ -204,10 +204,12 @@ def _rss(p) -> int:
         return 0
 
 
-def rehearse(config: Path, cluster: Cluster, interval: float = 0.25) -> dict:
-    """Run ``cpzarr run`` on ``cluster``; sample memory, CPU and the scheduler per stage."""
+def rehearse(config: Path, cluster: Cluster, interval: float = 0.25, start: str | None = None) -> dict:
+    """Run ``cpzarr run`` on ``cluster`` (from ``start`` on, when given); sample memory, CPU and
+    the scheduler per stage."""
     client = subprocess.Popen(
-        [sys.executable, "-m", "cpzarr.cli", "run", str(config), "--no-progress", "--scheduler", cluster.address],
+        [sys.executable, "-m", "cpzarr.cli", "run", str(config), "--no-progress", "--scheduler", cluster.address,
+         *(["--from", start] if start else [])],
         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     stage = {"name": None}
     stats: dict[str, dict] = {}
@@ -284,21 +286,30 @@ def main(argv=None) -> dict:
     parser.add_argument("--model", default="classical", help="features.model (classical, efficientnet-lite0)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--memory-limit", default="2GiB", help="per worker")
+    parser.add_argument("--from", dest="start", choices=STAGES[1:], default=None,
+                        help="measure again from this stage on, with the screen and store of the rehearsal "
+                             "already in --out (its client then starts fresh at this stage)")
     args = parser.parse_args(argv)
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    for leftover in (out / "screen.zarr", out / "report"):
-        if leftover.exists():
-            import shutil
+    if args.start:
+        earlier = out / "rehearsal.json"
+        if not earlier.exists():
+            raise SystemExit(f"--from {args.start}: no earlier rehearsal in {out} (run it once without --from)")
+        config, size = out / "rehearsal.yaml", json.loads(earlier.read_text())["size"]
+    else:
+        for leftover in (out / "screen.zarr", out / "report"):
+            if leftover.exists():
+                import shutil
 
-            shutil.rmtree(leftover)
-    (out / "screen.zarr.run.json").unlink(missing_ok=True)
-    config, size = make_inputs(out, args)
+                shutil.rmtree(leftover)
+        (out / "screen.zarr.run.json").unlink(missing_ok=True)
+        config, size = make_inputs(out, args)
     cluster = Cluster(out, args.workers, args.memory_limit)
     try:
         t0 = time.perf_counter()
-        stats = rehearse(config, cluster)
+        stats = rehearse(config, cluster, start=args.start)
         total = time.perf_counter() - t0
     finally:
         cluster.close()
@@ -313,7 +324,8 @@ def main(argv=None) -> dict:
               "wall_s": round(total, 1), "stages": stats, "bytes_written": written,
               "memory_events": memory_events,
               "load_average": os.getloadavg(), "cores": os.cpu_count()}
-    (out / "rehearsal.json").write_text(json.dumps(result, indent=2, default=str))
+    name = f"rehearsal-from-{args.start}.json" if args.start else "rehearsal.json"
+    (out / name).write_text(json.dumps(result, indent=2, default=str))
     print(table(result))
     return result
 

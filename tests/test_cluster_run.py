@@ -76,8 +76,13 @@ def test_every_stage_names_its_tasks_on_the_cluster(tmp_path):
     # one task per profile step and per evaluated set: the tables never pass through the client
     assert sum(n.startswith("aggregate-") for n in names) == 1
     assert sum(n.startswith("evaluate-") for n in names) == 4  # 2 sets + their batch enrichment
-    # the report's replicate reproducibility (all pairs of wells) runs on a worker, once per set
+    # what the report reads of every well or cell runs on a worker: replicate reproducibility
+    # (all pairs of wells) once per set, the cells per well and the montage's draw once
     assert sum(n.startswith("replicates-") for n in names) == 2
+    assert sum(n.startswith("report-cells-per-well-") for n in names) == 1
+    assert sum(n.startswith("report-montage-cells-") for n in names) == 1
+    page = (tmp_path / "out" / "report" / "report.html").read_text()
+    assert "random cells per compound" in page and "Cells per well" in page and "percent replicating" in page
 
 
 # --- separate processes -----------------------------------------------------------------------
