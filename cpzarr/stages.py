@@ -1056,20 +1056,19 @@ def _map_wide(per_set: dict) -> pd.DataFrame:
 
 def _report_profiles(ctx: Context, sets: dict, figures: dict, notes: dict, max_heatmaps: int = 4) -> None:
     """PCA of the well profiles and the similarity of treatments (consensus when made)."""
-    from cpzarr.errors import InputError
-    from cpzarr.evaluate import plots
+    from cpzarr.cluster import run_task
 
     pcas = []
     for label, prof in sets.items():
         color = tuple(c for c in ("batch", "control") if c in prof.coords)
         if not color:
             continue
-        try:
-            figure = plots.pca(prof.load(), color=color)
-        except InputError as err:
-            notes.setdefault("pca", []).append(f"{label}: no PCA: {err}")
+        # the profiles are read, fitted and drawn on a worker; the client gets the picture
+        figure, clipped = run_task(ctx.client, f"report-pca-{_slug(label)}", _plot_on_worker, "pca", prof,
+                                   color=color)
+        if figure is None:
+            notes.setdefault("pca", []).append(f"{label}: no PCA: {clipped}")
             continue
-        clipped = len(figure.cpzarr_clipped)
         extra = f"; {clipped} samples beyond the axes, on the border" if clipped else ""
         pcas.append((f"PCA of well profiles: {label}{extra}", figure))
     if pcas:
@@ -1082,16 +1081,36 @@ def _report_profiles(ctx: Context, sets: dict, figures: dict, notes: dict, max_h
     heat = []
     labels = list(profile_sets(ctx, level=level).items())
     for label, prof in labels[:max_heatmaps]:
-        try:
-            heat.append((f"Pearson correlation of {level} profiles: {label}, ordered by MOA",
-                         plots.similarity_heatmap(prof.load())))
-        except InputError as err:
-            notes.setdefault("similarity", []).append(f"{label}: no heat map: {err}")
+        figure, problem = run_task(ctx.client, f"report-similarity-{_slug(label)}", _plot_on_worker,
+                                   "similarity_heatmap", prof)
+        if figure is None:
+            notes.setdefault("similarity", []).append(f"{label}: no heat map: {problem}")
+        else:
+            heat.append((f"Pearson correlation of {level} profiles: {label}, ordered by MOA", figure))
     if heat:
         figures["similarity"] = heat
     if len(labels) > max_heatmaps:
         notes.setdefault("similarity", []).append(
             f"{len(labels) - max_heatmaps} more profile sets not drawn ({max_heatmaps} at most).")
+
+
+def _plot_on_worker(plot: str, prof, **options):
+    """``cpzarr.evaluate.plots.<plot>`` of the profiles ``prof`` read here, as the report's PNG
+    (one task): ``(png, samples clipped at the axes)``, or ``(None, why not)``."""
+    import matplotlib.pyplot as plt
+
+    from cpzarr.errors import InputError
+    from cpzarr.evaluate import plots
+    from cpzarr.report import _png_bytes
+
+    try:
+        figure = getattr(plots, plot)(prof.load(), **options)
+    except InputError as err:
+        return None, str(err)
+    try:
+        return _png_bytes(figure), len(getattr(figure, "cpzarr_clipped", ()))
+    finally:
+        plt.close(figure)
 
 
 def _cells_per_well(ctx: Context):

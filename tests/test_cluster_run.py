@@ -81,8 +81,12 @@ def test_every_stage_names_its_tasks_on_the_cluster(tmp_path):
     assert sum(n.startswith("replicates-") for n in names) == 2
     assert sum(n.startswith("report-cells-per-well-") for n in names) == 1
     assert sum(n.startswith("report-montage-cells-") for n in names) == 1
+    assert sum(n.startswith("report-pca-") for n in names) == 2  # read, fitted and drawn there
+    assert sum(n.startswith("report-similarity-") for n in names) == 2
     page = (tmp_path / "out" / "report" / "report.html").read_text()
-    assert "random cells per compound" in page and "Cells per well" in page and "percent replicating" in page
+    for section in ("random cells per compound", "Cells per well", "percent replicating", "PCA of well profiles",
+                    "Pearson correlation of consensus profiles"):
+        assert section in page, section
 
 
 # --- separate processes -----------------------------------------------------------------------
