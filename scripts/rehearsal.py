@@ -15,6 +15,10 @@ cells each; 2 and 9 minutes at a load average of 22)::
     python scripts/rehearsal.py --out /tmp/reh-s --plates 1 --wells 96 --sites 1
     python scripts/rehearsal.py --out /tmp/reh-b --plates 10 --wells 96 --sites 1
 
+A stage measured again on the same screen and store (the client starts at that stage)::
+
+    python scripts/rehearsal.py --out /tmp/reh-b --from report
+
 A JUMP source's shape (20 plates × 384 wells × 9 sites × 5 channels, 96 px, ~10 cells a site:
 69,120 sites, ~690,000 cells), on 16 workers with 2 GiB each::
 
