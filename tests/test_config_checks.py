@@ -128,11 +128,11 @@ def test_crops_scale_reaches_the_crop_view(monkeypatch, tmp_path, model, scale, 
     class Stop(Exception):
         pass
 
-    def crops(screen, **kwargs):
+    def plan(screen, **kwargs):  # the features stage builds its crops from a CropPlan
         seen.append(kwargs["scale"])
         raise Stop
 
-    monkeypatch.setattr(sys.modules["cpzarr.crops"], "crops", crops)  # the module, not cpzarr.crops the function
+    monkeypatch.setattr(sys.modules["cpzarr.crops"], "CropPlan", plan)  # the module, not cpzarr.crops the function
     monkeypatch.setattr(cpzarr.store, "open_screen", lambda store: None)
     cfg = load_config(text=f"input: {{synthetic: {{}}}}\nfeatures: {{model: {model}}}\n"
                            f"crops: {{scale: {'null' if scale is None else scale}}}\n", environ={})
