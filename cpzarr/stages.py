@@ -818,7 +818,10 @@ def stage_report(ctx: Context) -> dict:
     records = _store_records(ctx, config)
     if records:
         provenance["store records"] = records
-    timings = {s: v.get("seconds", float("nan")) for s, v in ctx.state.data.get("stages", {}).items()}
+    # the stages' times as recorded; the report's own is not known while its page is written, and
+    # the one recorded is an earlier report's
+    timings = {s: v.get("seconds", float("nan")) for s, v in ctx.state.data.get("stages", {}).items()
+               if s != "report"}
     write_report(
         ctx.report_dir,
         title=f"cpzarr report: {ctx.cfg['name']}",

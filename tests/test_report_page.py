@@ -113,6 +113,8 @@ output: {{store: {store}, report: {root / 'report'}}}
 """)
     record_provenance(store, "run", {"config": cfg.to_dict()})  # as the ingest stage does
     ctx = stages.Context(cfg=cfg, store=store, state=RunState(store), progress=False)
+    # times recorded by earlier runs: the evaluate stage's and an earlier report's
+    ctx.state.data.setdefault("stages", {}).update({"evaluate": {"seconds": 43.21}, "report": {"seconds": 98.76}})
     with umask(0o022):
         stages.stage_evaluate(ctx)
         stages.stage_report(ctx)
@@ -426,3 +428,9 @@ def test_headline_counts_are_not_ranked(tmp_path):
     rows = {r[0]: r for r in _table_rows(page, "headline-table")[1:]}
     assert rows["n_queries"][1] == "" and rows["mAP"][1] == "higher"
     assert "<b>16</b>" not in page and "<b>0.4</b>" in page
+
+
+def test_timings_list_the_stages_but_not_an_earlier_reports_time(run_report):
+    page = run_report["page"]
+    assert "<td>evaluate</td><td class='num'>43.21</td>" in page  # a stage's recorded time
+    assert "98.76" not in page  # the report's own time is not known while it is written
